@@ -1,0 +1,357 @@
+// nanobind glue: soci_native._core. Heavy work runs with the GIL released; C errors become
+// FormatError (a ValueError), OSError, MemoryError or ValueError.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <iterator>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <stdexcept>
+#include <string>
+
+extern "C" {
+#include "layer_index.h"
+#include "span_read.h"
+#include "tar_parse.h"
+}
+
+namespace nb = nanobind;
+
+namespace {
+
+struct FormatErrorEx : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void raise(const sn_err &e) {
+    switch (e.code) {
+    case SN_EFORMAT:
+        throw FormatErrorEx(e.msg);
+    case SN_ENOMEM:
+        throw std::bad_alloc();
+    case SN_EIO: {
+        nb::object exc = nb::handle(PyExc_OSError)(e.sys_errno, std::strerror(e.sys_errno), e.msg);
+        PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(exc.ptr())), exc.ptr());
+        throw nb::python_error();
+    }
+    default:
+        throw nb::value_error(e.msg);
+    }
+}
+
+// A read-only view of any object with the buffer protocol (bytes, bytearray, memoryview, mmap).
+struct Buffer {
+    Py_buffer view{};
+    explicit Buffer(nb::handle obj) {
+        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_SIMPLE) != 0) throw nb::python_error();
+    }
+    ~Buffer() { PyBuffer_Release(&view); }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    const uint8_t *data() const { return static_cast<const uint8_t *>(view.buf); }
+    size_t size() const { return static_cast<size_t>(view.len); }
+};
+
+int parse_mode(const std::string &mode) {
+    if (mode == "auto") return SN_MODE_AUTO;
+    if (mode == "gzip") return SN_MODE_GZIP;
+    if (mode == "tar") return SN_MODE_TAR;
+    throw nb::value_error("mode must be 'auto', 'gzip' or 'tar'");
+}
+
+PyObject *decode(const uint8_t *pool, sn_str s) {
+    // Tar names are bytes; like tarfile and os.fsdecode we keep undecodable ones round-trippable.
+    return PyUnicode_DecodeUTF8(reinterpret_cast<const char *>(pool) + s.off, s.len, "surrogateescape");
+}
+
+PyObject *pax_tuple(const uint8_t *pool, const sn_entry &e) {
+    PyObject *t = PyTuple_New(e.npax);
+    if (!t) return nullptr;
+    const uint8_t *p = pool + e.pax.off;
+    for (uint32_t i = 0; i < e.npax; i++) {
+        uint32_t kn = sn_get_le32(p);
+        sn_str k{static_cast<uint64_t>(p + 4 - pool), kn};
+        uint32_t vn = sn_get_le32(p + 4 + kn);
+        sn_str v{static_cast<uint64_t>(p + 8 + kn - pool), vn};
+        p += 8 + static_cast<size_t>(kn) + vn;
+        PyObject *kv = Py_BuildValue("(NN)", decode(pool, k), decode(pool, v));
+        if (!kv) {
+            Py_DECREF(t);
+            return nullptr;
+        }
+        PyTuple_SET_ITEM(t, i, kv);
+    }
+    return t;
+}
+
+const char *ENTRY_FIELDS[] = {"name",  "typeflag", "offset", "size",     "header_offset", "linkname",
+                              "mode",  "uid",      "gid",    "uname",    "gname",         "mtime",
+                              "mtime_ns", "devmajor", "devminor", "pax", "sparse"};
+
+nb::object entry_tuple(const uint8_t *pool, const sn_entry &e) {
+    char flag = e.typeflag;
+    PyObject *t = Py_BuildValue("(NNKLKNLLLNNLiLLNN)", decode(pool, e.name),
+                                PyUnicode_FromStringAndSize(&flag, 1), (unsigned long long)e.offset,
+                                (long long)e.size, (unsigned long long)e.header_offset, decode(pool, e.linkname),
+                                (long long)e.mode, (long long)e.uid, (long long)e.gid, decode(pool, e.uname),
+                                decode(pool, e.gname), (long long)e.mtime, (int)e.mtime_nsec, (long long)e.devmajor,
+                                (long long)e.devminor, pax_tuple(pool, e), PyBool_FromLong(e.sparse));
+    if (!t) throw nb::python_error();
+    return nb::steal(t);
+}
+
+std::string hex_digest(const uint8_t *d) {
+    static const char hexd[] = "0123456789abcdef";
+    std::string s = "sha256:";
+    for (int i = 0; i < 32; i++) {
+        s += hexd[d[i] >> 4];
+        s += hexd[d[i] & 15];
+    }
+    return s;
+}
+
+nb::dict result(const sn_indexer *ix, uint64_t span_size) {
+    nb::dict r;
+    bool gz = sn_indexer_mode(ix) == SN_MODE_GZIP;
+    r["compression"] = gz ? "gzip" : "uncompressed";
+    r["span_size"] = span_size;
+    r["compressed_size"] = sn_indexer_compressed_size(ix);
+    r["uncompressed_size"] = sn_indexer_uncompressed_size(ix);
+    if (gz) {
+        size_t n;
+        const uint8_t *p = sn_indexer_blob(ix, &n);
+        r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(p), n);
+    } else {
+        r["checkpoints"] = nb::none();
+    }
+    nb::list digests;
+    const uint8_t *d = sn_indexer_digests(ix);
+    for (size_t i = 0; i < sn_indexer_num_spans(ix); i++) digests.append(hex_digest(d + 32 * i));
+    r["span_digests"] = digests;
+    const tar_parser *tp = sn_indexer_tar(ix);
+    const sn_entry *ents = tar_entries(tp);
+    const uint8_t *pool = tar_pool(tp);
+    nb::list entries;
+    for (size_t i = 0; i < tar_entry_count(tp); i++) entries.append(entry_tuple(pool, ents[i]));
+    r["entries"] = entries;
+    return r;
+}
+
+struct IndexerGuard {
+    sn_indexer *ix;
+    ~IndexerGuard() { sn_indexer_free(ix); }
+};
+
+class Indexer {
+  public:
+    Indexer(uint64_t span_size, const std::string &mode) : span_size_(span_size) {
+        sn_err e{};
+        ix_ = sn_indexer_new(span_size, parse_mode(mode), &e);
+        if (!ix_) raise(e);
+    }
+    ~Indexer() { sn_indexer_free(ix_); }
+
+    void feed(nb::handle data) {
+        Buffer buf(data);
+        Busy busy(this);
+        check_usable();
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = sn_indexer_feed(ix_, buf.data(), buf.size(), &e);
+        }
+        if (rc) fail(e);
+    }
+
+    nb::dict finish() {
+        Busy busy(this);
+        check_usable();
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = sn_indexer_finish(ix_, &e);
+        }
+        if (rc) fail(e);
+        return result(ix_, span_size_);
+    }
+
+  private:
+    // One call at a time: feeding one stream from two threads is a caller bug, not a crash.
+    struct Busy {
+        Indexer *self;
+        explicit Busy(Indexer *s) : self(s) {
+            if (self->busy_.exchange(true)) throw std::runtime_error("Indexer is in use by another thread");
+        }
+        ~Busy() { self->busy_ = false; }
+    };
+    void check_usable() {
+        if (failed_) throw nb::value_error("Indexer failed earlier; start a new one");
+    }
+    [[noreturn]] void fail(const sn_err &e) {
+        failed_ = true;
+        raise(e);
+    }
+    sn_indexer *ix_ = nullptr;
+    uint64_t span_size_;
+    std::atomic<bool> busy_{false};
+    bool failed_ = false;
+};
+
+nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode) {
+    sn_err e{};
+    IndexerGuard g{sn_indexer_new(span_size, parse_mode(mode), &e)};
+    if (!g.ix) raise(e);
+    int rc;
+    {
+        nb::gil_scoped_release unlocked;
+        rc = sn_indexer_feed_file(g.ix, path.c_str(), &e);
+        if (!rc) rc = sn_indexer_finish(g.ix, &e);
+    }
+    if (rc) raise(e);
+    return result(g.ix, span_size);
+}
+
+sn_blob parse_blob(const Buffer &b) {
+    sn_blob blob;
+    sn_err e{};
+    if (sn_blob_parse(b.data(), b.size(), &blob, &e)) raise(e);
+    return blob;
+}
+
+// Fills a new bytes object of `length` with the GIL released.
+template <class F> nb::bytes produce(uint64_t length, F &&fill) {
+    if (length > static_cast<uint64_t>(PY_SSIZE_T_MAX)) throw nb::value_error("length too large");
+    nb::object out = nb::steal(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(length)));
+    if (!out.is_valid()) throw nb::python_error();
+    auto *dst = reinterpret_cast<uint8_t *>(PyBytes_AS_STRING(out.ptr()));
+    sn_err e{};
+    int rc;
+    {
+        nb::gil_scoped_release unlocked;
+        rc = fill(dst, &e);
+    }
+    if (rc) raise(e);
+    return nb::borrow<nb::bytes>(out);
+}
+
+// Deflate expands at most ~1032:1; a longer request than the input can yield is refused
+// before a huge allocation is attempted.
+void check_plausible(uint64_t comp_avail, uint64_t length) {
+    if (comp_avail < (UINT64_MAX - 65536) / 1032 && length > comp_avail * 1032 + 65536)
+        throw FormatErrorEx("requested range is longer than the compressed data can hold");
+}
+
+struct Fd {
+    int fd;
+    ~Fd() {
+        if (fd >= 0) close(fd);
+    }
+};
+
+nb::bytes extract_file(const std::string &path, nb::handle blob_obj, uint64_t offset, uint64_t length) {
+    Buffer bb(blob_obj);
+    sn_blob blob = parse_blob(bb);
+    Fd f{open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    if (f.fd < 0) {
+        sn_err e{};
+        e.code = SN_EIO;
+        e.sys_errno = errno;
+        snprintf(e.msg, sizeof e.msg, "%s", path.c_str());
+        raise(e);
+    }
+    struct stat st;
+    if (fstat(f.fd, &st) == 0) check_plausible(static_cast<uint64_t>(st.st_size), length);
+    sn_source src{nullptr, 0, 0, f.fd};
+    return produce(length, [&](uint8_t *dst, sn_err *e) {
+        return sn_extract(&blob, &src, 0, offset, length, dst, e);
+    });
+}
+
+nb::bytes extract_buffer(nb::handle blob_obj, int32_t span_id, nb::handle data, uint64_t offset, uint64_t length) {
+    Buffer bb(blob_obj), db(data);
+    sn_blob blob = parse_blob(bb);
+    if (span_id < 0 || span_id >= blob.count)
+        throw nb::value_error(("span id " + std::to_string(span_id) + " out of range").c_str());
+    check_plausible(db.size(), length);
+    sn_source src{db.data(), db.size(), sn_span_start(&blob, span_id), -1};
+    return produce(length, [&](uint8_t *dst, sn_err *e) {
+        return sn_extract(&blob, &src, span_id, offset, length, dst, e);
+    });
+}
+
+// (first span, compressed start, compressed end) covering [offset, offset+length).
+nb::tuple span_range(nb::handle blob_obj, uint64_t offset, uint64_t length, uint64_t compressed_size) {
+    Buffer bb(blob_obj);
+    sn_blob blob = parse_blob(bb);
+    int32_t first = sn_blob_find(&blob, offset);
+    if (first < 0) throw FormatErrorEx("no checkpoint at or before the offset");
+    uint64_t last_byte = length ? offset + length - 1 : offset;
+    int32_t last = sn_blob_find(&blob, last_byte);
+    uint64_t end = compressed_size;
+    if (last + 1 < blob.count) {
+        sn_checkpoint next;
+        sn_blob_checkpoint(&blob, last + 1, &next);
+        end = next.in;
+    }
+    uint64_t start = sn_span_start(&blob, first);
+    if (end < start || end > compressed_size) throw FormatErrorEx("checkpoints lie outside the compressed size");
+    return nb::make_tuple(first, start, end);
+}
+
+nb::list checkpoint_table(nb::handle blob_obj) {
+    Buffer bb(blob_obj);
+    sn_blob blob = parse_blob(bb);
+    nb::list out;
+    for (int32_t i = 0; i < blob.count; i++) {
+        sn_checkpoint cp;
+        sn_blob_checkpoint(&blob, i, &cp);
+        out.append(nb::make_tuple(cp.in, cp.out, cp.bits));
+    }
+    return out;
+}
+
+uint64_t raw_inflate_file(const std::string &path) {
+    sn_err e{};
+    uint64_t n = 0;
+    int rc;
+    {
+        nb::gil_scoped_release unlocked;
+        rc = sn_raw_inflate_file(path.c_str(), &n, &e);
+    }
+    if (rc) raise(e);
+    return n;
+}
+
+} // namespace
+
+NB_MODULE(_core, m) {
+    m.doc() = "soci-native C core: one-pass layer indexing and span extraction";
+    nb::exception<FormatErrorEx>(m, "FormatError", PyExc_ValueError);
+
+    nb::tuple fields = nb::steal<nb::tuple>(PyTuple_New(std::size(ENTRY_FIELDS)));
+    for (size_t i = 0; i < std::size(ENTRY_FIELDS); i++)
+        PyTuple_SET_ITEM(fields.ptr(), i, PyUnicode_FromString(ENTRY_FIELDS[i]));
+    m.attr("ENTRY_FIELDS") = fields;
+    m.attr("WINDOW_SIZE") = SN_WINSIZE;
+    m.attr("CHECKPOINT_SIZE") = SN_CHECKPOINT_SIZE;
+
+    nb::class_<Indexer>(m, "Indexer", "Streaming layer indexer: feed() compressed chunks, then finish().")
+        .def(nb::init<uint64_t, const std::string &>(), nb::arg("span_size"), nb::arg("mode") = "auto")
+        .def("feed", &Indexer::feed, nb::arg("data"), "Feed the next bytes of the layer blob (GIL released).")
+        .def("finish", &Indexer::finish, "End of the blob: returns the index data as a dict.");
+    m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",
+          "Index a local layer file entirely in C.");
+    m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));
+    m.def("extract_buffer", &extract_buffer, nb::arg("blob"), nb::arg("span_id"), nb::arg("data"),
+          nb::arg("offset"), nb::arg("length"));
+    m.def("span_range", &span_range, nb::arg("blob"), nb::arg("offset"), nb::arg("length"),
+          nb::arg("compressed_size"));
+    m.def("checkpoint_table", &checkpoint_table, nb::arg("blob"));
+    m.def("raw_inflate_file", &raw_inflate_file, nb::arg("path"));
+}

@@ -1,0 +1,331 @@
+#define _POSIX_C_SOURCE 200809L /* pread, posix_fadvise, O_CLOEXEC */
+#include "layer_index.h"
+
+#include "span_hash.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib-ng.h>
+
+#define OUT_WORK (256 * 1024)   /* inflate output per call; the window sits in front of it */
+#define FILE_CHUNK (1024 * 1024)
+#define GZIP_AUTO_WBITS 47      /* 15 + 32: gzip or zlib header, as the reference uses */
+
+struct sn_indexer {
+    int mode;
+    uint64_t span_size;
+    uint8_t sniff[4];
+    size_t nsniff;
+    /* gzip */
+    zng_stream zs;
+    int zinit;
+    int member_done;        /* Z_STREAM_END seen: more input starts a new member */
+    uint8_t *out;           /* [SN_WINSIZE history][OUT_WORK] */
+    size_t wpos;            /* write position in out, always >= SN_WINSIZE */
+    uint64_t last_cp_out;
+    uint32_t ncp;
+    sn_buf blob;
+    uint8_t last_in;        /* the most recently consumed compressed byte */
+    span_hasher *hash;
+    uint64_t next_slice;    /* tar mode: where the next fixed span starts */
+    /* both */
+    uint64_t totin, totout;
+    tar_parser *tar;
+    uint64_t archive_size;
+    int finished;
+};
+
+sn_indexer *sn_indexer_new(uint64_t span_size, int mode, sn_err *err) {
+    if (span_size == 0 || span_size > ((uint64_t)1 << 40)) {
+        sn_fail(err, SN_EARG, "span size must be between 1 byte and 1 TiB, got %llu",
+                (unsigned long long)span_size);
+        return NULL;
+    }
+    sn_indexer *ix = calloc(1, sizeof *ix);
+    if (!ix) goto oom;
+    ix->span_size = span_size;
+    ix->mode = mode;
+    ix->tar = tar_parser_new();
+    if (!ix->tar) goto oom;
+    return ix;
+oom:
+    sn_indexer_free(ix);
+    sn_fail(err, SN_ENOMEM, "out of memory");
+    return NULL;
+}
+
+void sn_indexer_free(sn_indexer *ix) {
+    if (!ix) return;
+    if (ix->zinit) zng_inflateEnd(&ix->zs);
+    free(ix->out);
+    sn_buf_free(&ix->blob);
+    sh_free(ix->hash);
+    tar_parser_free(ix->tar);
+    free(ix);
+}
+
+/* ---- gzip ---- */
+
+static int gz_start(sn_indexer *ix, sn_err *err) {
+    ix->out = calloc(1, SN_WINSIZE + OUT_WORK); /* zeroed history = the reference's zero fill */
+    if (!ix->out) return sn_fail(err, SN_ENOMEM, "out of memory");
+    ix->wpos = SN_WINSIZE;
+    memset(&ix->zs, 0, sizeof ix->zs);
+    if (zng_inflateInit2(&ix->zs, GZIP_AUTO_WBITS) != Z_OK) return sn_fail(err, SN_ENOMEM, "inflateInit failed");
+    ix->zinit = 1;
+    uint8_t hdr[SN_BLOB_HEADER] = {0};
+    return sn_buf_append(&ix->blob, hdr, sizeof hdr, err); /* count filled in at finish */
+}
+
+/* A checkpoint where the reference takes one: see soci-format 1.2. */
+static int gz_checkpoint(sn_indexer *ix, int bits, sn_err *err) {
+    if (ix->ncp == INT32_MAX) return sn_fail(err, SN_EFORMAT, "too many checkpoints");
+    /* the previous span ends at `in`; this one starts there, with the shared partial byte */
+    int rc = sh_span_start(ix->hash, ix->totin, bits, ix->last_in, err);
+    if (rc) return rc;
+    uint8_t rec[17];
+    sn_put_le64(rec, ix->totin);
+    sn_put_le64(rec + 8, ix->totout);
+    rec[16] = (uint8_t)bits;
+    rc = sn_buf_reserve(&ix->blob, SN_CHECKPOINT_SIZE, err);
+    if (rc) return rc;
+    sn_buf_append(&ix->blob, rec, sizeof rec, err);
+    sn_buf_append(&ix->blob, ix->out + ix->wpos - SN_WINSIZE, SN_WINSIZE, err);
+    ix->ncp++;
+    ix->last_cp_out = ix->totout;
+    return SN_OK;
+}
+
+static int gz_error(sn_indexer *ix, int ret, sn_err *err) {
+    const char *why = ix->zs.msg ? ix->zs.msg : (ret == Z_MEM_ERROR ? "out of memory" : "corrupt data");
+    return sn_fail(err, ret == Z_MEM_ERROR ? SN_ENOMEM : SN_EFORMAT,
+                   "gzip data invalid at compressed offset %llu (uncompressed %llu): %s",
+                   (unsigned long long)ix->totin, (unsigned long long)ix->totout, why);
+}
+
+static int gz_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
+    zng_stream *zs = &ix->zs;
+    zs->next_in = data;
+    zs->avail_in = 0;
+    sh_buffer(ix->hash, data, ix->totin, n);
+    int rc = SN_OK;
+    while (!rc && (n > 0 || zs->avail_in > 0)) {
+        if (zs->avail_in == 0) { /* avail_in is 32-bit: hand over huge buffers in pieces */
+            size_t piece = n > (1u << 30) ? (1u << 30) : n;
+            zs->avail_in = (uint32_t)piece;
+            n -= piece;
+        }
+        if (ix->member_done) { /* another gzip member follows: counters stay global */
+            if (zng_inflateReset2(zs, GZIP_AUTO_WBITS) != Z_OK) return gz_error(ix, Z_STREAM_ERROR, err);
+            ix->member_done = 0;
+        }
+        if (ix->wpos == SN_WINSIZE + OUT_WORK) { /* keep the last 32 KiB as the next window */
+            memmove(ix->out, ix->out + OUT_WORK, SN_WINSIZE);
+            ix->wpos = SN_WINSIZE;
+        }
+        const uint8_t *in0 = zs->next_in;
+        uint8_t *out0 = ix->out + ix->wpos;
+        zs->next_out = out0;
+        zs->avail_out = (uint32_t)(SN_WINSIZE + OUT_WORK - ix->wpos);
+        /* Block boundaries matter only while nothing was output yet or once more than a span
+         * passed since the last checkpoint. Until then inflate freely (Z_BLOCK stops cost ~6%),
+         * but never past the threshold, so no candidate boundary is skipped. */
+        int flush = Z_BLOCK;
+        uint64_t threshold = ix->last_cp_out + ix->span_size;
+        if (ix->ncp > 0 && ix->totout > 0 && ix->totout < threshold) {
+            flush = Z_NO_FLUSH;
+            if (threshold - ix->totout < zs->avail_out) zs->avail_out = (uint32_t)(threshold - ix->totout);
+        }
+        int ret = zng_inflate(zs, flush);
+        size_t used = (size_t)(zs->next_in - in0), made = (size_t)(zs->next_out - out0);
+        if (made) {
+            rc = tar_feed(ix->tar, out0, made, err);
+            ix->wpos += made;
+            ix->totout += made;
+        }
+        if (used) {
+            ix->last_in = in0[used - 1];
+            ix->totin += used;
+        }
+        if (rc) break;
+        if (ret == Z_STREAM_END) {
+            ix->member_done = 1;
+        } else if (ret != Z_OK && !(ret == Z_BUF_ERROR && zs->avail_in == 0)) { /* BUF: wants input */
+            rc = gz_error(ix, ret, err);
+        } else {
+            int dt = zs->data_type;
+            if (flush == Z_BLOCK && (dt & 128) && !(dt & 64) && (ix->totout == 0 || ix->totout - ix->last_cp_out > ix->span_size))
+                rc = gz_checkpoint(ix, dt & 7, err);
+        }
+        /* span starts up to totin are all known now: the hasher may go that far */
+        if (!rc && used) rc = sh_progress(ix->hash, ix->totin, err);
+    }
+    int src = sh_sync(ix->hash, err); /* the caller may reuse `data` once we return */
+    return rc ? rc : src;
+}
+
+static int gz_finish(sn_indexer *ix, sn_err *err) {
+    if (!ix->member_done)
+        return sn_fail(err, SN_EFORMAT, "gzip stream truncated at compressed offset %llu (uncompressed %llu)",
+                       (unsigned long long)ix->totin, (unsigned long long)ix->totout);
+    sn_put_le32(ix->blob.p, ix->ncp);
+    sn_put_le64(ix->blob.p + 4, ix->span_size);
+    return SN_OK;
+}
+
+/* ---- plain tar: spans are fixed slices (soci-format 1.5) ---- */
+
+static int tar_span_feed(sn_indexer *ix, const uint8_t *p, size_t n, sn_err *err) {
+    int rc = tar_feed(ix->tar, p, n, err);
+    sh_buffer(ix->hash, p, ix->totin, n);
+    for (; !rc && ix->next_slice < ix->totin + n; ix->next_slice += ix->span_size)
+        rc = sh_span_start(ix->hash, ix->next_slice, 0, 0, err);
+    ix->totin += n;
+    ix->totout += n;
+    if (!rc) rc = sh_progress(ix->hash, ix->totin, err);
+    return rc ? rc : sh_sync(ix->hash, err);
+}
+
+/* ---- driver ---- */
+
+static int choose_mode(sn_indexer *ix, sn_err *err) {
+    const uint8_t *s = ix->sniff;
+    size_t n = ix->nsniff;
+    if (ix->mode == SN_MODE_AUTO) {
+        if (n >= 4 && s[0] == 0x28 && s[1] == 0xb5 && s[2] == 0x2f && s[3] == 0xfd)
+            return sn_fail(err, SN_EFORMAT, "zstd-compressed layer: not supported (no zTOC format exists for zstd)");
+        if (n >= 4 && s[0] == 0xfd && s[1] == '7' && s[2] == 'z' && s[3] == 'X')
+            return sn_fail(err, SN_EFORMAT, "xz-compressed layer: not supported");
+        ix->mode = (n >= 2 && s[0] == 0x1f && s[1] == 0x8b) ? SN_MODE_GZIP : SN_MODE_TAR;
+    }
+    /* gzip: hash on a second thread, off the inflating core; tar: hashing is all the work */
+    const char *env = getenv("SOCI_NATIVE_HASH_THREAD"); /* "0": hash inline (benchmarks, debugging) */
+    ix->hash = sh_new(ix->mode == SN_MODE_GZIP && !(env && env[0] == '0'), err);
+    if (!ix->hash) return err->code;
+    return ix->mode == SN_MODE_GZIP ? gz_start(ix, err) : SN_OK;
+}
+
+static int feed_mode(sn_indexer *ix, const uint8_t *p, size_t n, sn_err *err) {
+    return ix->mode == SN_MODE_GZIP ? gz_feed(ix, p, n, err) : tar_span_feed(ix, p, n, err);
+}
+
+int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
+    if (ix->finished) return sn_fail(err, SN_EARG, "indexer already finished");
+    if (n == 0) return SN_OK;
+    if (ix->nsniff < sizeof ix->sniff) { /* hold back the first bytes until the format is known */
+        size_t take = sizeof ix->sniff - ix->nsniff;
+        if (take > n) take = n;
+        memcpy(ix->sniff + ix->nsniff, data, take);
+        ix->nsniff += take;
+        data += take;
+        n -= take;
+        if (ix->nsniff < sizeof ix->sniff) return SN_OK;
+        int rc = choose_mode(ix, err);
+        if (!rc) rc = feed_mode(ix, ix->sniff, ix->nsniff, err);
+        if (rc) return rc;
+    }
+    return feed_mode(ix, data, n, err);
+}
+
+int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
+    if (ix->finished) return SN_OK;
+    int rc = SN_OK;
+    if (ix->nsniff < sizeof ix->sniff) { /* a layer shorter than the sniff window */
+        rc = choose_mode(ix, err);
+        if (!rc) rc = feed_mode(ix, ix->sniff, ix->nsniff, err);
+    }
+    if (!rc && ix->mode == SN_MODE_GZIP) rc = gz_finish(ix, err);
+    if (!rc) rc = sh_finish(ix->hash, err); /* the last span runs to the blob's end */
+    if (!rc) rc = tar_finish(ix->tar, &ix->archive_size, err);
+    if (!rc) ix->finished = 1;
+    return rc;
+}
+
+int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err->sys_errno = errno;
+        return sn_fail(err, SN_EIO, "cannot open %s", path);
+    }
+#ifdef POSIX_FADV_SEQUENTIAL
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+    uint8_t *buf = malloc(FILE_CHUNK);
+    int rc = buf ? SN_OK : sn_fail(err, SN_ENOMEM, "out of memory");
+    while (!rc) {
+        ssize_t got = read(fd, buf, FILE_CHUNK);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            err->sys_errno = errno;
+            rc = sn_fail(err, SN_EIO, "read error on %s", path);
+        }
+        if (got <= 0) break;
+        rc = sn_indexer_feed(ix, buf, (size_t)got, err);
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int sn_indexer_mode(const sn_indexer *ix) { return ix->mode; }
+uint64_t sn_indexer_compressed_size(const sn_indexer *ix) { return ix->totin; }
+uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix) { return ix->archive_size; }
+size_t sn_indexer_num_spans(const sn_indexer *ix) {
+    size_t n;
+    sh_digests(ix->hash, &n);
+    return n;
+}
+const uint8_t *sn_indexer_digests(const sn_indexer *ix) {
+    size_t n;
+    return sh_digests(ix->hash, &n);
+}
+const tar_parser *sn_indexer_tar(const sn_indexer *ix) { return ix->tar; }
+
+const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len) {
+    *len = ix->blob.len;
+    return ix->blob.p;
+}
+
+int sn_raw_inflate_file(const char *path, uint64_t *out_bytes, sn_err *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err->sys_errno = errno;
+        return sn_fail(err, SN_EIO, "cannot open %s", path);
+    }
+    zng_stream zs;
+    memset(&zs, 0, sizeof zs);
+    uint8_t *in = malloc(FILE_CHUNK), *out = malloc(OUT_WORK);
+    int rc = (in && out && zng_inflateInit2(&zs, GZIP_AUTO_WBITS) == Z_OK) ? SN_OK
+                                                                          : sn_fail(err, SN_ENOMEM, "out of memory");
+    uint64_t total = 0;
+    int ended = 0;
+    while (!rc) {
+        ssize_t got = read(fd, in, FILE_CHUNK);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        zs.next_in = in;
+        zs.avail_in = (uint32_t)got;
+        while (zs.avail_in > 0 && !rc) {
+            if (ended) {
+                zng_inflateReset2(&zs, GZIP_AUTO_WBITS);
+                ended = 0;
+            }
+            zs.next_out = out;
+            zs.avail_out = OUT_WORK;
+            int ret = zng_inflate(&zs, Z_NO_FLUSH);
+            total += OUT_WORK - zs.avail_out;
+            if (ret == Z_STREAM_END) ended = 1;
+            else if (ret != Z_OK && ret != Z_BUF_ERROR)
+                rc = sn_fail(err, SN_EFORMAT, "gzip data invalid: %s", zs.msg ? zs.msg : "?");
+        }
+    }
+    zng_inflateEnd(&zs);
+    free(in);
+    free(out);
+    close(fd);
+    *out_bytes = total;
+    return rc;
+}

@@ -1,0 +1,44 @@
+/* One streaming pass over a layer blob (gzip or plain tar) producing everything a zTOC needs:
+ * the checkpoint blob (soci-format 1.2, byte-identical to the reference), the span digests
+ * (1.3, hashed as the compressed bytes pass) and the tar entries (2). */
+#ifndef SN_LAYER_INDEX_H
+#define SN_LAYER_INDEX_H
+
+#include "sn_common.h"
+#include "tar_parse.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { SN_MODE_AUTO = 0, SN_MODE_GZIP = 1, SN_MODE_TAR = 2 };
+
+#define SN_WINSIZE 32768
+#define SN_CHECKPOINT_SIZE (8 + 8 + 1 + SN_WINSIZE)
+#define SN_BLOB_HEADER 12
+
+typedef struct sn_indexer sn_indexer;
+
+sn_indexer *sn_indexer_new(uint64_t span_size, int mode, sn_err *err);
+void sn_indexer_free(sn_indexer *ix);
+int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err);
+int sn_indexer_finish(sn_indexer *ix, sn_err *err);
+/* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
+int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
+
+/* Results, valid after a successful finish. */
+int sn_indexer_mode(const sn_indexer *ix); /* SN_MODE_GZIP or SN_MODE_TAR */
+uint64_t sn_indexer_compressed_size(const sn_indexer *ix);
+uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix);
+const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len); /* gzip only */
+size_t sn_indexer_num_spans(const sn_indexer *ix);
+const uint8_t *sn_indexer_digests(const sn_indexer *ix); /* 32 bytes per span */
+const tar_parser *sn_indexer_tar(const sn_indexer *ix);
+
+/* Plain zlib-ng streaming inflate of a gzip file (multi-member), for benchmarks: bytes out. */
+int sn_raw_inflate_file(const char *path, uint64_t *out_bytes, sn_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

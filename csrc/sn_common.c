@@ -1,0 +1,44 @@
+#include "sn_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sn_fail(sn_err *err, int code, const char *fmt, ...) {
+    if (err && err->code == SN_OK) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return err ? err->code : code;
+}
+
+int sn_buf_reserve(sn_buf *b, size_t extra, sn_err *err) {
+    if (extra <= b->cap - b->len) return SN_OK;
+    if (extra > SIZE_MAX / 2 - b->len) return sn_fail(err, SN_ENOMEM, "buffer size overflow");
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < extra) cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) return sn_fail(err, SN_ENOMEM, "out of memory (%zu bytes)", cap);
+    b->p = p;
+    b->cap = cap;
+    return SN_OK;
+}
+
+int sn_buf_append(sn_buf *b, const void *data, size_t n, sn_err *err) {
+    if (n == 0) return SN_OK;
+    int rc = sn_buf_reserve(b, n, err);
+    if (rc) return rc;
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return SN_OK;
+}
+
+void sn_buf_free(sn_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}

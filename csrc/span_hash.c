@@ -1,0 +1,195 @@
+#define _POSIX_C_SOURCE 200809L
+#include "span_hash.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t at;
+    int bits;
+    uint8_t prev;
+} span_start;
+
+struct span_hasher {
+    int threaded, started, quit, failed;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    /* published by the producer (under mu in threaded mode) */
+    const uint8_t *buf;
+    uint64_t buf_start, buf_end, avail;
+    span_start *starts;
+    size_t nstarts, cap_starts;
+    /* owned by the hashing side */
+    uint64_t pos;
+    size_t next_start;
+    int hashing;
+    EVP_MD_CTX *md;
+    sn_buf digests;
+    sn_err err;
+};
+
+static int end_span(span_hasher *h) {
+    uint8_t d[32];
+    unsigned n = 0;
+    h->hashing = 0;
+    if (EVP_DigestFinal_ex(h->md, d, &n) != 1 || n != 32) return sn_fail(&h->err, SN_ENOMEM, "sha256 failed");
+    return sn_buf_append(&h->digests, d, 32, &h->err);
+}
+
+static int begin_span(span_hasher *h, const span_start *s) {
+    if (EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1) return sn_fail(&h->err, SN_ENOMEM, "sha256 init failed");
+    h->hashing = 1;
+    if (s->bits) EVP_DigestUpdate(h->md, &s->prev, 1); /* the shared partial byte */
+    return SN_OK;
+}
+
+/* Hashes what is published and reachable; call with mu held in threaded mode (it drops mu
+ * around the hashing itself). Returns nonzero when it made no progress. */
+static int step(span_hasher *h) {
+    if (h->next_start < h->nstarts && h->starts[h->next_start].at == h->pos) {
+        span_start s = h->starts[h->next_start++];
+        if ((h->hashing && end_span(h)) || begin_span(h, &s)) h->failed = 1;
+        return 0;
+    }
+    uint64_t end = h->avail;
+    if (h->next_start < h->nstarts && h->starts[h->next_start].at < end) end = h->starts[h->next_start].at;
+    if (end <= h->pos) return 1;
+    if (h->hashing) {
+        const uint8_t *p = h->buf + (h->pos - h->buf_start);
+        size_t n = (size_t)(end - h->pos);
+        if (h->threaded) pthread_mutex_unlock(&h->mu);
+        EVP_DigestUpdate(h->md, p, n);
+        if (h->threaded) pthread_mutex_lock(&h->mu);
+    }
+    h->pos = end;
+    return 0;
+}
+
+static void *run(void *arg) {
+    span_hasher *h = arg;
+    pthread_mutex_lock(&h->mu);
+    while (!h->quit) {
+        if (h->failed || step(h)) {
+            pthread_cond_broadcast(&h->done);
+            pthread_cond_wait(&h->work, &h->mu);
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+span_hasher *sh_new(int threaded, sn_err *err) {
+    span_hasher *h = calloc(1, sizeof *h);
+    if (!h || !(h->md = EVP_MD_CTX_new())) {
+        sh_free(h);
+        sn_fail(err, SN_ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->work, NULL);
+    pthread_cond_init(&h->done, NULL);
+    /* no thread (e.g. a limit on threads): hash inline, same results */
+    h->threaded = threaded && pthread_create(&h->thread, NULL, run, h) == 0;
+    h->started = h->threaded;
+    return h;
+}
+
+void sh_free(span_hasher *h) {
+    if (!h) return;
+    if (h->started) {
+        pthread_mutex_lock(&h->mu);
+        h->quit = 1;
+        pthread_cond_signal(&h->work);
+        pthread_mutex_unlock(&h->mu);
+        pthread_join(h->thread, NULL);
+    }
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->work);
+    pthread_cond_destroy(&h->done);
+    EVP_MD_CTX_free(h->md);
+    sn_buf_free(&h->digests);
+    free(h->starts);
+    free(h);
+}
+
+static void lock(span_hasher *h) {
+    if (h->threaded) pthread_mutex_lock(&h->mu);
+}
+static void unlock_wake(span_hasher *h) {
+    if (h->threaded) {
+        pthread_cond_signal(&h->work);
+        pthread_mutex_unlock(&h->mu);
+    }
+}
+
+static int drain_inline(span_hasher *h, sn_err *err) {
+    if (h->threaded) return SN_OK;
+    while (!h->failed && !step(h)) {}
+    if (h->failed) {
+        *err = h->err;
+        return err->code;
+    }
+    return SN_OK;
+}
+
+void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n) {
+    lock(h);
+    h->buf = buf;
+    h->buf_start = start;
+    h->buf_end = start + n;
+    unlock_wake(h);
+}
+
+int sh_progress(span_hasher *h, uint64_t upto, sn_err *err) {
+    lock(h);
+    h->avail = upto;
+    unlock_wake(h);
+    return drain_inline(h, err);
+}
+
+int sh_span_start(span_hasher *h, uint64_t at, int bits, uint8_t prev, sn_err *err) {
+    lock(h);
+    int rc = SN_OK;
+    if (h->nstarts == h->cap_starts) {
+        size_t cap = h->cap_starts ? 2 * h->cap_starts : 64;
+        span_start *p = realloc(h->starts, cap * sizeof *p);
+        if (!p) rc = sn_fail(err, SN_ENOMEM, "out of memory");
+        else {
+            h->starts = p;
+            h->cap_starts = cap;
+        }
+    }
+    if (!rc) h->starts[h->nstarts++] = (span_start){at, bits, prev};
+    unlock_wake(h);
+    return rc ? rc : drain_inline(h, err);
+}
+
+int sh_sync(span_hasher *h, sn_err *err) {
+    if (!h->threaded) return drain_inline(h, err);
+    pthread_mutex_lock(&h->mu);
+    pthread_cond_signal(&h->work);
+    while (!h->failed && (h->pos < h->avail || h->next_start < h->nstarts)) pthread_cond_wait(&h->done, &h->mu);
+    int rc = h->failed ? h->err.code : SN_OK;
+    if (rc) *err = h->err;
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+int sh_finish(span_hasher *h, sn_err *err) {
+    int rc = sh_sync(h, err);
+    if (rc) return rc;
+    lock(h);
+    if (h->hashing && end_span(h)) h->failed = 1;
+    rc = h->failed ? h->err.code : SN_OK;
+    if (rc) *err = h->err;
+    if (h->threaded) pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+const uint8_t *sh_digests(const span_hasher *h, size_t *count) {
+    *count = h->digests.len / 32;
+    return h->digests.p;
+}

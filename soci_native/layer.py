@@ -1,0 +1,195 @@
+"""One layer in, index data out: the Python face of the C core (soci_native._core)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Union
+
+from soci_native import _core, tarzinfo
+
+FormatError = _core.FormatError
+"""Corrupt or hostile input (a :class:`ValueError`); the message names the problem and offset."""
+
+DEFAULT_SPAN_SIZE = 4 << 20
+"""The reference's default span size: 4 MiB of uncompressed data."""
+
+LayerSource = Union[str, "os.PathLike[str]", BinaryIO]
+
+_TYPES = {
+    "0": "reg",
+    "7": "reg",  # contiguous file: POSIX says treat it as a regular file
+    "1": "hardlink",
+    "2": "symlink",
+    "3": "char",
+    "4": "block",
+    "5": "dir",
+    "6": "fifo",
+    "g": "pax_global",
+    "S": "sparse",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TarEntry:
+    """One tar member as Go's archive/tar reports it (what the reference puts in a TOC)."""
+
+    name: str
+    type: str
+    typeflag: str
+    offset: int
+    size: int
+    header_offset: int
+    linkname: str
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    mtime: int
+    mtime_ns: int
+    devmajor: int
+    devminor: int
+    pax: dict[str, str] = field(default_factory=dict)
+    sparse: bool = False
+
+
+@dataclass(frozen=True)
+class LayerIndex:
+    """Everything a zTOC needs from one layer."""
+
+    compression: str  # "gzip" | "uncompressed"
+    span_size: int
+    compressed_size: int
+    uncompressed_size: int
+    checkpoints: bytes  # gzip: v2 checkpoint blob; uncompressed: TarZinfo FlatBuffer
+    span_digests: list[str]
+    entries: list[TarEntry]
+
+    @property
+    def num_spans(self) -> int:
+        return len(self.span_digests)
+
+
+def _entry(t: tuple) -> TarEntry:  # type: ignore[type-arg]
+    (name, flag, offset, size, hoff, link, mode, uid, gid, uname, gname, mtime, mtime_ns,
+     dmaj, dmin, pax, sparse) = t
+    return TarEntry(name, _TYPES.get(flag, "unknown"), flag, offset, size, hoff, link, mode, uid,
+                    gid, uname, gname, mtime, mtime_ns, dmaj, dmin, dict(pax), sparse)
+
+
+def _layer_index(r: dict) -> LayerIndex:  # type: ignore[type-arg]
+    blob = r["checkpoints"]
+    if blob is None:  # plain tar: the checkpoints field carries the TarZinfo parameters
+        blob = tarzinfo.encode(r["span_size"], r["compressed_size"])
+    return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
+                      r["uncompressed_size"], blob, list(r["span_digests"]),
+                      [_entry(t) for t in r["entries"]])
+
+
+def index_layer(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
+                chunk_size: int = 1 << 20) -> LayerIndex:
+    """Indexes a gzip or plain tar layer in one pass.
+
+    ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``
+    pieces, e.g. an HTTP body). ``mode`` is "auto" (sniff the gzip magic), "gzip" or "tar".
+    Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        return _layer_index(_core.index_file(os.fspath(src), span_size, mode))
+    ix = _core.Indexer(span_size, mode)
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    while True:
+        n = src.readinto(view) if hasattr(src, "readinto") else _read_into(src, view)
+        if not n:
+            break
+        ix.feed(view[:n])
+    return _layer_index(ix.finish())
+
+
+def _read_into(src: BinaryIO, view: memoryview) -> int:
+    data = src.read(len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
+def _tar_zinfo(checkpoints: bytes) -> tarzinfo.TarZinfo | None:
+    """The TarZinfo if ``checkpoints`` is one, None for a gzip checkpoint blob."""
+    if len(checkpoints) >= 12:
+        count = int.from_bytes(checkpoints[:4], "little", signed=True)
+        body = len(checkpoints) - 12
+        if count >= 0 and body in (count * _core.CHECKPOINT_SIZE, (count - 1) * _core.CHECKPOINT_SIZE):
+            return None
+    try:
+        return tarzinfo.decode(checkpoints)
+    except ValueError as e:
+        raise FormatError(f"checkpoints are neither a gzip checkpoint blob nor a TarZinfo: {e}") from None
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"offset and length must be >= 0, got {offset}, {length}")
+
+
+def span_range(checkpoints: bytes, offset: int, length: int,
+               compressed_size: int) -> tuple[int, int, int]:
+    """``(first_span, start, end)``: the compressed bytes ``[start, end)`` that hold the
+    uncompressed range, starting at span ``first_span``'s compressed start."""
+    _check_range(offset, length)
+    z = _tar_zinfo(checkpoints)
+    if z is None:
+        first, start, end = _core.span_range(checkpoints, offset, length, compressed_size)
+        return int(first), int(start), int(end)
+    first = offset // z.span_size
+    last = (offset + max(length, 1) - 1) // z.span_size
+    return first, first * z.span_size, min((last + 1) * z.span_size, z.size)
+
+
+def extract(layer: LayerSource, checkpoints: bytes, offset: int, length: int) -> bytes:
+    """Reads ``length`` bytes at uncompressed ``offset`` of a layer through its checkpoints,
+    inflating from the nearest checkpoint only as far as needed."""
+    _check_range(offset, length)
+    z = _tar_zinfo(checkpoints)
+    if z is not None:
+        if offset + length > z.size:
+            raise FormatError(f"range {offset}+{length} runs past the tar's end ({z.size})")
+        return _read_at(layer, offset, length)
+    if isinstance(layer, (str, os.PathLike)):
+        return bytes(_core.extract_file(os.fspath(layer), checkpoints, offset, length))
+    layer.seek(0, os.SEEK_END)
+    size = layer.tell()
+    first, start, end = span_range(checkpoints, offset, length, size)
+    data = _read_at(layer, start, end - start)
+    return extract_span(checkpoints, first, data, offset, length)
+
+
+def extract_span(checkpoints: bytes, span_id: int, span_bytes: bytes | bytearray | memoryview,
+                 offset: int, length: int) -> bytes:
+    """Like :func:`extract`, from compressed bytes that start at span ``span_id``'s
+    compressed start (soci-format 1.3) and may run on into later spans."""
+    _check_range(offset, length)
+    z = _tar_zinfo(checkpoints)
+    if z is not None:
+        rel = offset - span_id * z.span_size
+        if rel < 0 or rel + length > len(span_bytes):
+            raise FormatError(f"range {offset}+{length} is not inside the given span bytes")
+        return bytes(span_bytes[rel:rel + length])
+    return bytes(_core.extract_buffer(checkpoints, span_id, span_bytes, offset, length))
+
+
+def _read_at(layer: LayerSource, offset: int, length: int) -> bytes:
+    if isinstance(layer, (str, os.PathLike)):
+        with open(layer, "rb") as f:
+            return _read_at(f, offset, length)
+    layer.seek(offset)
+    data = layer.read(length)
+    if len(data) != length:
+        raise FormatError(f"layer ends before byte {offset + length} (read {len(data)} of {length})")
+    return data
+
+
+def checkpoint_table(checkpoints: bytes) -> Sequence[tuple[int, int, int]]:
+    """``[(in, out, bits), ...]`` of a gzip checkpoint blob (validated)."""
+    return [tuple(t) for t in _core.checkpoint_table(checkpoints)]  # type: ignore[misc]
