@@ -118,8 +118,8 @@ static int next_bytes(reader *r, const uint8_t **p, size_t *n, sn_err *err) {
 }
 
 static int fill(reader *r, zng_stream *zs, sn_err *err) {
-    const uint8_t *p;
-    size_t n;
+    const uint8_t *p = NULL;
+    size_t n = 0;
     int rc = next_bytes(r, &p, &n, err);
     if (rc) return rc;
     zs->next_in = p;

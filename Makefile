@@ -1,0 +1,68 @@
+# soci-native developer entry points. Everything goes into ./.venv.
+#   make venv     create .venv with the build tools (scikit-build-core, nanobind, cmake, ninja, pip)
+#   make install  build the C extension and install the package (+ test/dev extras) into .venv;
+#                 the CMake tree in build/<wheel tag>/ is kept, so rebuilds are incremental
+#   make run      install, then build the index of the built-in sample layer
+#   make test     install, then pytest
+#   make lint     ruff + mypy
+#   make bench    install, then bench/bench_index.py
+#   make clean    remove build products (keeps .venv; `make distclean` removes it too)
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+PIP    := $(VPY) -m pip
+# Build tools needed because we install with --no-build-isolation (keep in line with
+# [build-system].requires in pyproject.toml; cmake/ninja from PyPI so no system ones are needed).
+BUILD_DEPS   := "scikit-build-core>=0.10" "nanobind>=2.0" pip cmake ninja
+EXTRAS       ?= test,dev
+PIP_INSTALL_FLAGS ?= -v
+PYTEST_ARGS  ?=
+BENCH_ARGS   ?=
+
+.PHONY: all venv build install run test lint bench clean distclean
+
+all: install
+
+# A stamp file: the venv is made once, and its build tools refreshed when pyproject.toml changes.
+venv: $(VENV)/.build-deps
+
+$(VENV)/.build-deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install --upgrade $(BUILD_DEPS)
+	@touch $@
+
+# --no-build-isolation: builds against the tools in .venv, so the CMake tree under
+# build/ sees the same nanobind/python paths every time and only recompiles what changed.
+# -e (scikit-build-core's editable "redirect" mode): soci_native is imported from this
+# source tree and _core from .venv, so `python -m pytest` / `python -m soci_native.x` run
+# from the repo root import the same package (a plain install would be shadowed by ./soci_native,
+# which has no _core). Python edits need no reinstall; C edits need `make install`.
+build install: venv
+	$(PIP) install --no-build-isolation $(PIP_INSTALL_FLAGS) -e ".[$(EXTRAS)]"
+
+run: install
+	$(VPY) -m soci_native.sample
+
+# PYTEST_EXIT_FILE=path: also write pytest's own exit code there (make itself can only
+# exit 2), so .ci/run can pass it on. Exit 5 (no tests collected) is a failure like any other.
+test: install
+	@rc=0; $(VPY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ -n "$(PYTEST_EXIT_FILE)" ]; then echo $$rc > "$(PYTEST_EXIT_FILE)"; fi; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+lint: install
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy soci_native
+
+bench: install
+	$(VPY) bench/bench_index.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
