@@ -358,7 +358,7 @@ static int parse_pax_time(const uint8_t *v, size_t n, int64_t *sec, int32_t *nse
     }
     for (; digits < 9; digits++) ns *= 10;
     if (sn > 0 && v[0] == '-' && ns > 0) { /* time.Unix(secs, -ns) normalised */
-        *sec -= 1;
+        *sec = (int64_t)((uint64_t)*sec - 1); /* wraps at INT64_MIN as Go's int64 does (no UB) */
         ns = 1000000000 - ns;
     }
     *nsec = (int32_t)ns;
@@ -597,18 +597,18 @@ static int on_special_done(tar_parser *tp, sn_err *err) {
     case 'K':
         tp->longlink.len = 0;
         return sn_buf_append(&tp->longlink, d, cstr_len(d, n), err);
-    default: { /* 'g': Go returns it as an entry of its own (name, flag, records); so do we */
+    default: { /* 'g': Go returns it as an entry of its own (name, flag, records, no size),
+                * Next() having read the records but not their padding; so do we */
         sn_entry g;
         memset(&g, 0, sizeof g);
         g.typeflag = 'g';
         g.header_offset = tp->cur.header_offset;
-        g.offset = tp->special_data_at;
-        g.size = (int64_t)n;
+        g.offset = tp->special_data_at + n;
         if ((rc = parse_pax(tp, d, n, at, err))) return rc;
         tp->link.len = tp->uname.len = tp->gname.len = 0;
         if ((rc = merge_pax(tp, &g, at, err))) return rc;
         tp->link.len = tp->uname.len = tp->gname.len = 0;
-        g.size = (int64_t)n;
+        g.size = 0;
         g.uid = g.gid = g.mtime = 0;
         g.mtime_nsec = 0;
         return emit(tp, &g, err);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 from soci_native import _core, tarzinfo
 
@@ -72,14 +72,14 @@ class LayerIndex:
         return len(self.span_digests)
 
 
-def _entry(t: tuple) -> TarEntry:  # type: ignore[type-arg]
+def _entry(t: tuple[Any, ...]) -> TarEntry:
     (name, flag, offset, size, hoff, link, mode, uid, gid, uname, gname, mtime, mtime_ns,
      dmaj, dmin, pax, sparse) = t
     return TarEntry(name, _TYPES.get(flag, "unknown"), flag, offset, size, hoff, link, mode, uid,
                     gid, uname, gname, mtime, mtime_ns, dmaj, dmin, dict(pax), sparse)
 
 
-def _layer_index(r: dict) -> LayerIndex:  # type: ignore[type-arg]
+def _layer_index(r: dict[str, Any]) -> LayerIndex:
     blob = r["checkpoints"]
     if blob is None:  # plain tar: the checkpoints field carries the TarZinfo parameters
         blob = tarzinfo.encode(r["span_size"], r["compressed_size"])
@@ -120,12 +120,14 @@ def _tar_zinfo(checkpoints: bytes) -> tarzinfo.TarZinfo | None:
     if len(checkpoints) >= 12:
         count = int.from_bytes(checkpoints[:4], "little", signed=True)
         body = len(checkpoints) - 12
-        if count >= 0 and body in (count * _core.CHECKPOINT_SIZE, (count - 1) * _core.CHECKPOINT_SIZE):
+        size = _core.CHECKPOINT_SIZE
+        if count >= 0 and body in (count * size, (count - 1) * size):  # v2 or v1 length form
             return None
     try:
         return tarzinfo.decode(checkpoints)
     except ValueError as e:
-        raise FormatError(f"checkpoints are neither a gzip checkpoint blob nor a TarZinfo: {e}") from None
+        raise FormatError(
+            f"checkpoints are neither a gzip checkpoint blob nor a TarZinfo: {e}") from None
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -157,7 +159,7 @@ def extract(layer: LayerSource, checkpoints: bytes, offset: int, length: int) ->
             raise FormatError(f"range {offset}+{length} runs past the tar's end ({z.size})")
         return _read_at(layer, offset, length)
     if isinstance(layer, (str, os.PathLike)):
-        return bytes(_core.extract_file(os.fspath(layer), checkpoints, offset, length))
+        return _core.extract_file(os.fspath(layer), checkpoints, offset, length)
     layer.seek(0, os.SEEK_END)
     size = layer.tell()
     first, start, end = span_range(checkpoints, offset, length, size)
@@ -176,7 +178,7 @@ def extract_span(checkpoints: bytes, span_id: int, span_bytes: bytes | bytearray
         if rel < 0 or rel + length > len(span_bytes):
             raise FormatError(f"range {offset}+{length} is not inside the given span bytes")
         return bytes(span_bytes[rel:rel + length])
-    return bytes(_core.extract_buffer(checkpoints, span_id, span_bytes, offset, length))
+    return _core.extract_buffer(checkpoints, span_id, span_bytes, offset, length)
 
 
 def _read_at(layer: LayerSource, offset: int, length: int) -> bytes:
@@ -186,10 +188,11 @@ def _read_at(layer: LayerSource, offset: int, length: int) -> bytes:
     layer.seek(offset)
     data = layer.read(length)
     if len(data) != length:
-        raise FormatError(f"layer ends before byte {offset + length} (read {len(data)} of {length})")
+        raise FormatError(
+            f"layer ends before byte {offset + length} (read {len(data)} of {length})")
     return data
 
 
 def checkpoint_table(checkpoints: bytes) -> Sequence[tuple[int, int, int]]:
     """``[(in, out, bits), ...]`` of a gzip checkpoint blob (validated)."""
-    return [tuple(t) for t in _core.checkpoint_table(checkpoints)]  # type: ignore[misc]
+    return [(int(a), int(b), int(c)) for a, b, c in _core.checkpoint_table(checkpoints)]
