@@ -58,6 +58,8 @@ lint: install
 	$(VPY) -m mypy soci_native
 
 bench: install
+	$(PIP) install -q -r bench/requirements.txt
+	$(VPY) bench/make_layers.py
 	$(VPY) bench/bench_index.py $(BENCH_ARGS)
 
 clean:
