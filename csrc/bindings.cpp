@@ -1,6 +1,7 @@
 // nanobind glue: soci_native._core. Heavy work runs with the GIL released; C errors become
 // FormatError (a ValueError), OSError, MemoryError or ValueError.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <atomic>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <iterator>
+#include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <stdexcept>
@@ -17,6 +19,7 @@ extern "C" {
 #include "layer_index.h"
 #include "span_read.h"
 #include "tar_parse.h"
+#include "ztoc_write.h"
 }
 
 namespace nb = nanobind;
@@ -114,8 +117,41 @@ std::string hex_digest(const uint8_t *d) {
     return s;
 }
 
-nb::dict result(const sn_indexer *ix, uint64_t span_size) {
+// The zTOC is serialised while the C entries still exist: no Python objects in between.
+void add_ztoc(nb::dict &r, const sn_indexer *ix, const std::optional<std::string> &build_tool) {
+    if (!build_tool) return;
+    sn_buf out{};
+    sn_err e{};
+    int rc;
+    {
+        nb::gil_scoped_release unlocked;
+        rc = sn_ztoc_build(ix, build_tool->c_str(), &out, &e);
+    }
+    if (rc == SN_EFORMAT) {
+        r["ztoc"] = nb::none();
+        r["ztoc_error"] = e.msg;
+    } else if (rc) {
+        sn_buf_free(&out);
+        raise(e);
+    } else {
+        r["ztoc"] = nb::bytes(reinterpret_cast<const char *>(out.p), out.len);
+        r["ztoc_error"] = nb::none();
+    }
+    sn_buf_free(&out);
+}
+
+nb::bytes tar_zinfo(int64_t span_size, int64_t size) {
+    sn_buf out{};
+    sn_err e{};
+    if (sn_tar_zinfo_build(span_size, size, &out, &e)) raise(e);
+    nb::bytes b(reinterpret_cast<const char *>(out.p), out.len);
+    sn_buf_free(&out);
+    return b;
+}
+
+nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool) {
     nb::dict r;
+    add_ztoc(r, ix, build_tool);
     bool gz = sn_indexer_mode(ix) == SN_MODE_GZIP;
     r["compression"] = gz ? "gzip" : "uncompressed";
     r["span_size"] = span_size;
@@ -126,7 +162,8 @@ nb::dict result(const sn_indexer *ix, uint64_t span_size) {
         const uint8_t *p = sn_indexer_blob(ix, &n);
         r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(p), n);
     } else {
-        r["checkpoints"] = nb::none();
+        r["checkpoints"] = tar_zinfo(static_cast<int64_t>(span_size),
+                                     static_cast<int64_t>(sn_indexer_compressed_size(ix)));
     }
     nb::list digests;
     const uint8_t *d = sn_indexer_digests(ix);
@@ -168,7 +205,7 @@ class Indexer {
         if (rc) fail(e);
     }
 
-    nb::dict finish() {
+    nb::dict finish(const std::optional<std::string> &build_tool) {
         Busy busy(this);
         check_usable();
         sn_err e{};
@@ -178,7 +215,7 @@ class Indexer {
             rc = sn_indexer_finish(ix_, &e);
         }
         if (rc) fail(e);
-        return result(ix_, span_size_);
+        return result(ix_, span_size_, build_tool);
     }
 
   private:
@@ -203,7 +240,8 @@ class Indexer {
     bool failed_ = false;
 };
 
-nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode) {
+nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
+                    const std::optional<std::string> &build_tool) {
     sn_err e{};
     IndexerGuard g{sn_indexer_new(span_size, parse_mode(mode), &e)};
     if (!g.ix) raise(e);
@@ -214,7 +252,7 @@ nb::dict index_file(const std::string &path, uint64_t span_size, const std::stri
         if (!rc) rc = sn_indexer_finish(g.ix, &e);
     }
     if (rc) raise(e);
-    return result(g.ix, span_size);
+    return result(g.ix, span_size, build_tool);
 }
 
 sn_blob parse_blob(const Buffer &b) {
@@ -344,9 +382,11 @@ NB_MODULE(_core, m) {
     nb::class_<Indexer>(m, "Indexer", "Streaming layer indexer: feed() compressed chunks, then finish().")
         .def(nb::init<uint64_t, const std::string &>(), nb::arg("span_size"), nb::arg("mode") = "auto")
         .def("feed", &Indexer::feed, nb::arg("data"), "Feed the next bytes of the layer blob (GIL released).")
-        .def("finish", &Indexer::finish, "End of the blob: returns the index data as a dict.");
+        .def("finish", &Indexer::finish, nb::arg("build_tool") = nb::none(),
+             "End of the blob: returns the index data as a dict (with the zTOC when build_tool is set).");
     m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",
-          "Index a local layer file entirely in C.");
+          nb::arg("build_tool") = nb::none(), "Index a local layer file entirely in C.");
+    m.def("tar_zinfo", &tar_zinfo, nb::arg("span_size"), nb::arg("size"));
     m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));
     m.def("extract_buffer", &extract_buffer, nb::arg("blob"), nb::arg("span_id"), nb::arg("data"),
           nb::arg("offset"), nb::arg("length"));

@@ -271,6 +271,7 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
 }
 
 int sn_indexer_mode(const sn_indexer *ix) { return ix->mode; }
+uint64_t sn_indexer_span_size(const sn_indexer *ix) { return ix->span_size; }
 uint64_t sn_indexer_compressed_size(const sn_indexer *ix) { return ix->totin; }
 uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix) { return ix->archive_size; }
 size_t sn_indexer_num_spans(const sn_indexer *ix) {

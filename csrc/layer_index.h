@@ -28,6 +28,7 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
 
 /* Results, valid after a successful finish. */
 int sn_indexer_mode(const sn_indexer *ix); /* SN_MODE_GZIP or SN_MODE_TAR */
+uint64_t sn_indexer_span_size(const sn_indexer *ix);
 uint64_t sn_indexer_compressed_size(const sn_indexer *ix);
 uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix);
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len); /* gzip only */

@@ -66,6 +66,8 @@ class LayerIndex:
     checkpoints: bytes  # gzip: v2 checkpoint blob; uncompressed: TarZinfo FlatBuffer
     span_digests: list[str]
     entries: list[TarEntry]
+    ztoc: bytes | None = None  # the zTOC, when index_layer was given a build_tool
+    ztoc_error: str | None = None  # why there is no zTOC (sparse files, PAX global headers)
 
     @property
     def num_spans(self) -> int:
@@ -80,24 +82,25 @@ def _entry(t: tuple[Any, ...]) -> TarEntry:
 
 
 def _layer_index(r: dict[str, Any]) -> LayerIndex:
-    blob = r["checkpoints"]
-    if blob is None:  # plain tar: the checkpoints field carries the TarZinfo parameters
-        blob = tarzinfo.encode(r["span_size"], r["compressed_size"])
     return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
-                      r["uncompressed_size"], blob, list(r["span_digests"]),
-                      [_entry(t) for t in r["entries"]])
+                      r["uncompressed_size"], r["checkpoints"], list(r["span_digests"]),
+                      [_entry(t) for t in r["entries"]], r.get("ztoc"), r.get("ztoc_error"))
 
 
 def index_layer(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
-                chunk_size: int = 1 << 20) -> LayerIndex:
+                chunk_size: int = 1 << 20, build_tool: str | None = None) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
     ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``
     pieces, e.g. an HTTP body). ``mode`` is "auto" (sniff the gzip magic), "gzip" or "tar".
+    With ``build_tool`` (the zTOC's build_tool_identifier) the zTOC is serialised in C as
+    well: ``.ztoc``, or ``.ztoc_error`` when the layer has entries a zTOC cannot describe.
     Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
     """
+    if span_size <= 0:
+        raise ValueError(f"span size must be positive, got {span_size}")
     if isinstance(src, (str, os.PathLike)):
-        return _layer_index(_core.index_file(os.fspath(src), span_size, mode))
+        return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool))
     ix = _core.Indexer(span_size, mode)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
@@ -106,7 +109,7 @@ def index_layer(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
         if not n:
             break
         ix.feed(view[:n])
-    return _layer_index(ix.finish())
+    return _layer_index(ix.finish(build_tool))
 
 
 def _read_into(src: BinaryIO, view: memoryview) -> int:

@@ -2,16 +2,13 @@
 
 Namespace `zinfo`, no file identifier; slot 0 `version: int32` (always 2), slot 1
 `span_size: int64`, slot 2 `size: int64`. Spans are fixed `span_size` slices of the tar.
-Written with the reference FlatBuffers builder (the same algorithm in every language), in
-the order version, span_size, size.
+The C core writes it (csrc/ztoc_write.c); this module reads it.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
-import flatbuffers
 
 TAR_ZINFO_VERSION = 2
 
@@ -25,16 +22,6 @@ class TarZinfo:
     @property
     def num_spans(self) -> int:
         return -(-self.size // self.span_size) if self.span_size > 0 else 0
-
-
-def encode(span_size: int, size: int) -> bytes:
-    b = flatbuffers.Builder(64)
-    b.StartObject(3)
-    b.PrependInt32Slot(0, TAR_ZINFO_VERSION, 0)
-    b.PrependInt64Slot(1, span_size, 0)
-    b.PrependInt64Slot(2, size, 0)
-    b.Finish(b.EndObject())
-    return bytes(b.Output())
 
 
 def decode(buf: bytes) -> TarZinfo:

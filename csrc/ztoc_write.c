@@ -1,0 +1,340 @@
+#include "ztoc_write.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- a FlatBuffers builder: data grows downwards from the end of buf ---- */
+
+typedef struct {
+    uint8_t *buf;
+    size_t cap, head;   /* used bytes are buf[head, cap) */
+    size_t minalign;
+    uint32_t vt[16];    /* field positions of the open table (offsets from the end), 0 = absent */
+    int nfields;
+    uint32_t object_end;
+    uint32_t *vtables;  /* offsets of the vtables written so far */
+    size_t nvt, capvt;
+    uint32_t vec_len;
+    sn_err *err;
+    int failed;
+} fbb;
+
+static uint32_t fb_off(const fbb *b) { return (uint32_t)(b->cap - b->head); }
+
+static int fb_grow(fbb *b, size_t need) {
+    if (b->failed) return -1;
+    size_t used = b->cap - b->head, cap = b->cap ? b->cap : 1024;
+    while (cap - used < need) {
+        if (cap > ((size_t)1 << 31)) {
+            b->failed = sn_fail(b->err, SN_EFORMAT, "zTOC larger than 2 GiB");
+            return -1;
+        }
+        cap *= 2;
+    }
+    uint8_t *p = malloc(cap);
+    if (!p) {
+        b->failed = sn_fail(b->err, SN_ENOMEM, "out of memory for a %zu-byte zTOC", cap);
+        return -1;
+    }
+    memset(p, 0, cap - used);
+    if (used) memcpy(p + cap - used, b->buf + b->head, used);
+    free(b->buf);
+    b->buf = p;
+    b->head = cap - used;
+    b->cap = cap;
+    return 0;
+}
+
+static void fb_pad(fbb *b, size_t n) {
+    b->head -= n;
+    memset(b->buf + b->head, 0, n);
+}
+
+/* Aligns so that `size` bytes can follow `additional` bytes, with room for both. */
+static int fb_prep(fbb *b, size_t size, size_t additional) {
+    if (size > b->minalign) b->minalign = size;
+    size_t align = (size_t)(-(int64_t)(fb_off(b) + additional)) & (size - 1);
+    if (b->head < align + size + additional && fb_grow(b, align + size + additional)) return -1;
+    fb_pad(b, align);
+    return 0;
+}
+
+static void fb_put(fbb *b, uint64_t v, size_t n) {
+    b->head -= n;
+    for (size_t i = 0; i < n; i++) b->buf[b->head + i] = (uint8_t)(v >> (8 * i));
+}
+
+static void fb_scalar(fbb *b, uint64_t v, size_t n) {
+    if (!fb_prep(b, n, 0)) fb_put(b, v, n);
+}
+
+static void fb_uoffset(fbb *b, uint32_t target) {
+    if (fb_prep(b, 4, 0)) return;
+    fb_put(b, fb_off(b) - target + 4, 4);
+}
+
+static uint32_t fb_bytes(fbb *b, const void *p, size_t n, int nul) {
+    if (fb_prep(b, 4, n + (nul ? 1 : 0))) return 0;
+    if (nul) fb_put(b, 0, 1);
+    b->head -= n;
+    if (n) memcpy(b->buf + b->head, p, n);
+    fb_put(b, (uint32_t)n, 4);
+    return fb_off(b);
+}
+
+static uint32_t fb_string(fbb *b, const void *p, size_t n) { return fb_bytes(b, p, n, 1); }
+
+static uint32_t fb_offset_vector(fbb *b, const uint32_t *offs, size_t n) {
+    if (fb_prep(b, 4, 4 * n)) return 0; /* StartVector: room for the elements, 4-aligned */
+    for (size_t i = n; i-- > 0;) fb_uoffset(b, offs[i]);
+    fb_put(b, (uint32_t)n, 4);
+    return fb_off(b);
+}
+
+static void fb_start(fbb *b, int nfields) {
+    memset(b->vt, 0, sizeof b->vt);
+    b->nfields = nfields;
+    b->object_end = fb_off(b);
+}
+
+static void fb_slot_scalar(fbb *b, int slot, uint64_t v, size_t n, uint64_t dflt) {
+    if (v == dflt) return; /* defaults are not stored */
+    fb_scalar(b, v, n);
+    b->vt[slot] = fb_off(b);
+}
+
+static void fb_slot_ref(fbb *b, int slot, uint32_t target) {
+    if (!target) return;
+    fb_uoffset(b, target);
+    b->vt[slot] = fb_off(b);
+}
+
+static uint32_t fb_end(fbb *b) {
+    fb_scalar(b, 0, 4); /* soffset to the vtable, patched below */
+    uint32_t obj = fb_off(b);
+    int n = b->nfields;
+    while (n > 0 && b->vt[n - 1] == 0) n--; /* trailing absent fields are trimmed */
+    uint16_t fields[16];
+    for (int i = 0; i < n; i++) fields[i] = b->vt[i] ? (uint16_t)(obj - b->vt[i]) : 0;
+    uint32_t found = 0;
+    for (size_t k = b->nvt; k-- > 0 && !b->failed;) { /* newest first, as the reference */
+        const uint8_t *v = b->buf + b->cap - b->vtables[k];
+        uint16_t vlen = (uint16_t)(v[0] | v[1] << 8);
+        if (vlen != 4 + 2 * n) continue;
+        int same = 1;
+        for (int i = 0; i < n && same; i++) same = (uint16_t)(v[4 + 2 * i] | v[5 + 2 * i] << 8) == fields[i];
+        if (same) {
+            found = b->vtables[k];
+            break;
+        }
+    }
+    if (b->failed) return 0;
+    uint8_t *objp = b->buf + b->cap - obj;
+    if (found) {
+        b->head = b->cap - obj; /* drop nothing: the vtable slot stays a reference */
+        int32_t rel = (int32_t)found - (int32_t)obj;
+        for (int i = 0; i < 4; i++) objp[i] = (uint8_t)((uint32_t)rel >> (8 * i));
+        return obj;
+    }
+    for (int i = n; i-- > 0;) fb_scalar(b, fields[i], 2);
+    fb_scalar(b, obj - b->object_end, 2);
+    fb_scalar(b, 4 + 2 * (uint32_t)n, 2);
+    if (b->failed) return 0;
+    objp = b->buf + b->cap - obj;
+    int32_t rel = (int32_t)fb_off(b) - (int32_t)obj;
+    for (int i = 0; i < 4; i++) objp[i] = (uint8_t)((uint32_t)rel >> (8 * i));
+    if (b->nvt == b->capvt) {
+        size_t cap = b->capvt ? b->capvt * 2 : 16;
+        uint32_t *p = realloc(b->vtables, cap * sizeof *p);
+        if (!p) {
+            b->failed = sn_fail(b->err, SN_ENOMEM, "out of memory");
+            return 0;
+        }
+        b->vtables = p;
+        b->capvt = cap;
+    }
+    b->vtables[b->nvt++] = fb_off(b);
+    return obj;
+}
+
+static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
+    if (!fb_prep(b, b->minalign, 4)) fb_uoffset(b, root);
+    if (!b->failed) {
+        size_t n = b->cap - b->head;
+        out->len = 0;
+        if (sn_buf_append(out, b->buf + b->head, n, b->err)) b->failed = b->err->code;
+    }
+    free(b->buf);
+    free(b->vtables);
+    return b->failed ? b->err->code : SN_OK;
+}
+
+/* ---- Go time text ---- */
+
+size_t sn_go_time_text(int64_t sec, int32_t nsec, char out[40]) {
+    /* civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras) */
+    int64_t days = sec / 86400, rem = sec % 86400;
+    if (rem < 0) {
+        rem += 86400;
+        days -= 1;
+    }
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153, d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = yoe + era * 400 + (m <= 2);
+    out[0] = 0;
+    if (y < 0 || y > 9999) return 0; /* Go's MarshalText refuses; the reference writes "" */
+    int n = snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d", (int)y, (int)m, (int)d, (int)(rem / 3600),
+                     (int)(rem / 60 % 60), (int)(rem % 60));
+    if (nsec > 0) {
+        char frac[16];
+        snprintf(frac, sizeof frac, ".%09d", (int)nsec);
+        size_t fl = strlen(frac);
+        while (frac[fl - 1] == '0') frac[--fl] = 0;
+        memcpy(out + n, frac, fl + 1);
+        n += (int)fl;
+    }
+    out[n++] = 'Z';
+    out[n] = 0;
+    return (size_t)n;
+}
+
+/* ---- the zTOC ---- */
+
+static const char *toc_type(const sn_entry *e) {
+    if (e->sparse) return NULL;
+    switch (e->typeflag) {
+    case '0':
+    case '7': return "reg";
+    case '1': return "hardlink";
+    case '2': return "symlink";
+    case '3': return "char";
+    case '4': return "block";
+    case '5': return "dir";
+    case '6': return "fifo";
+    default: return NULL;
+    }
+}
+
+static uint32_t pool_string(fbb *b, const uint8_t *pool, sn_str s) { return fb_string(b, pool + s.off, s.len); }
+
+static uint32_t file_metadata(fbb *b, const uint8_t *pool, const sn_entry *e, uint32_t *scratch) {
+    const char *type = toc_type(e);
+    char when[40];
+    size_t wn = sn_go_time_text(e->mtime, e->mtime_nsec, when);
+    uint32_t name = pool_string(b, pool, e->name), typ = fb_string(b, type, strlen(type));
+    uint32_t link = pool_string(b, pool, e->linkname), uname = pool_string(b, pool, e->uname);
+    uint32_t gname = pool_string(b, pool, e->gname), mtime = fb_string(b, when, wn);
+    /* xattrs: every PAX record, sorted by key (the parser stored them so) */
+    const uint8_t *p = pool + e->pax.off;
+    for (uint32_t i = 0; i < e->npax; i++) {
+        uint32_t kn = sn_get_le32(p), vn = sn_get_le32(p + 4 + kn);
+        uint32_t k = fb_string(b, p + 4, kn), v = fb_string(b, p + 8 + kn, vn);
+        fb_start(b, 2);
+        fb_slot_ref(b, 0, k);
+        fb_slot_ref(b, 1, v);
+        scratch[i] = fb_end(b);
+        p += 8 + (size_t)kn + vn;
+    }
+    uint32_t xattrs = fb_offset_vector(b, scratch, e->npax);
+    fb_start(b, 14);
+    fb_slot_ref(b, 0, name);
+    fb_slot_ref(b, 1, typ);
+    fb_slot_scalar(b, 2, e->offset, 8, 0);
+    fb_slot_scalar(b, 3, (uint64_t)e->size, 8, 0);
+    fb_slot_ref(b, 4, link);
+    fb_slot_scalar(b, 5, (uint64_t)e->mode, 8, 0);
+    fb_slot_scalar(b, 6, (uint32_t)e->uid, 4, 0);
+    fb_slot_scalar(b, 7, (uint32_t)e->gid, 4, 0);
+    fb_slot_ref(b, 8, uname);
+    fb_slot_ref(b, 9, gname);
+    fb_slot_ref(b, 10, mtime);
+    fb_slot_scalar(b, 11, (uint64_t)e->devmajor, 8, 0);
+    fb_slot_scalar(b, 12, (uint64_t)e->devminor, 8, 0);
+    fb_slot_ref(b, 13, xattrs);
+    return fb_end(b);
+}
+
+int sn_tar_zinfo_build(int64_t span_size, int64_t size, sn_buf *out, sn_err *err) {
+    fbb b = {0};
+    b.err = err;
+    fb_start(&b, 3);
+    fb_slot_scalar(&b, 0, 2, 4, 0); /* version */
+    fb_slot_scalar(&b, 1, (uint64_t)span_size, 8, 0);
+    fb_slot_scalar(&b, 2, (uint64_t)size, 8, 0);
+    return fb_finish(&b, fb_end(&b), out);
+}
+
+int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err) {
+    const tar_parser *tp = sn_indexer_tar(ix);
+    const sn_entry *ents = tar_entries(tp);
+    const uint8_t *pool = tar_pool(tp);
+    size_t n = tar_entry_count(tp), max_pax = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!toc_type(&ents[i]))
+            return sn_fail(err, SN_EFORMAT,
+                           "layer has %s at uncompressed offset %llu that a zTOC cannot describe",
+                           ents[i].sparse ? "a sparse file" : ents[i].typeflag == 'g' ? "a PAX global header"
+                                                                                      : "an entry of unknown type",
+                           (unsigned long long)ents[i].header_offset);
+        if (ents[i].npax > max_pax) max_pax = ents[i].npax;
+    }
+    sn_buf zinfo = {0};
+    const uint8_t *cp;
+    size_t cplen;
+    int gzip = sn_indexer_mode(ix) == SN_MODE_GZIP;
+    if (gzip) {
+        cp = sn_indexer_blob(ix, &cplen);
+    } else {
+        int rc = sn_tar_zinfo_build((int64_t)sn_indexer_span_size(ix), (int64_t)sn_indexer_compressed_size(ix),
+                                    &zinfo, err);
+        if (rc) return rc;
+        cp = zinfo.p;
+        cplen = zinfo.len;
+    }
+    size_t nspans = sn_indexer_num_spans(ix), scratch_n = n > nspans ? n : nspans;
+    if (max_pax > scratch_n) scratch_n = max_pax;
+    uint32_t *offs = malloc((scratch_n + 1) * sizeof *offs), *scratch = malloc((max_pax + 1) * sizeof *scratch);
+    fbb b = {0};
+    b.err = err;
+    if (!offs || !scratch) b.failed = sn_fail(err, SN_ENOMEM, "out of memory");
+    uint32_t version = fb_string(&b, "0.9", 3), tool = fb_string(&b, build_tool, strlen(build_tool));
+    for (size_t i = n; i-- > 0 && !b.failed;) offs[i] = file_metadata(&b, pool, &ents[i], scratch);
+    uint32_t metadata = fb_offset_vector(&b, offs, b.failed ? 0 : n);
+    fb_start(&b, 1);
+    fb_slot_ref(&b, 0, metadata);
+    uint32_t toc = fb_end(&b);
+    uint32_t checkpoints = fb_bytes(&b, cp, cplen, 0);
+    const uint8_t *dg = sn_indexer_digests(ix);
+    static const char hexd[] = "0123456789abcdef";
+    for (size_t i = 0; i < nspans && !b.failed; i++) {
+        char s[7 + 64] = "sha256:";
+        for (int j = 0; j < 32; j++) {
+            s[7 + 2 * j] = hexd[dg[32 * i + j] >> 4];
+            s[8 + 2 * j] = hexd[dg[32 * i + j] & 15];
+        }
+        offs[i] = fb_string(&b, s, sizeof s);
+    }
+    uint32_t digests = fb_offset_vector(&b, offs, b.failed ? 0 : nspans);
+    fb_start(&b, 4);
+    fb_slot_scalar(&b, 1, (uint32_t)(int32_t)(nspans - 1), 4, 0);
+    fb_slot_ref(&b, 2, digests);
+    fb_slot_ref(&b, 3, checkpoints);
+    fb_slot_scalar(&b, 0, gzip ? 1 : 2, 1, 1); /* gzip equals the default: omitted, as upstream */
+    uint32_t info = fb_end(&b);
+    fb_start(&b, 6);
+    fb_slot_ref(&b, 0, version);
+    fb_slot_ref(&b, 1, tool);
+    fb_slot_ref(&b, 4, toc);
+    fb_slot_scalar(&b, 2, sn_indexer_compressed_size(ix), 8, 0);
+    fb_slot_scalar(&b, 3, sn_indexer_uncompressed_size(ix), 8, 0);
+    fb_slot_ref(&b, 5, info);
+    int rc = fb_finish(&b, fb_end(&b), out);
+    free(offs);
+    free(scratch);
+    sn_buf_free(&zinfo);
+    return rc;
+}
