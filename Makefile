@@ -6,6 +6,8 @@
 #   make test     install, then pytest
 #   make lint     ruff + mypy
 #   make bench    install, then bench/bench_index.py
+#   make fuzz     build the libFuzzer targets csrc/fuzz_*.c (clang, ASan+UBSan) and run each for
+#                 FUZZ_SECONDS; crashes land in build/fuzz/crashes/ (see fuzz/run.sh)
 #   make clean    remove build products (keeps .venv; `make distclean` removes it too)
 
 PYTHON ?= python3
@@ -19,8 +21,9 @@ EXTRAS       ?= test,dev
 PIP_INSTALL_FLAGS ?= -v
 PYTEST_ARGS  ?=
 BENCH_ARGS   ?=
+FUZZ_SECONDS ?= 30
 
-.PHONY: all venv build install run test lint bench clean distclean
+.PHONY: all venv build install run test lint bench fuzz clean distclean
 
 all: install
 
@@ -61,6 +64,11 @@ bench: install
 	$(PIP) install -q -r bench/requirements.txt
 	$(VPY) bench/make_layers.py
 	$(VPY) bench/bench_index.py $(BENCH_ARGS)
+
+# Needs clang with libFuzzer (Debian/Ubuntu: clang libclang-rt-14-dev) and the zlib-ng that
+# `make install` builds under build/<tag>/_deps/ (fuzz/run.sh runs `make install` if it is missing).
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

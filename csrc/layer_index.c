@@ -12,7 +12,10 @@
 
 #define OUT_WORK (256 * 1024)   /* inflate output per call; the window sits in front of it */
 #define FILE_CHUNK (1024 * 1024)
-#define GZIP_AUTO_WBITS 47      /* 15 + 32: gzip or zlib header, as the reference uses */
+/* 15 + 16: gzip members only. The reference passes 47 (gzip or zlib), but a zlib-wrapped
+ * member (4-byte trailer) would make an index that readers, which skip 8-byte gzip trailers
+ * at member ends, cannot use: such a layer is refused instead. */
+#define GZIP_WBITS 31
 
 struct sn_indexer {
     int mode;
@@ -74,7 +77,7 @@ static int gz_start(sn_indexer *ix, sn_err *err) {
     if (!ix->out) return sn_fail(err, SN_ENOMEM, "out of memory");
     ix->wpos = SN_WINSIZE;
     memset(&ix->zs, 0, sizeof ix->zs);
-    if (zng_inflateInit2(&ix->zs, GZIP_AUTO_WBITS) != Z_OK) return sn_fail(err, SN_ENOMEM, "inflateInit failed");
+    if (zng_inflateInit2(&ix->zs, GZIP_WBITS) != Z_OK) return sn_fail(err, SN_ENOMEM, "inflateInit failed");
     ix->zinit = 1;
     uint8_t hdr[SN_BLOB_HEADER] = {0};
     return sn_buf_append(&ix->blob, hdr, sizeof hdr, err); /* count filled in at finish */
@@ -119,7 +122,7 @@ static int gz_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
             n -= piece;
         }
         if (ix->member_done) { /* another gzip member follows: counters stay global */
-            if (zng_inflateReset2(zs, GZIP_AUTO_WBITS) != Z_OK) return gz_error(ix, Z_STREAM_ERROR, err);
+            if (zng_inflateReset2(zs, GZIP_WBITS) != Z_OK) return gz_error(ix, Z_STREAM_ERROR, err);
             ix->member_done = 0;
         }
         if (ix->wpos == SN_WINSIZE + OUT_WORK) { /* keep the last 32 KiB as the next window */
@@ -284,6 +287,7 @@ const uint8_t *sn_indexer_digests(const sn_indexer *ix) {
     return sh_digests(ix->hash, &n);
 }
 const tar_parser *sn_indexer_tar(const sn_indexer *ix) { return ix->tar; }
+const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix) { return sh_blob_digest(ix->hash); }
 
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len) {
     *len = ix->blob.len;
@@ -299,7 +303,7 @@ int sn_raw_inflate_file(const char *path, uint64_t *out_bytes, sn_err *err) {
     zng_stream zs;
     memset(&zs, 0, sizeof zs);
     uint8_t *in = malloc(FILE_CHUNK), *out = malloc(OUT_WORK);
-    int rc = (in && out && zng_inflateInit2(&zs, GZIP_AUTO_WBITS) == Z_OK) ? SN_OK
+    int rc = (in && out && zng_inflateInit2(&zs, GZIP_WBITS) == Z_OK) ? SN_OK
                                                                           : sn_fail(err, SN_ENOMEM, "out of memory");
     uint64_t total = 0;
     int ended = 0;
@@ -311,7 +315,7 @@ int sn_raw_inflate_file(const char *path, uint64_t *out_bytes, sn_err *err) {
         zs.avail_in = (uint32_t)got;
         while (zs.avail_in > 0 && !rc) {
             if (ended) {
-                zng_inflateReset2(&zs, GZIP_AUTO_WBITS);
+                zng_inflateReset2(&zs, GZIP_WBITS);
                 ended = 0;
             }
             zs.next_out = out;

@@ -184,7 +184,7 @@ static int inflate_range(zng_stream *zs, reader *r, uint64_t skip, uint64_t offs
             if (done == length) break;
             if (raw && (rc = skip_trailer(r, zs, pos_out, err))) break;
             raw = 0;
-            zng_inflateReset2(zs, 47); /* the next member's header follows */
+            zng_inflateReset2(zs, 31); /* the next gzip member header follows */
             continue;
         }
         if (ret == Z_BUF_ERROR && zs->avail_in == 0) continue;

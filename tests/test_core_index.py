@@ -556,3 +556,27 @@ def test_threads_index_concurrently(catalog):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda p: sn.index_layer(p, span_size=64 << 10), paths * 2))
     assert together == one_by_one * 2
+
+
+@pytest.mark.parametrize("name", L.ALL)
+def test_blob_digest_is_the_layer_sha256(indexed, name):
+    """The whole blob is hashed in the same pass, so callers can check a layer's digest."""
+    layer, idx = indexed(name)
+    assert idx.blob_digest == "sha256:" + hashlib.sha256(layer.blob).hexdigest()
+
+
+def test_zlib_wrapped_member_is_refused():
+    """A zlib (RFC 1950) member among gzip members would give an index readers cannot use
+    (its trailer is 4 bytes, not 8): the core refuses the layer instead of indexing it."""
+    import gzip
+    import zlib
+
+    import soci_native as sn
+
+    tar = L.stdlib_tar()
+    for blob in (zlib.compress(tar[:5120]) + gzip.compress(tar[5120:]),
+                 gzip.compress(tar[:5120]) + zlib.compress(tar[5120:])):
+        ix = sn._core.Indexer(64 << 10, "gzip")
+        with pytest.raises(sn.FormatError, match="compressed offset"):
+            ix.feed(blob)
+            ix.finish()
