@@ -169,6 +169,7 @@ nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<st
     const uint8_t *d = sn_indexer_digests(ix);
     for (size_t i = 0; i < sn_indexer_num_spans(ix); i++) digests.append(hex_digest(d + 32 * i));
     r["span_digests"] = digests;
+    r["blob_digest"] = hex_digest(sn_indexer_blob_digest(ix));
     const tar_parser *tp = sn_indexer_tar(ix);
     const sn_entry *ents = tar_entries(tp);
     const uint8_t *pool = tar_pool(tp);

@@ -34,6 +34,7 @@ uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix);
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len); /* gzip only */
 size_t sn_indexer_num_spans(const sn_indexer *ix);
 const uint8_t *sn_indexer_digests(const sn_indexer *ix); /* 32 bytes per span */
+const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix); /* sha256 of the whole blob */
 const tar_parser *sn_indexer_tar(const sn_indexer *ix);
 
 /* Plain zlib-ng streaming inflate of a gzip file (multi-member), for benchmarks: bytes out. */

@@ -27,6 +27,8 @@ struct span_hasher {
     size_t next_start;
     int hashing;
     EVP_MD_CTX *md;
+    EVP_MD_CTX *whole;   /* the whole blob, to check it against its digest */
+    uint8_t whole_digest[32];
     sn_buf digests;
     sn_err err;
 };
@@ -57,13 +59,13 @@ static int step(span_hasher *h) {
     uint64_t end = h->avail;
     if (h->next_start < h->nstarts && h->starts[h->next_start].at < end) end = h->starts[h->next_start].at;
     if (end <= h->pos) return 1;
-    if (h->hashing) {
-        const uint8_t *p = h->buf + (h->pos - h->buf_start);
-        size_t n = (size_t)(end - h->pos);
-        if (h->threaded) pthread_mutex_unlock(&h->mu);
-        EVP_DigestUpdate(h->md, p, n);
-        if (h->threaded) pthread_mutex_lock(&h->mu);
-    }
+    const uint8_t *p = h->buf + (h->pos - h->buf_start);
+    size_t n = (size_t)(end - h->pos);
+    int hashing = h->hashing;
+    if (h->threaded) pthread_mutex_unlock(&h->mu);
+    if (hashing) EVP_DigestUpdate(h->md, p, n);
+    EVP_DigestUpdate(h->whole, p, n);
+    if (h->threaded) pthread_mutex_lock(&h->mu);
     h->pos = end;
     return 0;
 }
@@ -83,7 +85,8 @@ static void *run(void *arg) {
 
 span_hasher *sh_new(int threaded, sn_err *err) {
     span_hasher *h = calloc(1, sizeof *h);
-    if (!h || !(h->md = EVP_MD_CTX_new())) {
+    if (!h || !(h->md = EVP_MD_CTX_new()) || !(h->whole = EVP_MD_CTX_new()) ||
+        EVP_DigestInit_ex(h->whole, EVP_sha256(), NULL) != 1) {
         sh_free(h);
         sn_fail(err, SN_ENOMEM, "out of memory");
         return NULL;
@@ -110,6 +113,7 @@ void sh_free(span_hasher *h) {
     pthread_cond_destroy(&h->work);
     pthread_cond_destroy(&h->done);
     EVP_MD_CTX_free(h->md);
+    EVP_MD_CTX_free(h->whole);
     sn_buf_free(&h->digests);
     free(h->starts);
     free(h);
@@ -183,11 +187,16 @@ int sh_finish(span_hasher *h, sn_err *err) {
     if (rc) return rc;
     lock(h);
     if (h->hashing && end_span(h)) h->failed = 1;
+    unsigned wn = 0;
+    if (!h->failed && (EVP_DigestFinal_ex(h->whole, h->whole_digest, &wn) != 1 || wn != 32))
+        h->failed = sn_fail(&h->err, SN_ENOMEM, "sha256 failed");
     rc = h->failed ? h->err.code : SN_OK;
     if (rc) *err = h->err;
     if (h->threaded) pthread_mutex_unlock(&h->mu);
     return rc;
 }
+
+const uint8_t *sh_blob_digest(const span_hasher *h) { return h->whole_digest; }
 
 const uint8_t *sh_digests(const span_hasher *h, size_t *count) {
     *count = h->digests.len / 32;

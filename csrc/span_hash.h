@@ -3,7 +3,8 @@
  * The producer (the inflater) publishes a buffer, then how far into the stream it has
  * consumed, and each span start it discovers. In threaded mode a second thread hashes behind
  * it, so hashing costs no time on the inflating core; sh_sync() waits for it to catch up
- * before the producer lets go of the buffer. Inline mode hashes inside sh_progress(). */
+ * before the producer lets go of the buffer. Inline mode hashes inside sh_progress().
+ * The whole stream is hashed too, so a layer is checked against its digest in the same pass. */
 #ifndef SN_SPAN_HASH_H
 #define SN_SPAN_HASH_H
 
@@ -28,6 +29,8 @@ int sh_sync(span_hasher *h, sn_err *err);
 /* Ends the last span at the end of the stream; digests: 32 bytes per span. */
 int sh_finish(span_hasher *h, sn_err *err);
 const uint8_t *sh_digests(const span_hasher *h, size_t *count);
+/* sha256 of every byte published, after sh_finish: the layer blob's own digest. */
+const uint8_t *sh_blob_digest(const span_hasher *h);
 
 #ifdef __cplusplus
 }
