@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Protocol, Union
 
 from soci_native import _core, tarzinfo
 
@@ -16,6 +16,14 @@ DEFAULT_SPAN_SIZE = 4 << 20
 """The reference's default span size: 4 MiB of uncompressed data."""
 
 LayerSource = Union[str, "os.PathLike[str]", BinaryIO]
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+IndexSource = Union[str, "os.PathLike[str]", Readable]
+"""What index_layer reads: a path, or anything with read() (readinto() is used if present)."""
 
 _TYPES = {
     "0": "reg",
@@ -66,6 +74,7 @@ class LayerIndex:
     checkpoints: bytes  # gzip: v2 checkpoint blob; uncompressed: TarZinfo FlatBuffer
     span_digests: list[str]
     entries: list[TarEntry]
+    blob_digest: str = ""  # "sha256:<hex>" of the whole layer blob as read
     ztoc: bytes | None = None  # the zTOC, when index_layer was given a build_tool
     ztoc_error: str | None = None  # why there is no zTOC (sparse files, PAX global headers)
 
@@ -84,10 +93,11 @@ def _entry(t: tuple[Any, ...]) -> TarEntry:
 def _layer_index(r: dict[str, Any]) -> LayerIndex:
     return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
                       r["uncompressed_size"], r["checkpoints"], list(r["span_digests"]),
-                      [_entry(t) for t in r["entries"]], r.get("ztoc"), r.get("ztoc_error"))
+                      [_entry(t) for t in r["entries"]], r["blob_digest"], r.get("ztoc"),
+                      r.get("ztoc_error"))
 
 
-def index_layer(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
+def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
                 chunk_size: int = 1 << 20, build_tool: str | None = None) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
@@ -112,7 +122,7 @@ def index_layer(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
     return _layer_index(ix.finish(build_tool))
 
 
-def _read_into(src: BinaryIO, view: memoryview) -> int:
+def _read_into(src: Readable, view: memoryview) -> int:
     data = src.read(len(view))
     view[: len(data)] = data
     return len(data)

@@ -449,9 +449,10 @@ class Store:
     def lock(self) -> Iterator[None]:
         """Hold the store-wide exclusive lock (reentrant within this instance).
 
-        Taken for index.json updates, garbage collection and rebuild_db; hold it around a
-        find_ztoc()/add_index() sequence to keep a concurrent remove_index from collecting
-        a reused zTOC in between.
+        Taken for index.json updates, add_index, garbage collection and rebuild_db. Hold it
+        only briefly: while it is held, other threads using this instance wait too. (A
+        remove_index running between a find_ztoc() and the add_index() that reuses the zTOC
+        makes add_index fail with a "rerun" message rather than store a dangling index.)
         """
         with self._tlock:
             if self._lock_depth == 0:
@@ -680,12 +681,20 @@ class Store:
             h = hashlib.sha256()
             size = 0
             with os.fdopen(fd, "wb") as f:
+                # Errors raised by the chunk source propagate unchanged; our own I/O errors
+                # become StoreError.
                 for chunk in chunks:
                     h.update(chunk)
-                    f.write(chunk)
                     size += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+                    try:
+                        f.write(chunk)
+                    except OSError as e:
+                        raise self._write_error(e) from None
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as e:
+                    raise self._write_error(e) from None
             digest = "sha256:" + h.hexdigest()
             if expected_digest is not None and digest != expected_digest:
                 raise StoreError(
@@ -693,14 +702,21 @@ class Store:
                     f"({size} bytes); the source is corrupt or truncated — fetch it again"
                 )
             # Replacing an existing blob is harmless (same content) and repairs a damaged one.
-            os.replace(tmp, self.blob_path(digest))
+            try:
+                os.replace(tmp, self.blob_path(digest))
+            except OSError as e:
+                raise self._write_error(e) from None
             _fsync_dir(self.blobs_dir)
-        except OSError as e:
-            raise StoreError(f"cannot store blob in {self.blobs_dir}: {e}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return digest, size
+
+    def _write_error(self, e: OSError) -> StoreError:
+        return StoreError(
+            f"cannot store blob in {self.blobs_dir}: {e.strerror or e}; check free space and "
+            "permissions"
+        )
 
     def open_blob(self, digest: str) -> BinaryIO:
         """Open a blob for reading (not verified; see verify_blob)."""

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from soci_native.layer import DEFAULT_SPAN_SIZE, LayerIndex, LayerSource, TarEntry, index_layer
+from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, TarEntry, index_layer
 
 VERSION = "0.9"
 BUILD_TOOL_IDENTIFIER = "AWS SOCI CLI v0.2"
@@ -69,7 +69,7 @@ def unsupported_entries(entries: Iterable[TarEntry]) -> list[TarEntry]:
     return [e for e in entries if e.sparse or e.type not in TOC_TYPES]
 
 
-def build(src: LayerSource, span_size: int = DEFAULT_SPAN_SIZE,
+def build(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE,
           build_tool: str = BUILD_TOOL_IDENTIFIER) -> tuple[LayerIndex, bytes]:
     """Indexes a layer and serialises its zTOC in one C pass; raises :class:`ZtocError` when
     the layer has entries a zTOC cannot describe (see :func:`unsupported_entries`)."""

@@ -1,0 +1,215 @@
+"""Building SOCI indexes: one zTOC per large layer (in parallel; the C core releases the GIL),
+then prefetch artifacts and the index manifest, all kept in the local store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from soci_native import index, ztoc
+from soci_native.images import Descriptor, ImageSource, ResolvedImage, layer_compression
+from soci_native.layer import DEFAULT_SPAN_SIZE, LayerIndex, index_layer, span_range
+from soci_native.store import ArtifactRecord, Store
+
+Progress = Callable[[Descriptor, int], None]
+"""Called with a layer and how many more of its compressed bytes were indexed."""
+
+_CHUNK = 4 << 20
+
+
+class BuildError(Exception):
+    """An index that cannot be built (every layer skipped, a corrupt layer, ...)."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    span_size: int = DEFAULT_SPAN_SIZE
+    min_layer_size: int = index.DEFAULT_MIN_LAYER_SIZE
+    force: bool = False
+    optimizations: frozenset[str] = frozenset()
+    prefetch_paths: tuple[str, ...] = ()
+    jobs: int = 1
+    build_tool: str = index.BUILD_TOOL
+
+
+@dataclass
+class LayerResult:
+    layer: Descriptor
+    status: str  # "built" | "reused" | "skipped"
+    reason: str = ""
+    ztoc_digest: str | None = None
+    ztoc_size: int = 0
+    disable_xattrs: bool = False
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, size)
+    checkpoints: bytes = b""
+    compressed_size: int = 0
+
+
+@dataclass
+class IndexResult:
+    image: ResolvedImage
+    version: int
+    digest: str
+    size: int
+    manifest: bytes
+    layers: list[LayerResult]
+    prefetch_digests: list[str]
+
+
+def _mode(media_type: str) -> str:
+    # Docker's plain rootfs.diff.tar ("unknown") is sometimes gzip in practice: sniff it
+    return {"gzip": "gzip", "uncompressed": "tar"}.get(layer_compression(media_type), "auto")
+
+
+def _skip_reason(layer: Descriptor, opts: BuildOptions) -> str | None:
+    if layer.size < opts.min_layer_size:
+        return f"size {layer.size} is less than min-layer-size {opts.min_layer_size}"
+    kind = layer_compression(layer.media_type)
+    if kind == "zstd":
+        return "zstd-compressed: no zTOC format exists for zstd (pulled whole at runtime)"
+    if kind not in ("gzip", "uncompressed", "unknown"):
+        return f"unsupported layer media type {layer.media_type}"
+    return None
+
+
+def _index_blob(src: ImageSource, layer: Descriptor, opts: BuildOptions,
+                progress: Progress | None) -> LayerIndex:
+    path = src.blob_path(layer.digest) if progress is None else None
+    if path is not None:  # read in C, no per-chunk round trip
+        return index_layer(path, opts.span_size, mode=_mode(layer.media_type),
+                           build_tool=opts.build_tool)
+    with src.open_blob(layer.digest) as f:
+        reader: BinaryIO | _Counting = f if progress is None else _Counting(f, layer, progress)
+        return index_layer(reader, opts.span_size, mode=_mode(layer.media_type),
+                           chunk_size=_CHUNK, build_tool=opts.build_tool)
+
+
+class _Counting:
+    """A file object that reports how far a layer has been read."""
+
+    def __init__(self, f: BinaryIO, layer: Descriptor, progress: Progress) -> None:
+        self.f, self.layer, self.progress = f, layer, progress
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self.f.readinto(buf)  # type: ignore[attr-defined]
+        if n:
+            self.progress(self.layer, n)
+        return int(n or 0)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress(self.layer, len(data))
+        return data
+
+
+def _files(entries: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
+    return {name: (off, size) for name, off, size in entries}
+
+
+def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOptions,
+                progress: Progress | None = None) -> LayerResult:
+    reason = _skip_reason(layer, opts)
+    if reason:
+        return LayerResult(layer, "skipped", reason)
+    if not opts.force:
+        rec = store.find_ztoc(layer.digest, opts.span_size)
+        if rec is not None:
+            z = ztoc.from_bytes(store.read_blob(rec.digest))
+            if progress:
+                progress(layer, layer.size)
+            return LayerResult(
+                layer, "reused", ztoc_digest=rec.digest, ztoc_size=rec.size,
+                disable_xattrs=index.should_disable_xattrs((f.name, f.xattrs) for f in z.files),
+                files=_files([(f.name, f.uncompressed_offset, f.uncompressed_size)
+                              for f in z.files]),
+                checkpoints=z.checkpoints, compressed_size=z.compressed_archive_size)
+    try:
+        ix = _index_blob(src, layer, opts, progress)
+    except ValueError as e:
+        raise BuildError(f"layer {layer.digest}: {e}") from None
+    if ix.blob_digest != layer.digest:
+        raise BuildError(f"layer {layer.digest}: content does not match its digest "
+                         f"(read {ix.compressed_size} bytes with digest {ix.blob_digest})")
+    if ix.ztoc is None:
+        return LayerResult(layer, "skipped", ix.ztoc_error or "no zTOC")
+    dgst, size = store.put_blob(ix.ztoc)
+    store.add_artifact(ArtifactRecord(dgst, size, "soci_layer", index.ZTOC_MEDIA_TYPE,
+                                      original_digest=layer.digest, span_size=opts.span_size,
+                                      image_ref=src.ref))
+    return LayerResult(
+        layer, "built", ztoc_digest=dgst, ztoc_size=size,
+        disable_xattrs=index.should_disable_xattrs((e.name, e.pax) for e in ix.entries),
+        files=_files([(e.name, e.offset, e.size) for e in ix.entries]),
+        checkpoints=ix.checkpoints, compressed_size=ix.compressed_size)
+
+
+def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
+                 opts: BuildOptions, progress: Progress | None = None) -> list[LayerResult]:
+    """zTOCs for each distinct layer, ``opts.jobs`` at a time, results in layer order."""
+    if opts.jobs <= 1 or len(layers) <= 1:
+        return [build_layer(src, store, layer, opts, progress) for layer in layers]
+    lock = threading.Lock()
+    safe: Progress | None = None
+    if progress is not None:
+        report = progress
+
+        def safe(layer: Descriptor, n: int) -> None:
+            with lock:
+                report(layer, n)
+    with ThreadPoolExecutor(opts.jobs) as pool:
+        futures = [pool.submit(build_layer, src, store, layer, opts, safe) for layer in layers]
+        return [f.result() for f in futures]
+
+
+def _prefetch(results: Sequence[LayerResult], paths: Sequence[str]) -> dict[str, list[tuple[int,
+                                                                                           int]]]:
+    """Span ranges per layer digest for the prefetch paths: first match from the top layer."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for raw in paths:
+        path = index.clean_prefetch_path(raw)
+        for r in reversed(results):
+            if r.ztoc_digest is None or path not in r.files:
+                continue
+            off, size = r.files[path]
+            first = span_range(r.checkpoints, off, 0, r.compressed_size)[0]
+            last = span_range(r.checkpoints, off + size, 0, r.compressed_size)[0]
+            spans.setdefault(r.layer.digest, []).append((first, max(first, last)))
+            break
+    return spans
+
+
+def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: BuildOptions,
+                version: int = 1, image_digest: str | None = None,
+                progress: Progress | None = None) -> IndexResult:
+    """Builds (or reuses) the zTOCs of one platform image and writes its SOCI index."""
+    results = build_layers(src, store, image.layers, opts, progress)
+    xattr_opt = "xattr" in opts.optimizations
+    blobs = [index.ztoc_descriptor(r.ztoc_digest, r.ztoc_size, r.layer.media_type,
+                                   r.layer.digest, opts.span_size,
+                                   xattr_opt and r.disable_xattrs)
+             for r in results if r.ztoc_digest is not None]
+    prefetch_digests = []
+    by_layer = _prefetch(results, opts.prefetch_paths) if opts.prefetch_paths else {}
+    for r in results:  # prefetch artifacts follow the zTOCs, in layer order
+        if r.layer.digest in by_layer:
+            raw = index.prefetch_artifact(by_layer[r.layer.digest])
+            desc = index.prefetch_descriptor(raw, r.layer.digest)
+            store.put_blob(raw)
+            store.add_artifact(ArtifactRecord(desc["digest"], len(raw), "soci_prefetch",
+                                              index.PREFETCH_MEDIA_TYPE,
+                                              original_digest=r.layer.digest))
+            blobs.append(desc)
+            prefetch_digests.append(desc["digest"])
+    if not any(r.ztoc_digest for r in results):
+        raise BuildError(f"no zTOCs created for {image.platform}: every layer was skipped "
+                         f"(smaller than --min-layer-size {opts.min_layer_size} or unsupported)")
+    subject = {"mediaType": image.manifest.media_type, "digest": image.manifest.digest,
+               "size": image.manifest.size} if version == 1 else None
+    manifest = index.index_manifest(version, blobs, subject, opts.build_tool)
+    rec = store.add_index(manifest, image_ref=image.source_ref,
+                          image_digest=image_digest or image.manifest.digest,
+                          original_digest=image.manifest.digest, platform=str(image.platform))
+    return IndexResult(image, version, rec.digest, rec.size, manifest, results, prefetch_digests)

@@ -1,0 +1,529 @@
+"""The soci-native command line: create, convert, index, ztoc, prefetch, rebuild-db.
+
+Mirrors the reference `soci` CLI where it exists; every list/info command takes --json; user
+errors print one line on stderr and exit 1 (usage errors exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from soci_native import __version__, index, ztoc
+from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
+from soci_native.images import Descriptor, ImageError, Platform, open_image, resolve
+from soci_native.layer import FormatError, extract
+from soci_native.store import ArtifactRecord, Store, StoreError, default_root
+
+F = TypeVar("F", bound=Callable[..., Any])
+USER_ERRORS = (ImageError, StoreError, BuildError, FormatError, ztoc.ZtocError,
+               index.SociIndexError, OSError)
+
+
+def fail(msg: str) -> NoReturn:
+    click.echo(f"soci-native: error: {msg}", err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures become one clear line on stderr, not a traceback."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        fail(str(e) or type(e).__name__)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def store_of(ctx: click.Context) -> Store:
+    return Store(ctx.obj["root"])
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    for r in [headers, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="SOCI_NATIVE_ROOT", type=click.Path(file_okay=False),
+              help="Local store (content/ OCI layout + artifacts.db). Env: SOCI_NATIVE_ROOT. "
+                   "Default: $XDG_DATA_HOME/soci-native.")
+@click.version_option(__version__, prog_name="soci-native")
+@click.pass_context
+def main(ctx: click.Context, root: str | None) -> None:
+    """Build and inspect SOCI (Seekable OCI) indexes for container images.
+
+    IMAGE references use skopeo's syntax: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    docker-archive:FILE, or a bare path to one of those.
+    """
+    ctx.obj = {"root": root or str(default_root())}
+
+
+# ------------------------------------------------------------------------------ build flags
+
+def build_flags(f: F) -> F:
+    opts = [
+        click.option("--span-size", type=click.IntRange(min=1), default=4 << 20,
+                     show_default=True, help="Uncompressed bytes per span."),
+        click.option("--min-layer-size", type=click.IntRange(min=0),
+                     default=index.DEFAULT_MIN_LAYER_SIZE, show_default=True,
+                     help="Layers smaller than this (compressed bytes) get no zTOC."),
+        click.option("--optimizations", multiple=True, type=click.Choice(["xattr"]),
+                     help="xattr: mark layers without xattrs or opaque dirs so the "
+                          "snapshotter disables xattr lookups (experimental, as upstream)."),
+        click.option("-f", "--force", is_flag=True, help="Rebuild zTOCs even if stored."),
+        click.option("-p", "--platform", "platforms", multiple=True,
+                     help="Platform to index (os/arch[/variant]); repeatable. "
+                          "Default: the host's."),
+        click.option("--all-platforms", is_flag=True, help="Index every platform."),
+        click.option("--prefetch-file", "prefetch_files", multiple=True,
+                     help="A path to prefetch at mount time; repeatable."),
+        click.option("--prefetch-files-json", type=click.File("r"),
+                     help="A JSON array of paths to prefetch."),
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+                     show_default="the core count", help="Layers indexed at once."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the index digest(s)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_options(kw: dict[str, Any]) -> BuildOptions:
+    paths = list(kw["prefetch_files"])
+    if kw["prefetch_files_json"] is not None:
+        try:
+            extra = json.load(kw["prefetch_files_json"])
+        except ValueError as e:
+            fail(f"--prefetch-files-json: not JSON: {e}")
+        if not isinstance(extra, list) or not all(isinstance(p, str) for p in extra):
+            fail("--prefetch-files-json must hold a JSON array of strings")
+        paths += extra
+    return BuildOptions(span_size=kw["span_size"], min_layer_size=kw["min_layer_size"],
+                        force=kw["force"], optimizations=frozenset(kw["optimizations"]),
+                        prefetch_paths=tuple(paths), jobs=kw["jobs"])
+
+
+def platforms_of(kw: dict[str, Any]) -> list[Platform] | None:
+    try:
+        return [Platform.parse(p) for p in kw["platforms"]] or None
+    except ImageError as e:
+        fail(str(e))
+
+
+class Reporter:
+    """Per-layer lines on stderr; on a terminal also a live progress line."""
+
+    def __init__(self, layers: Sequence[Descriptor], quiet: bool) -> None:
+        self.total = sum(d.size for d in layers) or 1
+        self.done = 0
+        self.quiet = quiet
+        self.live = sys.stderr.isatty() and not quiet
+        self.last = 0.0
+
+    def progress(self, layer: Descriptor, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.live and now - self.last > 0.1:
+            self.last = now
+            pct = min(100, 100 * self.done // self.total)
+            click.echo(f"\rindexing {pct:3d}%  {size_text(self.done)} of "
+                       f"{size_text(self.total)}", err=True, nl=False)
+
+    def result(self, r: IndexResult) -> None:
+        if self.live:
+            click.echo("\r\033[K", err=True, nl=False)
+        if self.quiet:
+            return
+        for lr in r.layers:
+            what = {"built": f"ztoc {lr.ztoc_digest}",
+                    "reused": f"ztoc {lr.ztoc_digest} (already exists)",
+                    "skipped": f"ztoc skipped: {lr.reason}"}[lr.status]
+            click.echo(f"layer {lr.layer.digest} -> {what}", err=True)
+
+
+def index_json(r: IndexResult) -> dict[str, Any]:
+    return {
+        "digest": r.digest, "size": r.size, "manifest_version": f"v{r.version}",
+        "platform": str(r.image.platform), "image_manifest": r.image.manifest.digest,
+        "layers": [{"digest": lr.layer.digest, "size": lr.layer.size, "status": lr.status,
+                    "reason": lr.reason or None, "ztoc": lr.ztoc_digest,
+                    "ztoc_size": lr.ztoc_size or None} for lr in r.layers],
+        "prefetch": r.prefetch_digests,
+    }
+
+
+def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
+               ) -> list[IndexResult]:
+    opts = build_options(kw)
+    results = []
+    with user_errors(), open_image(ref) as src, store_of(ctx) as store:
+        root_desc, _ = src.root()
+        images = resolve(src, platforms_of(kw), kw["all_platforms"])
+        for image in images:
+            rep = Reporter(image.layers, kw["quiet"] or kw["as_json"])
+            r = build_index(src, store, image, opts, version=version,
+                            image_digest=root_desc.digest, progress=rep.progress)
+            rep.result(r)
+            results.append(r)
+    return results
+
+
+@main.command()
+@click.argument("image")
+@build_flags
+@click.pass_context
+def create(ctx: click.Context, image: str, **kw: Any) -> None:
+    """Build a SOCI index (v1) for IMAGE and keep it in the local store.
+
+    One zTOC per layer at least --min-layer-size large; layers are indexed in parallel
+    (--jobs). Prints the digest of each platform's SOCI index.
+    """
+    results = run_builds(ctx, image, kw, version=1)
+    if kw["as_json"]:
+        emit_json([index_json(r) for r in results])
+        return
+    for r in results:
+        click.echo(r.digest if kw["quiet"] else f"{r.image.platform}: soci index {r.digest}")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--format", "fmt", type=click.Choice(["oci-dir", "oci-archive"]),
+              help="Layout to write when DST is a bare path (default oci-archive).")
+@build_flags
+@click.pass_context
+def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, **kw: Any) -> None:
+    """Write SRC as a SOCI-enabled image (SOCI index v2) to DST.
+
+    DST is oci:DIR[:TAG], oci-archive:FILE[:TAG], or a bare path with --format. The image's
+    manifests gain the com.amazon.soci.index-digest annotation; the new image index lists
+    them and one SOCI index per platform. Push it with any OCI tool (skopeo copy --all).
+    """
+    from soci_native.convert import convert as do_convert
+
+    opts = build_options(kw)
+    with user_errors(), open_image(src) as source, store_of(ctx) as store:
+        images = resolve(source, platforms_of(kw), kw["all_platforms"])
+        rep = Reporter([d for i in images for d in i.layers], kw["quiet"] or kw["as_json"])
+        r = do_convert(source, store, dst, fmt, opts, platforms_of(kw), kw["all_platforms"],
+                       progress=rep.progress)
+        for ir in r.soci_indexes:
+            rep.result(ir)
+    if kw["as_json"]:
+        emit_json({"index_digest": r.index_digest, "size": r.index_size,
+                   "destination": r.destination,
+                   "soci_indexes": [index_json(i) for i in r.soci_indexes]})
+    elif kw["quiet"]:
+        click.echo(r.index_digest)
+    else:
+        for ir in r.soci_indexes:
+            click.echo(f"{ir.image.platform}: soci index {ir.digest}")
+        click.echo(f"wrote {r.destination} (image index {r.index_digest})")
+
+
+# ------------------------------------------------------------------------------ index ...
+
+def records_json(recs: Sequence[ArtifactRecord]) -> list[dict[str, Any]]:
+    return [{k: getattr(r, k) for k in ("digest", "size", "type", "media_type",
+                                        "artifact_type", "original_digest", "image_digest",
+                                        "image_ref", "platform", "span_size",
+                                        "manifest_version", "created")}
+            for r in recs]
+
+
+def index_records(store: Store, ref: str | None = None,
+                  platform: str | None = None) -> list[ArtifactRecord]:
+    return store.list_artifacts(type="soci_index", image_ref=ref, platform=platform)
+
+
+@main.group("index")
+def index_group() -> None:
+    """List, show and remove SOCI indexes in the local store."""
+
+
+@index_group.command("list")
+@click.option("--ref", help="Only indexes built from this image reference.")
+@click.option("-p", "--platform", help="Only indexes for this platform (os/arch[/variant]).")
+@click.option("-q", "--quiet", is_flag=True, help="Digests only.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def index_list(ctx: click.Context, ref: str | None, platform: str | None, quiet: bool,
+               as_json: bool) -> None:
+    """List SOCI indexes."""
+    with user_errors(), store_of(ctx) as store:
+        plat = str(Platform.parse(platform)) if platform else None
+        recs = index_records(store, ref, plat)
+    if as_json:
+        emit_json(records_json(recs))
+    elif quiet:
+        for r in recs:
+            click.echo(r.digest)
+    else:
+        table([(r.digest, str(r.size), r.image_ref or "", r.platform or "", r.media_type,
+                r.manifest_version or "", r.created) for r in recs],
+              ("DIGEST", "SIZE", "IMAGE REF", "PLATFORM", "MEDIA TYPE", "MANIFEST VERSION",
+               "CREATED"))
+
+
+def record_or_fail(store: Store, digest: str, kind: str) -> ArtifactRecord:
+    rec = store.get_artifact(digest)
+    if rec is None:
+        fail(f"no {kind.replace('soci_', '').replace('layer', 'ztoc')} {digest} in "
+             f"{store.root}")
+    if rec.type != kind:
+        hint = {"soci_index": "index info", "soci_layer": "ztoc info",
+                "soci_prefetch": "prefetch info"}[rec.type]
+        fail(f"{digest} is a {rec.type}, not a {kind}: use `soci-native {hint}`")
+    return rec
+
+
+@index_group.command("info")
+@click.argument("digest")
+@click.pass_context
+def index_info(ctx: click.Context, digest: str) -> None:
+    """Print a SOCI index manifest (JSON)."""
+    with user_errors(), store_of(ctx) as store:
+        record_or_fail(store, digest, "soci_index")
+        emit_json(json.loads(store.read_blob(digest)))
+
+
+@index_group.command("rm")
+@click.argument("digests", nargs=-1)
+@click.option("--ref", help="Remove every index built from this image reference.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def index_rm(ctx: click.Context, digests: tuple[str, ...], ref: str | None,
+             as_json: bool) -> None:
+    """Remove SOCI indexes and the zTOCs no other index uses."""
+    if not digests and not ref:
+        fail("give index digests or --ref")
+    removed: list[str] = []
+    with user_errors(), store_of(ctx) as store:
+        targets = list(digests) + ([r.digest for r in index_records(store, ref)] if ref else [])
+        for d in targets:
+            record_or_fail(store, d, "soci_index")
+            removed += store.remove_index(d)
+    if as_json:
+        emit_json({"removed": removed})
+    else:
+        for d in removed:
+            click.echo(f"removed {d}")
+
+
+index_group.add_command(index_list, "ls")
+index_group.add_command(index_rm, "remove")
+
+
+# ------------------------------------------------------------------------------ ztoc ...
+
+@main.group("ztoc")
+def ztoc_group() -> None:
+    """List and inspect zTOCs; extract files through them."""
+
+
+@ztoc_group.command("list")
+@click.option("--ztoc-digest", help="Only this zTOC.")
+@click.option("--image-ref", help="Only zTOCs of indexes built from this image reference.")
+@click.option("-q", "--quiet", is_flag=True, help="Digests only.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ztoc_list(ctx: click.Context, ztoc_digest: str | None, image_ref: str | None, quiet: bool,
+              as_json: bool) -> None:
+    """List zTOCs."""
+    with user_errors(), store_of(ctx) as store:
+        recs = store.list_artifacts(type="soci_layer")
+        if ztoc_digest:
+            recs = [r for r in recs if r.digest == ztoc_digest]
+        if image_ref:
+            wanted = {z.digest for i in index_records(store, image_ref)
+                      for z in store.ztocs_for_index(i.digest)}
+            recs = [r for r in recs if r.digest in wanted]
+    if as_json:
+        emit_json([{"digest": r.digest, "size": r.size, "layer_digest": r.original_digest,
+                    "span_size": r.span_size, "image_ref": r.image_ref, "created": r.created}
+                   for r in recs])
+    elif quiet:
+        for r in recs:
+            click.echo(r.digest)
+    else:
+        table([(r.digest, str(r.size), r.original_digest or "", str(r.span_size or ""))
+               for r in recs], ("DIGEST", "SIZE", "LAYER DIGEST", "SPAN SIZE"))
+
+
+def load_ztoc(store: Store, digest: str) -> tuple[ArtifactRecord, ztoc.Ztoc]:
+    rec = record_or_fail(store, digest, "soci_layer")
+    return rec, ztoc.from_bytes(store.read_blob(digest))
+
+
+def ztoc_span_size(z: ztoc.Ztoc) -> int:
+    if z.compression_algorithm == "gzip":
+        return int.from_bytes(z.checkpoints[4:12], "little", signed=True)
+    from soci_native import tarzinfo
+    return tarzinfo.decode(z.checkpoints).span_size
+
+
+@ztoc_group.command("info")
+@click.argument("digest")
+@click.pass_context
+def ztoc_info(ctx: click.Context, digest: str) -> None:
+    """Print a zTOC's summary and file list as JSON (the reference's keys)."""
+    from soci_native.layer import span_range
+    with user_errors(), store_of(ctx) as store:
+        rec, z = load_ztoc(store, digest)
+        files, multi = [], 0
+        for f in ztoc.sorted_files(z):
+            start = span_range(z.checkpoints, f.uncompressed_offset, 0,
+                               z.compressed_archive_size)[0]
+            end = span_range(z.checkpoints, f.uncompressed_offset + f.uncompressed_size, 0,
+                             z.compressed_archive_size)[0]
+            multi += start != end
+            files.append({"filename": f.name, "offset": f.uncompressed_offset,
+                          "size": f.uncompressed_size, "type": f.type, "start_span": start,
+                          "end_span": end})
+        emit_json({"version": z.version, "build_tool": z.build_tool_identifier,
+                   "size": rec.size, "span_size": ztoc_span_size(z), "num_spans": z.num_spans,
+                   "num_files": len(z.files), "num_multi_span_files": multi, "files": files})
+
+
+def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> tuple[str, str]:
+    """(image ref, layer digest) to read the layer blob of a zTOC from."""
+    if rec.original_digest is None:
+        fail(f"zTOC {rec.digest} does not record its layer digest")
+    if layer:
+        return layer, rec.original_digest
+    refs = [rec.image_ref] if rec.image_ref else []
+    refs += [i.image_ref for i in store.list_artifacts(type="soci_index")
+             if i.image_ref and rec.digest in [z.digest for z in store.ztocs_for_index(i.digest)]]
+    for ref in refs:
+        if ref:
+            return ref, rec.original_digest
+    fail(f"no image known for zTOC {rec.digest}: pass --image REF")
+
+
+@ztoc_group.command("get-file")
+@click.argument("digest")
+@click.argument("path")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write here instead of stdout.")
+@click.option("--image", "image_ref",
+              help="Image holding the layer (default: the image the zTOC was built from).")
+@click.pass_context
+def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None,
+                  image_ref: str | None) -> None:
+    """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs."""
+    with user_errors(), store_of(ctx) as store:
+        rec, z = load_ztoc(store, digest)
+        want = index.clean_prefetch_path(path)
+        by_name = {index.clean_prefetch_path(f.name): f for f in z.files}
+        f = by_name.get(want)
+        for _ in range(40):  # follow links within the layer, as the reference does
+            if f is None or f.type not in ("hardlink", "symlink"):
+                break
+            target = f.linkname if f.type == "hardlink" else posix_join(want, f.linkname)
+            want = index.clean_prefetch_path(target)
+            f = by_name.get(want)
+        if f is None:
+            fail(f"{path}: no such file in zTOC {digest}")
+        if f.type != "reg":
+            fail(f"{path} is a {f.type}, not a regular file")
+        ref, layer_digest = find_layer_source(store, rec, image_ref)
+        with open_image(ref) as src:
+            blob = src.blob_path(layer_digest)
+            if blob is not None:
+                data = extract(blob, z.checkpoints, f.uncompressed_offset, f.uncompressed_size)
+            else:
+                with src.open_blob(layer_digest) as fh:
+                    data = extract(fh, z.checkpoints, f.uncompressed_offset,
+                                   f.uncompressed_size)
+    if output:
+        with open(output, "wb") as out:
+            out.write(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+def posix_join(link_path: str, target: str) -> str:
+    import posixpath
+    return target if target.startswith("/") else posixpath.join(posixpath.dirname(link_path),
+                                                                target)
+
+
+ztoc_group.add_command(ztoc_list, "ls")
+
+
+# ------------------------------------------------------------------------------ prefetch ...
+
+@main.group("prefetch")
+def prefetch_group() -> None:
+    """List and inspect prefetch artifacts."""
+
+
+@prefetch_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def prefetch_list(ctx: click.Context, as_json: bool) -> None:
+    """List prefetch artifacts."""
+    with user_errors(), store_of(ctx) as store:
+        recs = store.list_artifacts(type="soci_prefetch")
+        spans = [len(json.loads(store.read_blob(r.digest)).get("prefetch_spans", []))
+                 for r in recs]
+    if as_json:
+        emit_json([{"digest": r.digest, "size": r.size, "layer_digest": r.original_digest,
+                    "spans": n, "created": r.created} for r, n in zip(recs, spans, strict=True)])
+    else:
+        table([(r.digest, r.original_digest or "", str(n), r.created)
+               for r, n in zip(recs, spans, strict=True)],
+              ("DIGEST", "LAYER DIGEST", "SPANS", "CREATED"))
+
+
+@prefetch_group.command("info")
+@click.argument("digest")
+@click.pass_context
+def prefetch_info(ctx: click.Context, digest: str) -> None:
+    """Print a prefetch artifact (JSON)."""
+    with user_errors(), store_of(ctx) as store:
+        record_or_fail(store, digest, "soci_prefetch")
+        emit_json(json.loads(store.read_blob(digest)))
+
+
+prefetch_group.add_command(prefetch_list, "ls")
+
+
+@main.command("rebuild-db")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rebuild_db(ctx: click.Context, as_json: bool) -> None:
+    """Re-sync artifacts.db with the blobs in content/."""
+    with user_errors(), store_of(ctx) as store:
+        counts = store.rebuild_db()
+    if as_json:
+        emit_json(counts)
+    else:
+        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""`convert`: a SOCI-enabled image (index manifest v2, soci-format 3.3) written as an OCI
+layout directory or archive. The image's manifests are re-marshalled as OCI manifests carrying
+the SOCI index digest; the new OCI image index lists them, then one SOCI index per platform."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from soci_native import gojson, index
+from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
+from soci_native.images import (
+    Descriptor,
+    ImageError,
+    ImageSource,
+    Platform,
+    ResolvedImage,
+    resolve,
+)
+from soci_native.store import Store
+from soci_native.ztoc import digest as sha256_digest
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass
+class ConvertResult:
+    index_digest: str  # the new OCI image index
+    index_size: int
+    soci_indexes: list[IndexResult]
+    destination: str
+
+
+def parse_destination(dst: str, fmt: str | None) -> tuple[str, Path, str | None]:
+    """(format, path, tag) from oci:DIR[:TAG], oci-archive:FILE[:TAG] or a bare path."""
+    for prefix, kind in (("oci:", "oci-dir"), ("oci-archive:", "oci-archive")):
+        if dst.startswith(prefix):
+            path, _, tag = dst[len(prefix):].partition(":")
+            if fmt and fmt != kind:
+                raise ImageError(f"--format {fmt} contradicts destination {dst!r}")
+            return kind, Path(path), tag or None
+    path, sep, tag = dst.rpartition(":")
+    if not sep or "/" in tag:
+        path, tag = dst, ""
+    return fmt or "oci-archive", Path(path), tag or None
+
+
+def _go_manifest(m: dict[str, Any], annotations: dict[str, str] | None) -> dict[str, Any]:
+    """An image manifest as Go's ocispec.Manifest marshals it, forced to OCI media types."""
+    out: dict[str, Any] = {"schemaVersion": 2, "mediaType": index.OCI_MANIFEST}
+    if m.get("artifactType"):
+        out["artifactType"] = m["artifactType"]
+    config = Descriptor.from_json(m.get("config"), "config")
+    out["config"] = Descriptor(OCI_CONFIG, config.digest, config.size, config.annotations,
+                               config.platform, config.artifact_type, config.urls,
+                               config.data).to_json()
+    out["layers"] = [Descriptor.from_json(d, "layer").to_json() for d in m.get("layers") or []]
+    if m.get("subject"):
+        out["subject"] = Descriptor.from_json(m["subject"], "subject").to_json()
+    if annotations:
+        out["annotations"] = gojson.gomap(annotations)
+    return out
+
+
+def _go_index(entries: list[dict[str, Any]], src_index: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"schemaVersion": 2, "mediaType": index.OCI_INDEX}
+    if src_index.get("artifactType"):
+        out["artifactType"] = src_index["artifactType"]
+    out["manifests"] = entries
+    if src_index.get("subject"):
+        out["subject"] = Descriptor.from_json(src_index["subject"], "subject").to_json()
+    if src_index.get("annotations"):
+        out["annotations"] = gojson.gomap(src_index["annotations"])
+    return out
+
+
+def _source_index(src: ImageSource, images: list[ResolvedImage]) -> tuple[dict[str, Any],
+                                                                            list[Descriptor]]:
+    desc, raw = src.root()
+    if desc.media_type in (index.OCI_INDEX,
+                           "application/vnd.docker.distribution.manifest.list.v2+json"):
+        doc = json.loads(raw)
+        return doc, [Descriptor.from_json(d, "manifest") for d in doc.get("manifests") or []]
+    # a single manifest: wrapped in a new index, its entry carrying the config's platform
+    plat = images[0].platform
+    return {}, [Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)]
+
+
+class _Blobs:
+    """What the destination layout holds: digest -> bytes or a source blob to copy."""
+
+    def __init__(self, src: ImageSource, store: Store) -> None:
+        self.src, self.store = src, store
+        self.items: dict[str, tuple[int, bytes | None, str]] = {}
+
+    def add_bytes(self, data: bytes) -> str:
+        d = sha256_digest(data)
+        self.items[d] = (len(data), data, "")
+        return d
+
+    def add_source(self, d: Descriptor) -> None:
+        self.items.setdefault(d.digest, (d.size, None, "src"))
+
+    def add_store(self, d: str, size: int) -> None:
+        self.items.setdefault(d, (size, None, "store"))
+
+    def open(self, d: str) -> BinaryIO:
+        size, data, where = self.items[d]
+        if data is not None:
+            return io.BytesIO(data)
+        if where == "store":
+            return self.store.open_blob(d)
+        return self.src.open_blob(d)
+
+
+def _annotate(src: ImageSource, blobs: _Blobs, entries: list[Descriptor],
+              by_manifest: dict[str, IndexResult]
+              ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The index entries with re-marshalled manifests, and for each SOCI index digest the
+    digest of the image manifest that now names it."""
+    out, new_digest = [], {}
+    for e in entries:
+        r = by_manifest.get(e.digest)
+        try:
+            raw = src.read_blob(e)
+        except ImageError:
+            if r is not None:
+                raise
+            out.append(e.to_json())  # not held locally (another platform): kept as it was
+            continue
+        m = json.loads(raw)
+        ann = dict(m.get("annotations") or {})
+        if r is not None:
+            ann[index.ANN_INDEX_DIGEST] = r.digest
+        new = gojson.marshal(_go_manifest(m, ann))
+        d = blobs.add_bytes(new)
+        blobs.add_source(Descriptor.from_json(m["config"], "config"))
+        for layer in m.get("layers") or []:
+            blobs.add_source(Descriptor.from_json(layer, "layer"))
+        entry = Descriptor(index.OCI_MANIFEST, d, len(new), ann or None, e.platform,
+                           e.artifact_type, e.urls, e.data)
+        out.append(entry.to_json())
+        if r is not None:
+            new_digest[r.digest] = d
+    return out, new_digest
+
+
+def _soci_entries(blobs: _Blobs, entries: list[dict[str, Any]], results: list[IndexResult],
+                  manifest_of: dict[str, str]) -> list[dict[str, Any]]:
+    for r in results:
+        sub = index.parse_index_manifest(r.manifest)
+        blobs.add_bytes(r.manifest)
+        blobs.add_bytes(index.EMPTY_CONFIG)
+        for d in sub.ztocs + sub.prefetches:
+            blobs.add_store(d["digest"], d["size"])
+        desc = Descriptor(index.OCI_MANIFEST, r.digest, r.size,
+                          {index.ANN_IMAGE_MANIFEST_DIGEST: manifest_of[r.digest]},
+                          r.image.platform, index.INDEX_V2)
+        same = [i for i, e in enumerate(entries) if e.get("artifactType") == index.INDEX_V2
+                and Platform.from_json(e.get("platform") or {}, "platform") == r.image.platform]
+        if same:
+            entries[same[0]] = desc.to_json()
+        else:
+            entries.append(desc.to_json())
+    return entries
+
+
+def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: BuildOptions,
+            platforms: list[Platform] | None = None, all_platforms: bool = False,
+            progress: Any = None) -> ConvertResult:
+    kind, path, tag = parse_destination(dst, fmt)
+    images = resolve(src, platforms, all_platforms)
+    root_desc, _ = src.root()
+    results: list[IndexResult] = []
+    for image in images:
+        try:
+            results.append(build_index(src, store, image, opts, version=2,
+                                       image_digest=root_desc.digest, progress=progress))
+        except BuildError as e:
+            if "every layer was skipped" not in str(e):
+                raise
+    if not results:
+        raise BuildError("no SOCI index built: every layer of every platform was skipped "
+                         "(smaller than --min-layer-size or unsupported)")
+    doc, entries = _source_index(src, images)
+    blobs = _Blobs(src, store)
+    annotated, manifest_of = _annotate(src, blobs, entries,
+                                       {r.image.manifest.digest: r for r in results})
+    final = _soci_entries(blobs, annotated, results, manifest_of)
+    raw_index = gojson.marshal(_go_index(final, doc))
+    index_digest = blobs.add_bytes(raw_index)
+    top: dict[str, Any] = {"mediaType": index.OCI_INDEX, "digest": index_digest,
+                           "size": len(raw_index)}
+    if tag:
+        top["annotations"] = {REF_NAME: tag}
+    layout_index = json.dumps({"schemaVersion": 2, "mediaType": index.OCI_INDEX,
+                               "manifests": [top]}).encode()
+    writer = _write_dir if kind == "oci-dir" else _write_archive
+    writer(path, blobs, layout_index)
+    return ConvertResult(index_digest, len(raw_index), results, f"{kind}:{path}")
+
+
+def _layout_files(blobs: _Blobs, layout_index: bytes) -> Iterator[tuple[str, int, BinaryIO]]:
+    """Blobs first, index.json last: a reader never sees an index naming missing blobs."""
+    for d in sorted(blobs.items):
+        size = blobs.items[d][0]
+        yield "blobs/sha256/" + d.split(":", 1)[1], size, blobs.open(d)
+    yield "oci-layout", 30, io.BytesIO(b'{"imageLayoutVersion":"1.0.0"}')
+    yield "index.json", len(layout_index), io.BytesIO(layout_index)
+
+
+def _write_dir(path: Path, blobs: _Blobs, layout_index: bytes) -> None:
+    if path.exists() and any(path.iterdir()) and not (path / "oci-layout").exists():
+        raise ImageError(f"{path} exists and is not an OCI layout: refusing to write into it")
+    for name, _size, f in _layout_files(blobs, layout_index):
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with f, tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+            while chunk := f.read(1 << 20):
+                tmp.write(chunk)
+        os.replace(tmp.name, target)
+
+
+def _write_archive(path: Path, blobs: _Blobs, layout_index: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        try:
+            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                for name, size, f in _layout_files(blobs, layout_index):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = size, 0o644
+                    with f:
+                        tf.addfile(info, f)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
