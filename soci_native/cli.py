@@ -299,14 +299,18 @@ def record_or_fail(store: Store, digest: str, kind: str) -> ArtifactRecord:
     return rec
 
 
+def show_json_blob(ctx: click.Context, digest: str, kind: str) -> None:
+    with user_errors(), store_of(ctx) as store:
+        record_or_fail(store, digest, kind)
+        emit_json(json.loads(store.read_blob(digest)))
+
+
 @index_group.command("info")
 @click.argument("digest")
 @click.pass_context
 def index_info(ctx: click.Context, digest: str) -> None:
     """Print a SOCI index manifest (JSON)."""
-    with user_errors(), store_of(ctx) as store:
-        record_or_fail(store, digest, "soci_index")
-        emit_json(json.loads(store.read_blob(digest)))
+    show_json_blob(ctx, digest, "soci_index")
 
 
 @index_group.command("rm")
@@ -504,9 +508,7 @@ def prefetch_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def prefetch_info(ctx: click.Context, digest: str) -> None:
     """Print a prefetch artifact (JSON)."""
-    with user_errors(), store_of(ctx) as store:
-        record_or_fail(store, digest, "soci_prefetch")
-        emit_json(json.loads(store.read_blob(digest)))
+    show_json_blob(ctx, digest, "soci_prefetch")
 
 
 prefetch_group.add_command(prefetch_list, "ls")

@@ -333,6 +333,31 @@ def parse_soci_index(data: bytes) -> SociIndexInfo:
     )
 
 
+def _index_record(
+    digest: str,
+    size: int,
+    info: SociIndexInfo,
+    original_digest: str | None,
+    image_digest: str | None,
+    image_ref: str | None,
+    platform: str | None,
+    created: str,
+) -> ArtifactRecord:
+    return ArtifactRecord(
+        digest=digest,
+        size=size,
+        type="soci_index",
+        media_type=info.media_type,
+        artifact_type=info.artifact_type,
+        original_digest=original_digest,
+        image_digest=image_digest,
+        image_ref=image_ref,
+        platform=platform,
+        manifest_version=info.version,
+        created=created,
+    )
+
+
 def _layer_record(
     desc: Mapping[str, Any],
     *,
@@ -920,19 +945,8 @@ class Store:
                     raise StoreError(f"config blob {info.config_digest} is not in the store")
                 self.put_blob(EMPTY_JSON)
             digest, size = self.put_blob(manifest)
-            rec = ArtifactRecord(
-                digest=digest,
-                size=size,
-                type="soci_index",
-                media_type=info.media_type,
-                artifact_type=info.artifact_type,
-                original_digest=original_digest,
-                image_digest=image_digest,
-                image_ref=image_ref,
-                platform=platform,
-                manifest_version=info.version,
-                created=created,
-            )
+            rec = _index_record(digest, size, info, original_digest, image_digest, image_ref,
+                                platform, created)
             layer_recs = [
                 _layer_record(
                     d,
@@ -1135,21 +1149,8 @@ class Store:
                     or info.annotations.get(ANN_IMAGE_MANIFEST_DIGEST)
                 )
                 if self.get_artifact(digest) is None:
-                    new_rows.append(
-                        ArtifactRecord(
-                            digest=digest,
-                            size=size,
-                            type="soci_index",
-                            media_type=info.media_type,
-                            artifact_type=info.artifact_type,
-                            original_digest=original,
-                            image_digest=image_digest,
-                            image_ref=image_ref,
-                            platform=platform,
-                            manifest_version=info.version,
-                            created=created,
-                        )
-                    )
+                    new_rows.append(_index_record(digest, size, info, original, image_digest,
+                                                  image_ref, platform, created))
                     counts["indexes_added"] += 1
                 for desc in info.layers:
                     ld = str(desc["digest"])
