@@ -149,7 +149,28 @@ nb::bytes tar_zinfo(int64_t span_size, int64_t size) {
     return b;
 }
 
-nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool) {
+// The reference's xattr optimisation test (soci-format 3.5): no SCHILY.xattr.* PAX record and
+// no opaque-directory whiteout anywhere in the layer.
+bool xattr_free(const tar_parser *tp) {
+    static const char opq[] = ".wh..wh..opq", xp[] = "SCHILY.xattr.";
+    const sn_entry *ents = tar_entries(tp);
+    const uint8_t *pool = tar_pool(tp);
+    for (size_t i = 0; i < tar_entry_count(tp); i++) {
+        const sn_entry &e = ents[i];
+        size_t on = sizeof opq - 1;
+        if (e.name.len >= on && std::memcmp(pool + e.name.off + e.name.len - on, opq, on) == 0) return false;
+        const uint8_t *p = pool + e.pax.off;
+        for (uint32_t k = 0; k < e.npax; k++) {
+            uint32_t kn = sn_get_le32(p), vn = sn_get_le32(p + 4 + kn);
+            if (kn >= sizeof xp - 1 && std::memcmp(p + 4, xp, sizeof xp - 1) == 0) return false;
+            p += 8 + static_cast<size_t>(kn) + vn;
+        }
+    }
+    return true;
+}
+
+nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool,
+                bool with_entries) {
     nb::dict r;
     add_ztoc(r, ix, build_tool);
     bool gz = sn_indexer_mode(ix) == SN_MODE_GZIP;
@@ -174,8 +195,11 @@ nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<st
     const sn_entry *ents = tar_entries(tp);
     const uint8_t *pool = tar_pool(tp);
     nb::list entries;
-    for (size_t i = 0; i < tar_entry_count(tp); i++) entries.append(entry_tuple(pool, ents[i]));
+    if (with_entries) // building Python objects for every entry is most of the Python-side cost
+        for (size_t i = 0; i < tar_entry_count(tp); i++) entries.append(entry_tuple(pool, ents[i]));
     r["entries"] = entries;
+    r["num_entries"] = tar_entry_count(tp);
+    r["xattr_free"] = xattr_free(tp);
     return r;
 }
 
@@ -206,7 +230,7 @@ class Indexer {
         if (rc) fail(e);
     }
 
-    nb::dict finish(const std::optional<std::string> &build_tool) {
+    nb::dict finish(const std::optional<std::string> &build_tool, bool with_entries) {
         Busy busy(this);
         check_usable();
         sn_err e{};
@@ -216,7 +240,7 @@ class Indexer {
             rc = sn_indexer_finish(ix_, &e);
         }
         if (rc) fail(e);
-        return result(ix_, span_size_, build_tool);
+        return result(ix_, span_size_, build_tool, with_entries);
     }
 
   private:
@@ -242,7 +266,7 @@ class Indexer {
 };
 
 nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
-                    const std::optional<std::string> &build_tool) {
+                    const std::optional<std::string> &build_tool, bool with_entries) {
     sn_err e{};
     IndexerGuard g{sn_indexer_new(span_size, parse_mode(mode), &e)};
     if (!g.ix) raise(e);
@@ -253,7 +277,7 @@ nb::dict index_file(const std::string &path, uint64_t span_size, const std::stri
         if (!rc) rc = sn_indexer_finish(g.ix, &e);
     }
     if (rc) raise(e);
-    return result(g.ix, span_size, build_tool);
+    return result(g.ix, span_size, build_tool, with_entries);
 }
 
 sn_blob parse_blob(const Buffer &b) {
@@ -383,10 +407,11 @@ NB_MODULE(_core, m) {
     nb::class_<Indexer>(m, "Indexer", "Streaming layer indexer: feed() compressed chunks, then finish().")
         .def(nb::init<uint64_t, const std::string &>(), nb::arg("span_size"), nb::arg("mode") = "auto")
         .def("feed", &Indexer::feed, nb::arg("data"), "Feed the next bytes of the layer blob (GIL released).")
-        .def("finish", &Indexer::finish, nb::arg("build_tool") = nb::none(),
+        .def("finish", &Indexer::finish, nb::arg("build_tool") = nb::none(), nb::arg("entries") = true,
              "End of the blob: returns the index data as a dict (with the zTOC when build_tool is set).");
     m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",
-          nb::arg("build_tool") = nb::none(), "Index a local layer file entirely in C.");
+          nb::arg("build_tool") = nb::none(), nb::arg("entries") = true,
+          "Index a local layer file entirely in C.");
     m.def("tar_zinfo", &tar_zinfo, nb::arg("span_size"), nb::arg("size"));
     m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));
     m.def("extract_buffer", &extract_buffer, nb::arg("blob"), nb::arg("span_id"), nb::arg("data"),

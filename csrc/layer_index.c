@@ -166,8 +166,7 @@ static int gz_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
         /* span starts up to totin are all known now: the hasher may go that far */
         if (!rc && used) rc = sh_progress(ix->hash, ix->totin, err);
     }
-    int src = sh_sync(ix->hash, err); /* the caller may reuse `data` once we return */
-    return rc ? rc : src;
+    return rc; /* the caller syncs before reusing `data` */
 }
 
 static int gz_finish(sn_indexer *ix, sn_err *err) {
@@ -188,8 +187,7 @@ static int tar_span_feed(sn_indexer *ix, const uint8_t *p, size_t n, sn_err *err
         rc = sh_span_start(ix->hash, ix->next_slice, 0, 0, err);
     ix->totin += n;
     ix->totout += n;
-    if (!rc) rc = sh_progress(ix->hash, ix->totin, err);
-    return rc ? rc : sh_sync(ix->hash, err);
+    return rc ? rc : sh_progress(ix->hash, ix->totin, err);
 }
 
 /* ---- driver ---- */
@@ -215,7 +213,8 @@ static int feed_mode(sn_indexer *ix, const uint8_t *p, size_t n, sn_err *err) {
     return ix->mode == SN_MODE_GZIP ? gz_feed(ix, p, n, err) : tar_span_feed(ix, p, n, err);
 }
 
-int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
+/* Feeds without waiting for the hasher: `data` must stay valid until a sync covers it. */
+static int feed_nosync(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
     if (ix->finished) return sn_fail(err, SN_EARG, "indexer already finished");
     if (n == 0) return SN_OK;
     if (ix->nsniff < sizeof ix->sniff) { /* hold back the first bytes until the format is known */
@@ -231,6 +230,14 @@ int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) 
         if (rc) return rc;
     }
     return feed_mode(ix, data, n, err);
+}
+
+static int sync_all(sn_indexer *ix, sn_err *err) { return ix->hash ? sh_sync(ix->hash, err) : SN_OK; }
+
+int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
+    int rc = feed_nosync(ix, data, n, err);
+    int src = sync_all(ix, err); /* the caller may reuse `data` once we return */
+    return rc ? rc : src;
 }
 
 int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
@@ -256,19 +263,30 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
 #ifdef POSIX_FADV_SEQUENTIAL
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
-    uint8_t *buf = malloc(FILE_CHUNK);
-    int rc = buf ? SN_OK : sn_fail(err, SN_ENOMEM, "out of memory");
-    while (!rc) {
-        ssize_t got = read(fd, buf, FILE_CHUNK);
-        if (got < 0 && errno == EINTR) continue;
+    /* Two buffers: the hasher may still be on one while the other is read and inflated. */
+    uint8_t *bufs[2] = {malloc(FILE_CHUNK), malloc(FILE_CHUNK)};
+    uint64_t ends[2] = {0, 0}; /* stream position after the chunk each buffer last held */
+    int rc = bufs[0] && bufs[1] ? SN_OK : sn_fail(err, SN_ENOMEM, "out of memory");
+    for (int i = 0; !rc; i ^= 1) {
+        if (ends[i] && ix->hash) rc = sh_sync_to(ix->hash, ends[i], err);
+        if (rc) break;
+        ssize_t got = read(fd, bufs[i], FILE_CHUNK);
+        if (got < 0 && errno == EINTR) {
+            i ^= 1;
+            continue;
+        }
         if (got < 0) {
             err->sys_errno = errno;
             rc = sn_fail(err, SN_EIO, "read error on %s", path);
         }
         if (got <= 0) break;
-        rc = sn_indexer_feed(ix, buf, (size_t)got, err);
+        rc = feed_nosync(ix, bufs[i], (size_t)got, err);
+        ends[i] = ix->totin;
     }
-    free(buf);
+    int src = sync_all(ix, err);
+    if (!rc) rc = src;
+    free(bufs[0]);
+    free(bufs[1]);
     close(fd);
     return rc;
 }

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define SEGMENTS 4 /* buffers the producer may have handed over and not yet synced */
+
 typedef struct {
     uint64_t at;
     int bits;
@@ -18,8 +20,9 @@ struct span_hasher {
     pthread_mutex_t mu;
     pthread_cond_t work, done;
     /* published by the producer (under mu in threaded mode) */
-    const uint8_t *buf;
-    uint64_t buf_start, buf_end, avail;
+    struct { const uint8_t *p; uint64_t start, end; } seg[SEGMENTS]; /* buffers in flight */
+    int nseg;
+    uint64_t avail, woken_at;
     span_start *starts;
     size_t nstarts, cap_starts;
     /* owned by the hashing side */
@@ -59,7 +62,11 @@ static int step(span_hasher *h) {
     uint64_t end = h->avail;
     if (h->next_start < h->nstarts && h->starts[h->next_start].at < end) end = h->starts[h->next_start].at;
     if (end <= h->pos) return 1;
-    const uint8_t *p = h->buf + (h->pos - h->buf_start);
+    int k = 0;
+    while (k < h->nseg && !(h->seg[k].start <= h->pos && h->pos < h->seg[k].end)) k++;
+    if (k == h->nseg) return 1; /* not handed over yet */
+    if (end > h->seg[k].end) end = h->seg[k].end;
+    const uint8_t *p = h->seg[k].p + (h->pos - h->seg[k].start);
     size_t n = (size_t)(end - h->pos);
     int hashing = h->hashing;
     if (h->threaded) pthread_mutex_unlock(&h->mu);
@@ -139,19 +146,47 @@ static int drain_inline(span_hasher *h, sn_err *err) {
     return SN_OK;
 }
 
+static void drop_hashed(span_hasher *h) {
+    int k = 0;
+    for (int i = 0; i < h->nseg; i++)
+        if (h->seg[i].end > h->pos) h->seg[k++] = h->seg[i];
+    h->nseg = k;
+}
+
 void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n) {
     lock(h);
-    h->buf = buf;
-    h->buf_start = start;
-    h->buf_end = start + n;
+    drop_hashed(h);
+    while (h->threaded && h->nseg == SEGMENTS && !h->failed) { /* let the hasher free one */
+        pthread_cond_signal(&h->work);
+        pthread_cond_wait(&h->done, &h->mu);
+        drop_hashed(h);
+    }
+    if (n && h->nseg < SEGMENTS) {
+        h->seg[h->nseg].p = buf;
+        h->seg[h->nseg].start = start;
+        h->seg[h->nseg].end = start + n;
+        h->nseg++;
+    }
     unlock_wake(h);
 }
 
+/* Wakes the hasher only every WAKE_EVERY bytes: a futex wake per inflate call costs the
+ * inflating core more than the hashing it hands off. sh_sync() always wakes it. */
+#define WAKE_EVERY (512 * 1024)
+
 int sh_progress(span_hasher *h, uint64_t upto, sn_err *err) {
-    lock(h);
+    if (!h->threaded) {
+        h->avail = upto;
+        return drain_inline(h, err);
+    }
+    pthread_mutex_lock(&h->mu);
     h->avail = upto;
-    unlock_wake(h);
-    return drain_inline(h, err);
+    if (upto - h->woken_at >= WAKE_EVERY) {
+        h->woken_at = upto;
+        pthread_cond_signal(&h->work);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return SN_OK;
 }
 
 int sh_span_start(span_hasher *h, uint64_t at, int bits, uint8_t prev, sn_err *err) {
@@ -171,11 +206,16 @@ int sh_span_start(span_hasher *h, uint64_t at, int bits, uint8_t prev, sn_err *e
     return rc ? rc : drain_inline(h, err);
 }
 
-int sh_sync(span_hasher *h, sn_err *err) {
+int sh_sync(span_hasher *h, sn_err *err) { return sh_sync_to(h, UINT64_MAX, err); }
+
+int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err) {
     if (!h->threaded) return drain_inline(h, err);
     pthread_mutex_lock(&h->mu);
+    if (upto > h->avail) upto = h->avail;
     pthread_cond_signal(&h->work);
-    while (!h->failed && (h->pos < h->avail || h->next_start < h->nstarts)) pthread_cond_wait(&h->done, &h->mu);
+    h->woken_at = h->avail;
+    while (!h->failed && (h->pos < upto || (upto == h->avail && h->next_start < h->nstarts)))
+        pthread_cond_wait(&h->done, &h->mu);
     int rc = h->failed ? h->err.code : SN_OK;
     if (rc) *err = h->err;
     pthread_mutex_unlock(&h->mu);

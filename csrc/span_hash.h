@@ -18,14 +18,17 @@ typedef struct span_hasher span_hasher;
 
 span_hasher *sh_new(int threaded, sn_err *err);
 void sh_free(span_hasher *h);
-/* The bytes at stream positions [start, start + n) are at buf until the next sh_sync(). */
+/* The bytes at stream positions [start, start + n) are at buf until a sync covers them. */
 void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n);
 /* Bytes before stream position `upto` may be hashed; every span start below it is known. */
 int sh_progress(span_hasher *h, uint64_t upto, sn_err *err);
 /* A span starts at position `at`; with bits != 0 the byte before it (`prev`) opens it too. */
 int sh_span_start(span_hasher *h, uint64_t at, int bits, uint8_t prev, sn_err *err);
-/* Waits until everything published is hashed (the buffer may be reused afterwards). */
+/* Waits until everything published is hashed (every buffer may be reused afterwards). */
 int sh_sync(span_hasher *h, sn_err *err);
+/* Waits until the bytes before stream position `upto` are hashed (their buffers are free).
+ * At most 4 buffers may be in flight. */
+int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err);
 /* Ends the last span at the end of the stream; digests: 32 bytes per span. */
 int sh_finish(span_hasher *h, sn_err *err);
 const uint8_t *sh_digests(const span_hasher *h, size_t *count);

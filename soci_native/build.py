@@ -77,14 +77,15 @@ def _skip_reason(layer: Descriptor, opts: BuildOptions) -> str | None:
 
 def _index_blob(src: ImageSource, layer: Descriptor, opts: BuildOptions,
                 progress: Progress | None) -> LayerIndex:
+    entries = bool(opts.prefetch_paths)  # only prefetch needs the file list in Python
     path = src.blob_path(layer.digest) if progress is None else None
     if path is not None:  # read in C, no per-chunk round trip
         return index_layer(path, opts.span_size, mode=_mode(layer.media_type),
-                           build_tool=opts.build_tool)
+                           build_tool=opts.build_tool, entries=entries)
     with src.open_blob(layer.digest) as f:
         reader: BinaryIO | _Counting = f if progress is None else _Counting(f, layer, progress)
         return index_layer(reader, opts.span_size, mode=_mode(layer.media_type),
-                           chunk_size=_CHUNK, build_tool=opts.build_tool)
+                           chunk_size=_CHUNK, build_tool=opts.build_tool, entries=entries)
 
 
 class _Counting:
@@ -117,15 +118,18 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
     if not opts.force:
         rec = store.find_ztoc(layer.digest, opts.span_size)
         if rec is not None:
-            z = ztoc.from_bytes(store.read_blob(rec.digest))
             if progress:
                 progress(layer, layer.size)
-            return LayerResult(
-                layer, "reused", ztoc_digest=rec.digest, ztoc_size=rec.size,
-                disable_xattrs=index.should_disable_xattrs((f.name, f.xattrs) for f in z.files),
-                files=_files([(f.name, f.uncompressed_offset, f.uncompressed_size)
-                              for f in z.files]),
-                checkpoints=z.checkpoints, compressed_size=z.compressed_archive_size)
+            reused = LayerResult(layer, "reused", ztoc_digest=rec.digest, ztoc_size=rec.size)
+            if "xattr" in opts.optimizations or opts.prefetch_paths:  # they need the TOC
+                z = ztoc.from_bytes(store.read_blob(rec.digest))
+                reused.disable_xattrs = index.should_disable_xattrs(
+                    (f.name, f.xattrs) for f in z.files)
+                reused.files = _files([(f.name, f.uncompressed_offset, f.uncompressed_size)
+                                       for f in z.files])
+                reused.checkpoints = z.checkpoints
+                reused.compressed_size = z.compressed_archive_size
+            return reused
     try:
         ix = _index_blob(src, layer, opts, progress)
     except ValueError as e:
@@ -141,7 +145,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
                                       image_ref=src.ref))
     return LayerResult(
         layer, "built", ztoc_digest=dgst, ztoc_size=size,
-        disable_xattrs=index.should_disable_xattrs((e.name, e.pax) for e in ix.entries),
+        disable_xattrs=ix.xattr_free,
         files=_files([(e.name, e.offset, e.size) for e in ix.entries]),
         checkpoints=ix.checkpoints, compressed_size=ix.compressed_size)
 

@@ -141,6 +141,10 @@ class Reporter:
         self.live = sys.stderr.isatty() and not quiet
         self.last = 0.0
 
+    def callback(self) -> Callable[[Descriptor, int], None] | None:
+        """Only a live display needs byte counts; without one layers are read in C."""
+        return self.progress if self.live else None
+
     def progress(self, layer: Descriptor, n: int) -> None:
         self.done += n
         now = time.monotonic()
@@ -183,7 +187,7 @@ def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
         for image in images:
             rep = Reporter(image.layers, kw["quiet"] or kw["as_json"])
             r = build_index(src, store, image, opts, version=version,
-                            image_digest=root_desc.digest, progress=rep.progress)
+                            image_digest=root_desc.digest, progress=rep.callback())
             rep.result(r)
             results.append(r)
     return results
@@ -228,7 +232,7 @@ def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, **kw: Any) 
         images = resolve(source, platforms_of(kw), kw["all_platforms"])
         rep = Reporter([d for i in images for d in i.layers], kw["quiet"] or kw["as_json"])
         r = do_convert(source, store, dst, fmt, opts, platforms_of(kw), kw["all_platforms"],
-                       progress=rep.progress)
+                       progress=rep.callback())
         for ir in r.soci_indexes:
             rep.result(ir)
     if kw["as_json"]:

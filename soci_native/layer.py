@@ -75,6 +75,8 @@ class LayerIndex:
     span_digests: list[str]
     entries: list[TarEntry]
     blob_digest: str = ""  # "sha256:<hex>" of the whole layer blob as read
+    num_entries: int = 0  # tar members, also when entries were not asked for
+    xattr_free: bool = True  # no SCHILY.xattr record, no opaque-dir whiteout (soci-format 3.5)
     ztoc: bytes | None = None  # the zTOC, when index_layer was given a build_tool
     ztoc_error: str | None = None  # why there is no zTOC (sparse files, PAX global headers)
 
@@ -93,24 +95,28 @@ def _entry(t: tuple[Any, ...]) -> TarEntry:
 def _layer_index(r: dict[str, Any]) -> LayerIndex:
     return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
                       r["uncompressed_size"], r["checkpoints"], list(r["span_digests"]),
-                      [_entry(t) for t in r["entries"]], r["blob_digest"], r.get("ztoc"),
-                      r.get("ztoc_error"))
+                      [_entry(t) for t in r["entries"]], r["blob_digest"], r["num_entries"],
+                      r["xattr_free"], r.get("ztoc"), r.get("ztoc_error"))
 
 
 def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
-                chunk_size: int = 1 << 20, build_tool: str | None = None) -> LayerIndex:
+                chunk_size: int = 1 << 20, build_tool: str | None = None,
+                entries: bool = True) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
     ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``
     pieces, e.g. an HTTP body). ``mode`` is "auto" (sniff the gzip magic), "gzip" or "tar".
     With ``build_tool`` (the zTOC's build_tool_identifier) the zTOC is serialised in C as
     well: ``.ztoc``, or ``.ztoc_error`` when the layer has entries a zTOC cannot describe.
+    ``entries=False`` leaves ``.entries`` empty (``.num_entries`` still counts them): making
+    a Python object per tar member is most of the cost when only the zTOC is wanted.
     Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
     """
     if span_size <= 0:
         raise ValueError(f"span size must be positive, got {span_size}")
     if isinstance(src, (str, os.PathLike)):
-        return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool))
+        return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool,
+                                             entries))
     ix = _core.Indexer(span_size, mode)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
@@ -119,7 +125,7 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
         if not n:
             break
         ix.feed(view[:n])
-    return _layer_index(ix.finish(build_tool))
+    return _layer_index(ix.finish(build_tool, entries))
 
 
 def _read_into(src: Readable, view: memoryview) -> int:
