@@ -19,6 +19,7 @@ extern "C" {
 #include "layer_index.h"
 #include "span_read.h"
 #include "tar_parse.h"
+#include "ztoc_read.h"
 #include "ztoc_write.h"
 }
 
@@ -379,6 +380,55 @@ nb::list checkpoint_table(nb::handle blob_obj) {
     return out;
 }
 
+PyObject *decode_bytes(sn_bytes b) {
+    return PyUnicode_DecodeUTF8(reinterpret_cast<const char *>(b.p), b.n, "surrogateescape");
+}
+
+nb::object checked(PyObject *o) {
+    if (!o) throw nb::python_error();
+    return nb::steal(o);
+}
+
+// A zTOC as plain Python values; files as tuples in archive order (see ztoc.py).
+nb::dict ztoc_parse(nb::handle buf_obj) {
+    Buffer buf(buf_obj);
+    sn_ztoc z;
+    sn_err e{};
+    if (sn_ztoc_parse(buf.data(), buf.size(), &z, &e)) raise(e);
+    nb::dict r;
+    r["version"] = checked(decode_bytes(z.version));
+    r["build_tool"] = checked(decode_bytes(z.build_tool));
+    r["compressed_size"] = z.compressed_size;
+    r["uncompressed_size"] = z.uncompressed_size;
+    r["algorithm"] = z.algorithm == 1 ? "gzip" : "uncompressed";
+    r["max_span_id"] = z.max_span_id;
+    r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(z.checkpoints.p), z.checkpoints.n);
+    nb::list digests, files;
+    for (uint32_t i = 0; i < z.ndigests; i++) {
+        sn_bytes d;
+        if (sn_ztoc_digest(&z, i, &d, &e)) raise(e);
+        digests.append(checked(decode_bytes(d)));
+    }
+    for (uint32_t i = 0; i < z.nfiles; i++) {
+        sn_ztoc_file f;
+        if (sn_ztoc_file_at(&z, i, &f, &e)) raise(e);
+        nb::object xattrs = checked(PyTuple_New(f.nxattrs));
+        for (uint32_t j = 0; j < f.nxattrs; j++) {
+            sn_bytes k, v;
+            if (sn_ztoc_xattr(&z, &f, j, &k, &v, &e)) raise(e);
+            PyTuple_SET_ITEM(xattrs.ptr(), j, checked(Py_BuildValue("(NN)", decode_bytes(k), decode_bytes(v))).release().ptr());
+        }
+        files.append(checked(Py_BuildValue("(NNLLNLkkNNNLLO)", decode_bytes(f.name), decode_bytes(f.type),
+                                           (long long)f.offset, (long long)f.size, decode_bytes(f.linkname),
+                                           (long long)f.mode, (unsigned long)f.uid, (unsigned long)f.gid,
+                                           decode_bytes(f.uname), decode_bytes(f.gname), decode_bytes(f.mod_time),
+                                           (long long)f.devmajor, (long long)f.devminor, xattrs.ptr())));
+    }
+    r["span_digests"] = digests;
+    r["files"] = files;
+    return r;
+}
+
 uint64_t raw_inflate_file(const std::string &path) {
     sn_err e{};
     uint64_t n = 0;
@@ -420,4 +470,5 @@ NB_MODULE(_core, m) {
           nb::arg("compressed_size"));
     m.def("checkpoint_table", &checkpoint_table, nb::arg("blob"));
     m.def("raw_inflate_file", &raw_inflate_file, nb::arg("path"));
+    m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), "Parse a zTOC FlatBuffer (bounds-checked).");
 }

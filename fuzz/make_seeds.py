@@ -298,13 +298,32 @@ def blob_seeds(out: Path, tmp: Path, rng: random.Random) -> int:
     return made
 
 
+def ztoc_seeds(out: Path, tmp: Path, tars: dict[str, bytes]) -> None:
+    """Real zTOCs (plain tar and gzip) written by the core, for the zTOC reader target."""
+    try:
+        import soci_native  # noqa: PLC0415
+    except ImportError:
+        return
+    for name, data in sorted(tars.items()):
+        for kind, blob in (("tar", data), ("gz", gz(data))):
+            path = tmp / f"z_{name}.{kind}"
+            path.write_bytes(blob)
+            try:
+                ix = soci_native.index_layer(str(path), span_size=4096, build_tool="fuzz",
+                                             entries=False)
+            except ValueError:
+                continue
+            if ix.ztoc is not None:
+                write(out, f"{kind}_{name}", ix.ztoc, MAX_BLOB)
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(sys.argv[1])
     rng = random.Random(1234)
-    dirs = {t: out / t for t in ("tar", "index", "blob")}
+    dirs = {t: out / t for t in ("tar", "index", "blob", "ztoc")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="soci-fuzz-seeds-") as td:
@@ -378,6 +397,7 @@ def main() -> int:
             bytes([1 << 2, 0x06]) + zlib.compress(python_tars()["ustar"]),
             MAX_TAR,
         )
+        ztoc_seeds(dirs["ztoc"], tmp, tars)
         # blob target: hand-made structural seeds always, real pairs with soci_native
         hdr = struct.pack("<iq", 1, 4096)
         cp0 = struct.pack("<QQB", 10, 0, 0) + bytes(WINSIZE)

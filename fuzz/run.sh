@@ -7,7 +7,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS  seconds per target (default 30)
-#   FUZZ_TARGETS  which targets (default "tar index blob")
+#   FUZZ_TARGETS  which targets (default "tar index blob ztoc")
 #   FUZZ_CC       clang to use (default clang; needs libFuzzer: Debian/Ubuntu packages
 #                 clang + libclang-rt-<ver>-dev)
 #   FUZZ_ARGS     extra libFuzzer flags, e.g. "-jobs=2" or "-dict=..."
@@ -23,7 +23,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/build/fuzz"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-tar index blob}"
+FUZZ_TARGETS="${FUZZ_TARGETS:-tar index blob ztoc}"
 CC="${FUZZ_CC:-clang}"
 read -r -a EXTRA_ARGS <<< "${FUZZ_ARGS:-}"
 
@@ -102,7 +102,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_m
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 failed=()
 for t in $FUZZ_TARGETS; do
-    case "$t" in blob) max_len=262144 ;; *) max_len=65536 ;; esac
+    case "$t" in blob | ztoc) max_len=262144 ;; *) max_len=65536 ;; esac
     dict=()
     [ -f "$ROOT/fuzz/$t.dict" ] && dict=(-dict="$ROOT/fuzz/$t.dict")
     mkdir -p "$OUT/corpus/$t"

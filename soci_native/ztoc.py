@@ -7,10 +7,11 @@ and the reference's (v1 checkpoint blobs, the omitted compression_algorithm fiel
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
+from soci_native import _core
 from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, TarEntry, index_layer
 
 VERSION = "0.9"
@@ -85,104 +86,22 @@ def digest(data: bytes) -> str:
 
 # ---------------------------------------------------------------------------------- reading
 
-class _Reader:
-    """Bounds-checked FlatBuffers table access (no generated code, no trust in offsets)."""
-
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-
-    def _u32(self, at: int) -> int:
-        if at < 0 or at + 4 > len(self.buf):
-            raise ZtocError(f"offset {at} outside the {len(self.buf)}-byte zTOC")
-        return int(struct.unpack_from("<I", self.buf, at)[0])
-
-    def root(self) -> int:
-        return self._u32(0)
-
-    def field_pos(self, table: int, slot: int) -> int:
-        vt = table - struct.unpack_from("<i", self.buf, table)[0] if table + 4 <= len(
-            self.buf) else -1
-        vt_len = struct.unpack_from("<H", self.buf, vt)[0] if 0 <= vt <= len(self.buf) - 4 else 0
-        if vt_len < 4:
-            raise ZtocError(f"bad vtable for table at {table}")
-        if 4 + 2 * slot + 2 > vt_len:
-            return 0
-        off = struct.unpack_from("<H", self.buf, vt + 4 + 2 * slot)[0]
-        return table + off if off else 0
-
-    def scalar(self, table: int, slot: int, fmt: str, default: int = 0) -> int:
-        pos = self.field_pos(table, slot)
-        if not pos:
-            return default
-        if pos + struct.calcsize(fmt) > len(self.buf):
-            raise ZtocError(f"field at {pos} runs past the end")
-        return int(struct.unpack_from(fmt, self.buf, pos)[0])
-
-    def ref(self, table: int, slot: int) -> int:
-        pos = self.field_pos(table, slot)
-        return pos + self._u32(pos) if pos else 0
-
-    def vector(self, table: int, slot: int, elem: int) -> tuple[int, int]:
-        at = self.ref(table, slot)
-        if not at:
-            return 0, 0
-        n = self._u32(at)
-        if at + 4 + n * elem > len(self.buf):
-            raise ZtocError(f"vector at {at} ({n} elements) runs past the end")
-        return at + 4, n
-
-    def bytes_(self, table: int, slot: int) -> bytes:
-        start, n = self.vector(table, slot, 1)
-        return bytes(self.buf[start:start + n])
-
-    def string(self, table: int, slot: int) -> str:
-        return self.bytes_(table, slot).decode("utf-8", "surrogateescape")
-
-    def tables(self, table: int, slot: int) -> list[int]:
-        start, n = self.vector(table, slot, 4)
-        return [start + 4 * i + self._u32(start + 4 * i) for i in range(n)]
-
-    def strings(self, table: int, slot: int) -> list[str]:
-        out = []
-        for at in self.tables(table, slot):
-            n = self._u32(at)
-            if at + 4 + n > len(self.buf):
-                raise ZtocError(f"string at {at} runs past the end")
-            out.append(bytes(self.buf[at + 4:at + 4 + n]).decode("utf-8", "surrogateescape"))
-        return out
+def _file(f: tuple[Any, ...]) -> FileMetadata:
+    (name, typ, off, size, link, mode, uid, gid, uname, gname, mtime, dmaj, dmin, xattrs) = f
+    return FileMetadata(name, typ, off, size, link, mode, uid, gid, uname, gname, mtime, dmaj,
+                        dmin, dict(xattrs))
 
 
 def from_bytes(buf: bytes) -> Ztoc:
-    """Parses a zTOC (ours or the reference's); raises ZtocError on malformed input."""
+    """Parses a zTOC (ours or the reference's) in C with every offset checked; raises
+    ZtocError on malformed input."""
     try:
-        return _parse(_Reader(buf))
-    except struct.error as e:
-        raise ZtocError(f"malformed zTOC: {e}") from None
-
-
-def _parse(r: _Reader) -> Ztoc:
-    root = r.root()
-    files = []
-    toc = r.ref(root, 4)
-    for t in r.tables(toc, 0) if toc else []:
-        xattrs = {r.string(x, 0): r.string(x, 1) for x in r.tables(t, 13)}
-        files.append(FileMetadata(
-            r.string(t, 0), r.string(t, 1), r.scalar(t, 2, "<q"), r.scalar(t, 3, "<q"),
-            r.string(t, 4), r.scalar(t, 5, "<q"), r.scalar(t, 6, "<I"), r.scalar(t, 7, "<I"),
-            r.string(t, 8), r.string(t, 9), r.string(t, 10), r.scalar(t, 11, "<q"),
-            r.scalar(t, 12, "<q"), xattrs))
-    info = r.ref(root, 5)
-    if not info:
-        raise ZtocError("zTOC has no compression_info")
-    algo = r.scalar(info, 0, "<b", GZIP)
-    if algo not in _ALGORITHMS:
-        raise ZtocError(f"unknown compression algorithm {algo}")
-    z = Ztoc(_ALGORITHMS[algo], r.scalar(root, 2, "<q"), r.scalar(root, 3, "<q"),
-             r.scalar(info, 1, "<i"), r.strings(info, 2), r.bytes_(info, 3), files,
-             r.string(root, 0), r.string(root, 1))
-    if len(z.span_digests) != z.num_spans:
-        raise ZtocError(f"zTOC has {len(z.span_digests)} span digests for {z.num_spans} spans")
-    return z
+        r = _core.ztoc_parse(buf)
+    except ValueError as e:
+        raise ZtocError(str(e)) from None
+    files = [_file(f) for f in r["files"]]
+    return Ztoc(r["algorithm"], r["compressed_size"], r["uncompressed_size"], r["max_span_id"],
+                r["span_digests"], r["checkpoints"], files, r["version"], r["build_tool"])
 
 
 def sorted_files(z: Ztoc) -> list[FileMetadata]:
