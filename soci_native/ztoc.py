@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from soci_native import _core
 from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, TarEntry, index_layer
