@@ -13,8 +13,14 @@ References use skopeo's transport syntax:
 
 ``TAG`` picks an ``index.json`` entry by its ``org.opencontainers.image.ref.name`` annotation
 (or, failing that, by its ``io.containerd.image.name`` as docker save writes it); ``@N`` picks
-entry N. Registry references (``docker://…``, ``host/repo:tag``) are recognised and refused for
-now: a registry source will be another :class:`ImageSource` registered in ``_TRANSPORTS``.
+entry N.
+
+Registry images: ``docker://HOST[:PORT]/REPO[:TAG][@DIGEST]`` (Docker Hub short names are
+normalised: ``docker://alpine`` is ``docker.io/library/alpine``), or the same without
+``docker://`` when it names its host explicitly (``host.name/…``, ``host:port/…``,
+``localhost/…``) and is not an existing path. They are read by
+:class:`soci_native.registry.RegistrySource`; how to reach the registry (plain HTTP, TLS
+verification, credentials) is given as ``open_image(ref, registry=RegistryOptions(...))``.
 
 :func:`resolve` walks from the reference's top-level manifest or index to the platform images
 a caller asked for: manifest, config and layer descriptors, verified by digest and size.
@@ -37,9 +43,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 from soci_native import gojson
+from soci_native.refs import looks_like_registry_ref
+
+if TYPE_CHECKING:
+    from soci_native.registry import RegistryOptions
 
 # ---- media types -----------------------------------------------------------------------------
 
@@ -1086,23 +1096,23 @@ def _open_docker_archive(ref: str, rest: str) -> ImageSource:
         raise
 
 
-def _open_registry(ref: str, rest: str) -> ImageSource:
-    raise ImageError(f"registry references are not supported yet: {ref!r}; export the image "
-                     "first (e.g. skopeo copy docker://IMAGE oci-archive:image.tar) and pass "
-                     "oci:DIR, oci-archive:FILE or docker-archive:FILE")
+def _open_registry(ref: str, rest: str, options: RegistryOptions | None = None) -> ImageSource:
+    from soci_native.registry import RegistrySource  # urllib3 only when a registry is used
+
+    return RegistrySource(ref, options)
 
 
 _TRANSPORTS: dict[str, Opener] = {
     "oci": _open_oci,
     "oci-archive": _open_oci_archive,
     "docker-archive": _open_docker_archive,
-    "docker": _open_registry,  # docker://host/repo:tag: a RegistrySource goes here
+    "docker": _open_registry,  # docker://host/repo:tag (and bare host/repo:tag)
 }
 _UNSUPPORTED_TRANSPORTS = ("dir", "docker-daemon", "containers-storage", "ostree", "sif",
                            "tarball")
 
 
-def _open_bare(ref: str) -> ImageSource:
+def _open_bare(ref: str, registry: RegistryOptions | None = None) -> ImageSource:
     path, tag = ref, None
     if not os.path.exists(path):  # PATH:TAG, split at the first colon that leaves a path
         for i, c in enumerate(ref):
@@ -1110,9 +1120,11 @@ def _open_bare(ref: str) -> ImageSource:
                 path, tag = ref[:i], ref[i + 1:] or None
                 break
     if not os.path.exists(path):
-        raise ImageError(f"no such file or directory: {ref!r}; registry references are not "
-                         "supported yet (use oci:DIR[:TAG], oci-archive:FILE[:TAG] or "
-                         "docker-archive:FILE)")
+        if looks_like_registry_ref(ref):
+            return _open_registry(ref, ref, registry)
+        raise ImageError(f"no such file or directory: {ref!r} (local images: oci:DIR[:TAG], "
+                         "oci-archive:FILE[:TAG] or docker-archive:FILE; registry images: "
+                         "docker://HOST/REPO[:TAG], or docker://NAME for Docker Hub)")
     if os.path.isdir(path):
         store: _Store = _DirStore(path)
         if store.exists("oci-layout"):
@@ -1134,13 +1146,14 @@ def _open_bare(ref: str) -> ImageSource:
         raise
 
 
-def open_image(ref: str) -> ImageSource:
-    """Opens an image reference (see the module docstring for the forms). Close the result,
-    or use it as a context manager."""
+def open_image(ref: str, *, registry: RegistryOptions | None = None) -> ImageSource:
+    """Opens an image reference (see the module docstring for the forms). ``registry`` says
+    how to reach a registry (ignored for local images). Close the result, or use it as a
+    context manager."""
     if not isinstance(ref, str) or not ref:
         raise ImageError("empty image reference")
     if ref.startswith("docker://"):
-        return _TRANSPORTS["docker"](ref, ref[len("docker://"):])
+        return _open_registry(ref, ref[len("docker://"):], registry)
     m = re.match(r"([a-z][a-z0-9-]*):(.*)\Z", ref, re.S)
     if m is not None and not os.path.exists(ref):
         transport, rest = m.group(1), m.group(2)
@@ -1148,8 +1161,8 @@ def open_image(ref: str) -> ImageSource:
             return _TRANSPORTS[transport](ref, rest)
         if transport in _UNSUPPORTED_TRANSPORTS:
             raise ImageError(f"unsupported transport {transport!r} in {ref!r}: use oci:, "
-                             "oci-archive: or docker-archive:")
-    return _open_bare(ref)
+                             "oci-archive:, docker-archive: or docker://")
+    return _open_bare(ref, registry)
 
 
 # ---- resolving platform images ---------------------------------------------------------------

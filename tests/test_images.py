@@ -295,12 +295,23 @@ def test_bare_paths_are_detected(built: ib.Built, tmp_path: Path) -> None:
         open_image(f"oci:{built.a_tar}")
 
 
-@pytest.mark.parametrize("ref", ["docker://docker.io/library/alpine:3.19", "alpine:3.19",
-                                 "ghcr.io/org/repo:tag", "registry.local:5000/x/y@sha256:"
-                                 + "a" * 64])
-def test_registry_references_are_refused_clearly(ref: str) -> None:
-    with pytest.raises(ImageError, match="registry references are not supported yet"):
-        open_image(ref)
+@pytest.mark.parametrize("ref,name", [
+    ("docker://docker.io/library/alpine:3.19", "docker.io/library/alpine:3.19"),
+    ("docker://alpine:3.19", "docker.io/library/alpine:3.19"),
+    ("ghcr.io/org/repo:tag", "ghcr.io/org/repo:tag"),
+    ("registry.local:5000/x/y@sha256:" + "a" * 64, "registry.local:5000/x/y@sha256:" + "a" * 64),
+])
+def test_registry_references_open_registry_sources(ref: str, name: str) -> None:
+    from soci_native.registry import RegistrySource
+
+    with open_image(ref) as src:  # nothing is fetched before root()
+        assert isinstance(src, RegistrySource)
+        assert str(src.reference) == name
+
+
+def test_bare_short_names_are_paths_not_registry_references() -> None:
+    with pytest.raises(ImageError, match="no such file or directory.*docker://"):
+        open_image("alpine:3.19")
 
 
 def test_unsupported_transports() -> None:
