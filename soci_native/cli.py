@@ -17,6 +17,7 @@ import click
 
 from soci_native import __version__, index, ztoc
 from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
+from soci_native.cliopts import registry_flags, registry_options
 from soci_native.images import Descriptor, ImageError, Platform, open_image, resolve
 from soci_native.layer import FormatError, extract
 from soci_native.store import ArtifactRecord, Store, StoreError, default_root
@@ -181,7 +182,8 @@ def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
                ) -> list[IndexResult]:
     opts = build_options(kw)
     results = []
-    with user_errors(), open_image(ref) as src, store_of(ctx) as store:
+    reg = registry_options(kw)
+    with user_errors(), open_image(ref, registry=reg) as src, store_of(ctx) as store:
         root_desc, _ = src.root()
         images = resolve(src, platforms_of(kw), kw["all_platforms"])
         for image in images:
@@ -196,6 +198,7 @@ def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
 @main.command()
 @click.argument("image")
 @build_flags
+@registry_flags
 @click.pass_context
 def create(ctx: click.Context, image: str, **kw: Any) -> None:
     """Build a SOCI index (v1) for IMAGE and keep it in the local store.
@@ -217,22 +220,25 @@ def create(ctx: click.Context, image: str, **kw: Any) -> None:
 @click.option("--format", "fmt", type=click.Choice(["oci-dir", "oci-archive"]),
               help="Layout to write when DST is a bare path (default oci-archive).")
 @build_flags
+@registry_flags
 @click.pass_context
 def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, **kw: Any) -> None:
     """Write SRC as a SOCI-enabled image (SOCI index v2) to DST.
 
-    DST is oci:DIR[:TAG], oci-archive:FILE[:TAG], or a bare path with --format. The image's
-    manifests gain the com.amazon.soci.index-digest annotation; the new image index lists
-    them and one SOCI index per platform. Push it with any OCI tool (skopeo copy --all).
+    DST is oci:DIR[:TAG], oci-archive:FILE[:TAG], a bare path with --format, or a registry
+    image (docker://HOST/REPO:TAG), which is then pushed (layers mounted from SRC when it is
+    in the same registry). The image's manifests gain the com.amazon.soci.index-digest
+    annotation; the new image index lists them and one SOCI index per platform.
     """
     from soci_native.convert import convert as do_convert
 
     opts = build_options(kw)
-    with user_errors(), open_image(src) as source, store_of(ctx) as store:
+    reg = registry_options(kw)
+    with user_errors(), open_image(src, registry=reg) as source, store_of(ctx) as store:
         images = resolve(source, platforms_of(kw), kw["all_platforms"])
         rep = Reporter([d for i in images for d in i.layers], kw["quiet"] or kw["as_json"])
         r = do_convert(source, store, dst, fmt, opts, platforms_of(kw), kw["all_platforms"],
-                       progress=rep.callback())
+                       progress=rep.callback(), registry=reg)
         for ir in r.soci_indexes:
             rep.result(ir)
     if kw["as_json"]:
@@ -245,6 +251,63 @@ def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, **kw: Any) 
         for ir in r.soci_indexes:
             click.echo(f"{ir.image.platform}: soci index {ir.digest}")
         click.echo(f"wrote {r.destination} (image index {r.index_digest})")
+
+
+def platform_flags(f: F) -> F:
+    f = click.option("--all-platforms", is_flag=True, help="Every platform.")(f)
+    return click.option("-p", "--platform", "platforms", multiple=True,
+                        help="Platform (os/arch[/variant]); repeatable. Default: the host's.")(f)
+
+
+def registry_source(ref: str, kw: dict[str, Any]) -> Any:
+    from soci_native.registry import RegistrySource
+
+    src = open_image(ref, registry=registry_options(kw))
+    if not isinstance(src, RegistrySource):
+        src.close()
+        fail(f"{ref} is not a registry image (use docker://HOST/REPO:TAG)")
+    return src
+
+
+@main.command()
+@click.argument("image")
+@click.option("--existing-index", type=click.Choice(["warn", "skip", "allow"]), default="warn",
+              show_default=True,
+              help="When the registry already lists a SOCI index for the image: push anyway "
+                   "with a warning, skip, or push without looking.")
+@click.option("--max-concurrent-uploads", type=click.IntRange(min=1), default=3,
+              show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@platform_flags
+@registry_flags
+@click.pass_context
+def push(ctx: click.Context, image: str, existing_index: str, max_concurrent_uploads: int,
+         quiet: bool, as_json: bool, **kw: Any) -> None:
+    """Push the SOCI index (v1) of a registry IMAGE and its zTOCs, and make it discoverable.
+
+    The index must have been built with `create` (from this image or a local copy of it).
+    Registries with the OCI referrers API find it by its subject; for the others the
+    referrers tag (sha256-<hex>) is updated, keeping the referrers already listed there.
+    """
+    from soci_native.remote import push_index
+
+    out = []
+    with user_errors(), registry_source(image, kw) as src, store_of(ctx) as store:
+        for img in resolve(src, platforms_of(kw), kw["all_platforms"]):
+            r = push_index(src, store, img, existing_index, max_concurrent_uploads,
+                           log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+            out.append(r)
+    if as_json:
+        emit_json([vars(r) for r in out])
+        return
+    for r in out:
+        if quiet:
+            click.echo(r.digest)
+        elif r.status == "skipped":
+            click.echo(f"{r.platform}: skipped {r.digest}: {r.reason}")
+        else:
+            click.echo(f"{r.platform}: pushed soci index {r.digest} ({r.discovery})")
 
 
 # ------------------------------------------------------------------------------ index ...
@@ -338,6 +401,35 @@ def index_rm(ctx: click.Context, digests: tuple[str, ...], ref: str | None,
     else:
         for d in removed:
             click.echo(f"removed {d}")
+
+
+@index_group.command("pull")
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True)
+@platform_flags
+@registry_flags
+@click.pass_context
+def index_pull(ctx: click.Context, image: str, as_json: bool, **kw: Any) -> None:
+    """Fetch a registry IMAGE's SOCI index and zTOCs into the local store.
+
+    Finds it as the snapshotter does: the v2 annotation on the image manifest, else a v1
+    referrer (referrers API, else the referrers tag).
+    """
+    from soci_native.remote import pull_index
+
+    out = []
+    with user_errors(), registry_source(image, kw) as src, store_of(ctx) as store:
+        root_desc, _ = src.root()
+        for img in resolve(src, platforms_of(kw), kw["all_platforms"]):
+            found, rec = pull_index(src, store, img, root_desc.digest)
+            out.append({"platform": str(img.platform), "digest": rec.digest,
+                        "manifest_version": f"v{found.version}", "found_by": found.how})
+    if as_json:
+        emit_json(out)
+    else:
+        for o in out:
+            click.echo(f"{o['platform']}: soci index {o['digest']} ({o['manifest_version']}, "
+                       f"found by {o['found_by']})")
 
 
 index_group.add_command(index_list, "ls")
@@ -437,9 +529,11 @@ def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> t
               help="Write here instead of stdout.")
 @click.option("--image", "image_ref",
               help="Image holding the layer (default: the image the zTOC was built from).")
+@click.option("-v", "--verbose", is_flag=True, help="Say how many layer bytes were read.")
+@registry_flags
 @click.pass_context
 def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None,
-                  image_ref: str | None) -> None:
+                  image_ref: str | None, verbose: bool, **kw: Any) -> None:
     """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs."""
     with user_errors(), store_of(ctx) as store:
         rec, z = load_ztoc(store, digest)
@@ -457,20 +551,36 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
         if f.type != "reg":
             fail(f"{path} is a {f.type}, not a regular file")
         ref, layer_digest = find_layer_source(store, rec, image_ref)
-        with open_image(ref) as src:
-            blob = src.blob_path(layer_digest)
-            if blob is not None:
-                data = extract(blob, z.checkpoints, f.uncompressed_offset, f.uncompressed_size)
-            else:
-                with src.open_blob(layer_digest) as fh:
-                    data = extract(fh, z.checkpoints, f.uncompressed_offset,
-                                   f.uncompressed_size)
+        with open_image(ref, registry=registry_options(kw)) as src:
+            data, fetched = read_file(src, layer_digest, z, f)
+        if verbose:
+            click.echo(f"read {fetched} of {z.compressed_archive_size} layer bytes "
+                       f"({100 * fetched / max(1, z.compressed_archive_size):.1f}%)", err=True)
     if output:
         with open(output, "wb") as out:
             out.write(data)
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+
+
+def read_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata
+              ) -> tuple[bytes, int]:
+    """A file's bytes and how many layer bytes were read: only its spans (one range request
+    from a registry, pread of a local blob)."""
+    from soci_native.layer import extract_span, span_range
+    from soci_native.registry import RegistrySource
+
+    off, size = f.uncompressed_offset, f.uncompressed_size
+    first, start, end = span_range(z.checkpoints, off, size, z.compressed_archive_size)
+    if isinstance(src, RegistrySource):
+        comp = src.client.read_range(src.repository, layer_digest, start, end - start)
+        return extract_span(z.checkpoints, first, comp, off, size), len(comp)
+    blob = src.blob_path(layer_digest)
+    if blob is not None:
+        return extract(blob, z.checkpoints, off, size), end - start
+    with src.open_blob(layer_digest) as fh:
+        return extract(fh, z.checkpoints, off, size), end - start
 
 
 def posix_join(link_path: str, target: str) -> str:
@@ -530,6 +640,16 @@ def rebuild_db(ctx: click.Context, as_json: bool) -> None:
     else:
         click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
 
+
+def _add_mount_commands() -> None:
+    from soci_native.mount import mount_command, umount_command
+
+    main.add_command(mount_command)
+    main.add_command(umount_command)
+    main.add_command(umount_command, "unmount")
+
+
+_add_mount_commands()
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from soci_native import gojson, index
 from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
@@ -25,6 +25,9 @@ from soci_native.images import (
     resolve,
 )
 from soci_native.store import Store
+
+if TYPE_CHECKING:
+    from soci_native.registry import RegistryOptions
 from soci_native.ztoc import digest as sha256_digest
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -40,7 +43,15 @@ class ConvertResult:
 
 
 def parse_destination(dst: str, fmt: str | None) -> tuple[str, Path, str | None]:
-    """(format, path, tag) from oci:DIR[:TAG], oci-archive:FILE[:TAG] or a bare path."""
+    """(format, path, tag) from oci:DIR[:TAG], oci-archive:FILE[:TAG], a registry reference
+    (docker://HOST/REPO:TAG or HOST/REPO:TAG; format "registry", path unused) or a bare
+    path."""
+    from soci_native.refs import looks_like_registry_ref
+
+    if dst.startswith("docker://") or (looks_like_registry_ref(dst) and not Path(dst).exists()):
+        if fmt:
+            raise ImageError(f"--format {fmt} does not apply to a registry destination")
+        return "registry", Path(), None
     for prefix, kind in (("oci:", "oci-dir"), ("oci-archive:", "oci-archive")):
         if dst.startswith(prefix):
             path, _, tag = dst[len(prefix):].partition(":")
@@ -100,10 +111,13 @@ class _Blobs:
     def __init__(self, src: ImageSource, store: Store) -> None:
         self.src, self.store = src, store
         self.items: dict[str, tuple[int, bytes | None, str]] = {}
+        self.manifests: list[tuple[str, bytes]] = []  # (media type, bytes), children first
 
-    def add_bytes(self, data: bytes) -> str:
+    def add_bytes(self, data: bytes, manifest_type: str | None = None) -> str:
         d = sha256_digest(data)
         self.items[d] = (len(data), data, "")
+        if manifest_type:
+            self.manifests.append((manifest_type, data))
         return d
 
     def add_source(self, d: Descriptor) -> None:
@@ -141,7 +155,7 @@ def _annotate(src: ImageSource, blobs: _Blobs, entries: list[Descriptor],
         if r is not None:
             ann[index.ANN_INDEX_DIGEST] = r.digest
         new = gojson.marshal(_go_manifest(m, ann))
-        d = blobs.add_bytes(new)
+        d = blobs.add_bytes(new, index.OCI_MANIFEST)
         blobs.add_source(Descriptor.from_json(m["config"], "config"))
         for layer in m.get("layers") or []:
             blobs.add_source(Descriptor.from_json(layer, "layer"))
@@ -157,7 +171,7 @@ def _soci_entries(blobs: _Blobs, entries: list[dict[str, Any]], results: list[In
                   manifest_of: dict[str, str]) -> list[dict[str, Any]]:
     for r in results:
         sub = index.parse_index_manifest(r.manifest)
-        blobs.add_bytes(r.manifest)
+        blobs.add_bytes(r.manifest, index.OCI_MANIFEST)
         blobs.add_bytes(index.EMPTY_CONFIG)
         for d in sub.ztocs + sub.prefetches:
             blobs.add_store(d["digest"], d["size"])
@@ -175,7 +189,7 @@ def _soci_entries(blobs: _Blobs, entries: list[dict[str, Any]], results: list[In
 
 def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: BuildOptions,
             platforms: list[Platform] | None = None, all_platforms: bool = False,
-            progress: Any = None) -> ConvertResult:
+            progress: Any = None, registry: RegistryOptions | None = None) -> ConvertResult:
     kind, path, tag = parse_destination(dst, fmt)
     images = resolve(src, platforms, all_platforms)
     root_desc, _ = src.root()
@@ -196,6 +210,9 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
                                        {r.image.manifest.digest: r for r in results})
     final = _soci_entries(blobs, annotated, results, manifest_of)
     raw_index = gojson.marshal(_go_index(final, doc))
+    if kind == "registry":
+        pushed = _push(src, blobs, dst, raw_index, opts.jobs, registry)
+        return ConvertResult(pushed.digest, pushed.size, results, dst)
     index_digest = blobs.add_bytes(raw_index)
     top: dict[str, Any] = {"mediaType": index.OCI_INDEX, "digest": index_digest,
                            "size": len(raw_index)}
@@ -206,6 +223,38 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
     writer = _write_dir if kind == "oci-dir" else _write_archive
     writer(path, blobs, layout_index)
     return ConvertResult(index_digest, len(raw_index), results, f"{kind}:{path}")
+
+
+def _push(src: ImageSource, blobs: _Blobs, dst: str, raw_index: bytes, jobs: int,
+          registry: RegistryOptions | None) -> Descriptor:
+    """Pushes the converted image: blobs (layers mounted across repositories when the source
+    is the same registry), the manifests by digest, then the image index under DST's tag."""
+    from soci_native.refs import Reference
+    from soci_native.registry import RegistryClient, RegistrySource
+
+    ref = Reference.parse(dst)
+    if ref.digest or not ref.tag:
+        raise ImageError(f"a convert destination must be REPO:TAG (no digest): {dst!r}")
+    if isinstance(src, RegistrySource) and src.reference.api_host == ref.api_host:
+        client, mount_from = src.client, src.repository  # same registry: mount, don't copy
+    else:
+        client, mount_from = RegistryClient(ref.api_host, registry,
+                                            credential_scope=ref.repository), None
+    manifest_digests = {sha256_digest(raw) for _, raw in blobs.manifests}
+    todo = [d for d in sorted(blobs.items) if d not in manifest_digests]
+
+    def one(d: str) -> None:
+        size, data, where = blobs.items[d]
+        with blobs.open(d) as f:
+            client.push_blob(ref.repository, data if data is not None else f, digest=d,
+                             size=size, mount_from=mount_from if where == "src" else None)
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(1, min(jobs, 4))) as pool:
+        list(pool.map(one, todo))
+    for media_type, raw in blobs.manifests:
+        client.put_manifest(ref.repository, raw, media_type)
+    return client.put_manifest(ref.repository, raw_index, index.OCI_INDEX, ref.tag)
 
 
 def _layout_files(blobs: _Blobs, layout_index: bytes) -> Iterator[tuple[str, int, BinaryIO]]:
