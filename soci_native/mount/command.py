@@ -1,0 +1,303 @@
+"""``soci-native mount`` and ``soci-native umount`` (click commands; cli.py registers them).
+
+``mount`` without ``-f`` starts the filesystem in a detached child process (``python -m
+soci_native.mount … --foreground --ready-fd N``, its own session, stdio on the log file) and
+returns once the child reports the mount live (from FUSE ``init``), or fails with the child's
+error. The child writes ``<root>/mounts/<key>.json`` (pid, mountpoint, image, log file) so
+``umount`` can wait for it to exit; SIGINT/SIGTERM/SIGHUP make libfuse unmount cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from soci_native.cliopts import registry_flags, registry_options
+from soci_native.store import default_root
+
+if TYPE_CHECKING:
+    from soci_native.registry import RegistryOptions
+
+log = logging.getLogger("soci_native.mount")
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b?)", re.I)
+
+
+class ByteSize(click.ParamType):
+    """An integer byte count with an optional binary suffix: 1073741824, 512M, 1GiB."""
+
+    name = "bytes"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE_RE.fullmatch(str(value).strip())
+        if m is None:
+            self.fail(f"{value!r} is not a size (e.g. 1073741824, 512M, 1GiB)", param, ctx)
+        return int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
+
+
+def _root(ctx: click.Context) -> Path:
+    obj = ctx.find_object(dict)
+    root = obj.get("root") if obj else None
+    return Path(root or default_root()).absolute()
+
+
+def _key(mountpoint: str) -> str:
+    return hashlib.sha256(mountpoint.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def state_paths(root: Path, mountpoint: str) -> tuple[Path, Path]:
+    """(pid file, default log file) of a mount."""
+    d = root / "mounts"
+    return d / f"{_key(mountpoint)}.json", d / f"{_key(mountpoint)}.log"
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"soci-native: error: {msg}", err=True)
+    sys.exit(1)
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s soci-native[%(process)d] %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
+def _write_fd(fd: int, text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, text.encode("utf-8", "replace"))
+        os.close(fd)
+
+
+@click.command("mount", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("image")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-p", "--platform", help="Platform image to mount (os/arch[/variant]). "
+              "Default: the host's.")
+@click.option("--layer", "layer", metavar="DIGEST",
+              help="Mount only this layer (whiteouts shown as 0:0 character devices, opaque "
+                   "directories with trusted.overlay.opaque=y, as overlayfs expects).")
+@click.option("--index", "index_digest", metavar="DIGEST",
+              help="Use this stored SOCI index instead of looking one up.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (Ctrl-C "
+              "unmounts). Default: run in the background once mounted.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Uncompressed span cache. Default: <root>/cache/spans.")
+@click.option("--cache-size", type=ByteSize(), default="1GiB", show_default=True,
+              help="Span cache bound (least recently used spans are evicted).")
+@click.option("--stats", "print_stats", is_flag=True,
+              help="Print .soci-native/stats.json at unmount (foreground; else to the log).")
+@click.option("--prefetch", is_flag=True,
+              help="Fetch the spans the index's prefetch artifacts list before mounting.")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users access the mount (non-root: needs user_allow_other in "
+                   "/etc/fuse.conf).")
+@click.option("--log-file", type=click.Path(dir_okay=False),
+              help="Background mode's log. Default: <root>/mounts/<key>.log.")
+@click.option("--debug", is_flag=True, hidden=True, help="libfuse debug output.")
+@click.option("--ready-fd", type=int, hidden=True)
+@registry_flags
+@click.pass_context
+def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str | None,
+                  layer: str | None, index_digest: str | None, foreground: bool,
+                  cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
+                  allow_other: bool, log_file: str | None, debug: bool,
+                  ready_fd: int | None, **kw: Any) -> None:
+    """Mount IMAGE's root filesystem read-only at MOUNTPOINT, loading file bytes lazily.
+
+    The image's SOCI index is taken from the local store (`soci-native create IMAGE`, or a
+    SOCI-enabled image from `convert`); for a registry image (docker://HOST/REPO:TAG) that
+    has none there, it is discovered in the registry (v2 annotation, referrers API, referrers
+    tag) and fetched, and spans are read with HTTP range requests. All layers are merged
+    with overlay semantics (whiteouts, opaque directories, later layers win); metadata
+    comes from the zTOCs alone, and reading a file fetches, verifies and inflates only the
+    spans holding it. Layers without a zTOC are read whole when mounting.
+    `MOUNTPOINT/.soci-native/stats.json` (hidden) reports per-layer fetch statistics.
+    Unmount with `soci-native umount`.
+    """
+    root = _root(ctx)
+    mp = os.path.abspath(mountpoint)
+    if not os.path.isdir(mp):
+        _fail(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp) and ready_fd is None:
+        _fail(f"{mp} is already a mount point (unmount it with `soci-native umount {mp}`)")
+    if shutil.which("fusermount3") is None and os.geteuid() != 0:
+        _fail("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)")
+    pidfile, default_log = state_paths(root, mp)
+    if not foreground:
+        _spawn(ctx, root, mp, Path(log_file).absolute() if log_file else default_log)
+        return
+    _setup_logging(debug)
+    _run(image, mp, root, pidfile, log_file or "", platform=platform, layer=layer,
+         index_digest=index_digest, cache_dir=cache_dir, cache_size=cache_size,
+         print_stats=print_stats, prefetch=prefetch, allow_other=allow_other, debug=debug,
+         ready_fd=ready_fd, registry=registry_options(kw))
+
+
+def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
+    """Runs this command again with --foreground in a detached child and waits for it to
+    report the mount live (or fail)."""
+    args = [sys.executable, "-m", "soci_native.mount"]
+    for p in ctx.command.params:
+        if p.name in ("foreground", "ready_fd", "log_file", "mountpoint") or p.name is None:
+            continue
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            args.append(str(value))
+        elif isinstance(p, click.Option) and p.is_flag and p.secondary_opts:
+            if value != p.default:  # an on/off pair set away from its default
+                args.append(p.opts[-1] if value else p.secondary_opts[-1])
+        elif isinstance(p, click.Option) and value not in (None, False):
+            args.append(p.opts[-1])
+            if not p.is_flag:
+                args.append(str(value))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    args += [mp, "--foreground", "--ready-fd", str(w), "--log-file", str(log_file)]
+    env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                pass_fds=(w,), start_new_session=True, env=env)
+    os.close(w)
+    with os.fdopen(r, "rb") as rf:
+        msg = rf.read().decode("utf-8", "replace").strip()
+    if msg == "OK":
+        click.echo(f"mounted at {mp} (pid {proc.pid}, log {log_file})", err=True)
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if msg.startswith("ERR "):
+        _fail(msg[4:])
+    tail = ""
+    with contextlib.suppress(OSError):
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+    _fail(f"mounting {mp} failed (exit {proc.returncode}); last lines of {log_file}:\n{tail}")
+
+
+def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
+         platform: str | None, layer: str | None, index_digest: str | None,
+         cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
+         allow_other: bool, debug: bool, ready_fd: int | None,
+         registry: RegistryOptions | None = None) -> None:
+    from soci_native.images import ImageError
+    from soci_native.layer import FormatError
+    from soci_native.mount.image import MountError, MountOptions, open_mount
+    from soci_native.store import StoreError
+
+    opts = MountOptions(image, root, platform, layer, index_digest,
+                        Path(cache_dir).absolute() if cache_dir else None, cache_size, prefetch,
+                        registry)
+    try:
+        from soci_native.mount.fs import serve  # loads libfuse
+        mounted = open_mount(opts)
+    except (MountError, ImageError, StoreError, FormatError, OSError) as e:
+        if ready_fd is not None:
+            _write_fd(ready_fd, f"ERR {e}\n")
+        _fail(str(e) or type(e).__name__)
+        return
+    mounted.extra["log_file"] = log_file or None
+    if ready_fd is not None:
+        os.chdir("/")  # a daemon pins no directory; everything it keeps is absolute or open
+    ready = False
+
+    def on_ready() -> None:
+        nonlocal ready
+        ready = True
+        log.info("mounted %s at %s (%d layers, %d inodes)", image, mp, len(mounted.layers),
+                 mounted.tree.inodes)
+        if ready_fd is not None:
+            _write_fd(ready_fd, "OK\n")
+
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(json.dumps({"pid": os.getpid(), "mountpoint": mp, "image": image,
+                                   "log": log_file or None}))
+    failed: str | None = None
+    try:
+        serve(mounted, mp, allow_other=allow_other, debug=debug, on_ready=on_ready)
+    except Exception as e:
+        # fuse_main also returns non-zero when a signal ended the loop; that is a normal stop
+        # once the mount was live. Otherwise libfuse could not mount (it said why on stderr).
+        if ready:
+            log.info("FUSE loop ended (%s)", e)
+        else:
+            failed = f"FUSE could not mount {mp}: {e}"
+    finally:
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        stats = mounted.stats()
+        mounted.close()
+    if failed or not ready:
+        if ready_fd is not None:
+            _write_fd(ready_fd, f"ERR {failed or f'FUSE could not mount {mp}'}\n")
+        _fail(failed or f"FUSE could not mount {mp}")
+    log.info("unmounted %s", mp)
+    if print_stats:
+        click.echo(json.dumps(stats, indent=2))
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+@click.command("umount", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-z", "--lazy", is_flag=True, help="Detach even if busy (fusermount3 -z).")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the mount's process to exit.")
+@click.pass_context
+def umount_command(ctx: click.Context, mountpoint: str, lazy: bool, timeout: float) -> None:
+    """Unmount a `soci-native mount` (fusermount3 -u) and wait for its process to exit."""
+    mp = os.path.abspath(mountpoint)
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp] if tool else \
+        ["umount"] + (["-l"] if lazy else []) + [mp]
+    pidfile, _ = state_paths(_root(ctx), mp)
+    pid: int | None = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        pid = int(json.loads(pidfile.read_text())["pid"])  # before it goes with the mount
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        _fail(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.returncode}")
+    if pid is None or pid == os.getpid():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    _fail(f"{mp} is unmounted but its process {pid} is still running")
+
+
+__all__ = ["ByteSize", "mount_command", "state_paths", "umount_command"]
