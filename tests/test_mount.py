@@ -663,3 +663,24 @@ def test_registry_corrupt_span_is_eio(mount: Mount, img: mi.Image, tmp_path: Pat
         assert (mp / "data/modified.txt").read_bytes() == want
         for rel in (f"{TREE}/json/__init__.py",):
             assert (mp / rel).read_bytes() == (img.ref / rel).read_bytes()
+
+
+def test_background_fetch_brings_the_whole_image_local(mount: Mount, img: mi.Image) -> None:
+    mp = mount("--background-fetch", "200")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lazy = [x for x in layer_stats(mp) if x["mode"] == "lazy"]
+        if all(x["fetched_percent"] >= 99.9 for x in lazy):  # empty spans need no fetch
+            break
+        time.sleep(0.2)
+    assert all(x["fetched_percent"] >= 99.9 for x in lazy), json.dumps(lazy)[:3000]
+    before = sum(x["bytes_fetched"] for x in lazy)
+    assert (mp / "data/big.bin").read_bytes() == (img.ref / "data/big.bin").read_bytes()
+    after = sum(x["bytes_fetched"] for x in layer_stats(mp) if x["mode"] == "lazy")
+    assert after == before  # served from the spans fetched in the background
+
+
+def test_background_fetch_is_off_by_default(mount: Mount) -> None:
+    mp = mount()
+    time.sleep(1.0)
+    assert all(x["spans_fetched"] == 0 for x in layer_stats(mp) if x["mode"] == "lazy")

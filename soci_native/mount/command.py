@@ -113,13 +113,17 @@ def _write_fd(fd: int, text: str) -> None:
               help="Background mode's log. Default: <root>/mounts/<key>.log.")
 @click.option("--debug", is_flag=True, hidden=True, help="libfuse debug output.")
 @click.option("--ready-fd", type=int, hidden=True)
+@click.option("--background-fetch", "background_fetch", type=click.FloatRange(min=0), default=0,
+              metavar="SPANS_PER_S",
+              help="Fetch the rest of the image behind the reads at this many spans per "
+                   "second (0: off, the default), until the span cache is full.")
 @registry_flags
 @click.pass_context
 def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str | None,
                   layer: str | None, index_digest: str | None, foreground: bool,
                   cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
                   allow_other: bool, log_file: str | None, debug: bool,
-                  ready_fd: int | None, **kw: Any) -> None:
+                  ready_fd: int | None, background_fetch: float, **kw: Any) -> None:
     """Mount IMAGE's root filesystem read-only at MOUNTPOINT, loading file bytes lazily.
 
     The image's SOCI index is taken from the local store (`soci-native create IMAGE`, or a
@@ -148,7 +152,7 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
     _run(image, mp, root, pidfile, log_file or "", platform=platform, layer=layer,
          index_digest=index_digest, cache_dir=cache_dir, cache_size=cache_size,
          print_stats=print_stats, prefetch=prefetch, allow_other=allow_other, debug=debug,
-         ready_fd=ready_fd, registry=registry_options(kw))
+         ready_fd=ready_fd, registry=registry_options(kw), background_fetch=background_fetch)
 
 
 def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
@@ -198,7 +202,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
          platform: str | None, layer: str | None, index_digest: str | None,
          cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
          allow_other: bool, debug: bool, ready_fd: int | None,
-         registry: RegistryOptions | None = None) -> None:
+         registry: RegistryOptions | None = None, background_fetch: float = 0.0) -> None:
     from soci_native.images import ImageError
     from soci_native.layer import FormatError
     from soci_native.mount.image import MountError, MountOptions, open_mount
@@ -223,6 +227,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
     def on_ready() -> None:
         nonlocal ready
         ready = True
+        mounted.start_background_fetch(background_fetch)
         log.info("mounted %s at %s (%d layers, %d inodes)", image, mp, len(mounted.layers),
                  mounted.tree.inodes)
         if ready_fd is not None:

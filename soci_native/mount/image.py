@@ -77,6 +77,7 @@ class MountOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     prefetch: bool = False
     registry: RegistryOptions | None = None  # how to reach a registry image
+    background_fetch: float = 0.0  # spans per second fetched behind the reads; 0: off
 
 
 @dataclass
@@ -95,6 +96,16 @@ class MountedImage:
     prefetched_spans: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def start_background_fetch(self, rate: float) -> None:
+        """Fetches every span of the lazy layers behind the reads, ``rate`` spans per second
+        at most (the reference snapshotter's background fetcher does ~2/s), so a long-running
+        container ends up with the whole image local without crowding out foreground reads."""
+        lazy = [x for x in self.layers if isinstance(x, ZtocLayer)]
+        if rate > 0 and lazy:
+            fetcher = BackgroundFetcher(lazy, rate, self.cache)
+            self.extra["_fetcher"] = fetcher
+            fetcher.start()
+
     def stats(self) -> dict[str, Any]:
         layers = [layer.stats.to_json() for layer in self.layers]
         total = {k: sum(int(str(x[k])) for x in layers)
@@ -105,9 +116,13 @@ class MountedImage:
                 "pid": os.getpid(), "single_layer": self.single_layer,
                 "cache_dir": str(self.cache.root), "cache_bytes": self.cache.total,
                 "prefetched_spans": self.prefetched_spans, "inodes": self.tree.inodes,
-                "layers": layers, "totals": total, **self.extra}
+                "layers": layers, "totals": total,
+                **{k: v for k, v in self.extra.items() if not k.startswith("_")}}
 
     def close(self) -> None:
+        fetcher = self.extra.pop("_fetcher", None)
+        if fetcher is not None:
+            fetcher.stop()
         for layer in self.layers:
             with contextlib.suppress(OSError):
                 layer.close()
@@ -322,6 +337,45 @@ def _prefetch_plan(store: Store, info: _IndexInfo,
                 wanted.update(range(max(lo, 0), min(hi, len(layer.spans) - 1) + 1))
             plan[layer] = sorted(wanted)
     return plan
+
+
+class BackgroundFetcher:
+    """One thread walking the layers' spans in order, round-robin across layers, resolving
+    the ones not cached yet at a bounded rate; it stops at unmount or when the span cache is
+    full (beyond that it would only evict what reads need)."""
+
+    def __init__(self, layers: list[ZtocLayer], rate: float, cache: SpanCache) -> None:
+        self.layers, self.interval, self.cache = layers, 1.0 / rate, cache
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soci-background-fetch")
+        self.done = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        cursors = {layer: 0 for layer in self.layers}
+        while cursors and not self._stop.is_set():
+            for layer in list(cursors):
+                i = cursors[layer]
+                if i >= len(layer.spans):
+                    del cursors[layer]
+                    continue
+                cursors[layer] = i + 1
+                if self.cache.total >= self.cache.limit * 0.9:
+                    log.info("background fetch stopped: the span cache is full")
+                    return
+                try:
+                    layer.resolve(i)
+                    self.done += 1
+                except OSError as e:
+                    log.warning("background fetch of %s span %d failed: %s", layer.digest, i, e)
+                if self._stop.wait(self.interval):
+                    return
 
 
 def run_prefetch(plan: dict[ZtocLayer, list[int]]) -> int:
