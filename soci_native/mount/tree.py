@@ -23,6 +23,7 @@ which uncompressed offset, and metadata calls never touch layer data.
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
 import os
 import posixpath
@@ -53,9 +54,12 @@ _RFC3339 = re.compile(
     r"(-?\d{4,})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_rfc3339_ns(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time as Go's ``Time.MarshalText`` writes it
-    (any zone offset, up to nanosecond fractions); 0 for an empty or unreadable value."""
+    (any zone offset, up to nanosecond fractions); 0 for an empty or unreadable value.
+    Cached: the files of a layer share few distinct mtimes, and parsing was ~40% of the
+    tree build for a 55k-entry image."""
     m = _RFC3339.fullmatch(text.strip())
     if m is None:
         return 0
