@@ -389,8 +389,49 @@ nb::object checked(PyObject *o) {
     return nb::steal(o);
 }
 
+nb::object file_tuple(const sn_ztoc &z, const sn_ztoc_file &f) {
+    sn_err e{};
+    nb::object xattrs = checked(PyTuple_New(f.nxattrs));
+    for (uint32_t j = 0; j < f.nxattrs; j++) {
+        sn_bytes k, v;
+        if (sn_ztoc_xattr(&z, &f, j, &k, &v, &e)) raise(e);
+        PyTuple_SET_ITEM(xattrs.ptr(), j,
+                         checked(Py_BuildValue("(NN)", decode_bytes(k), decode_bytes(v))).release().ptr());
+    }
+    return checked(Py_BuildValue("(NNLLNLkkNNNLLO)", decode_bytes(f.name), decode_bytes(f.type), (long long)f.offset,
+                                 (long long)f.size, decode_bytes(f.linkname), (long long)f.mode,
+                                 (unsigned long)f.uid, (unsigned long)f.gid, decode_bytes(f.uname),
+                                 decode_bytes(f.gname), decode_bytes(f.mod_time), (long long)f.devmajor,
+                                 (long long)f.devminor, xattrs.ptr()));
+}
+
+// The last entry whose name, without leading "/" or "./" and trailing "/", is `path`
+// (already in that form): one file without making Python objects for all the others.
+nb::object ztoc_find(nb::handle buf_obj, nb::bytes path_obj) {
+    Buffer buf(buf_obj);
+    std::string path(path_obj.c_str(), path_obj.size());
+    sn_ztoc z;
+    sn_err e{};
+    if (sn_ztoc_parse(buf.data(), buf.size(), &z, &e)) raise(e);
+    nb::object found = nb::none();
+    for (uint32_t i = 0; i < z.nfiles; i++) {
+        sn_ztoc_file f;
+        if (sn_ztoc_file_at(&z, i, &f, &e)) raise(e);
+        const uint8_t *p = f.name.p;
+        size_t n = f.name.n;
+        for (;;) {
+            if (n >= 1 && p[0] == '/') { p++; n--; }
+            else if (n >= 2 && p[0] == '.' && p[1] == '/') { p += 2; n -= 2; }
+            else break;
+        }
+        while (n > 0 && p[n - 1] == '/') n--;
+        if (n == path.size() && std::memcmp(p, path.data(), n) == 0) found = file_tuple(z, f);
+    }
+    return found;
+}
+
 // A zTOC as plain Python values; files as tuples in archive order (see ztoc.py).
-nb::dict ztoc_parse(nb::handle buf_obj) {
+nb::dict ztoc_parse(nb::handle buf_obj, bool with_files) {
     Buffer buf(buf_obj);
     sn_ztoc z;
     sn_err e{};
@@ -409,21 +450,12 @@ nb::dict ztoc_parse(nb::handle buf_obj) {
         if (sn_ztoc_digest(&z, i, &d, &e)) raise(e);
         digests.append(checked(decode_bytes(d)));
     }
-    for (uint32_t i = 0; i < z.nfiles; i++) {
+    for (uint32_t i = 0; with_files && i < z.nfiles; i++) {
         sn_ztoc_file f;
         if (sn_ztoc_file_at(&z, i, &f, &e)) raise(e);
-        nb::object xattrs = checked(PyTuple_New(f.nxattrs));
-        for (uint32_t j = 0; j < f.nxattrs; j++) {
-            sn_bytes k, v;
-            if (sn_ztoc_xattr(&z, &f, j, &k, &v, &e)) raise(e);
-            PyTuple_SET_ITEM(xattrs.ptr(), j, checked(Py_BuildValue("(NN)", decode_bytes(k), decode_bytes(v))).release().ptr());
-        }
-        files.append(checked(Py_BuildValue("(NNLLNLkkNNNLLO)", decode_bytes(f.name), decode_bytes(f.type),
-                                           (long long)f.offset, (long long)f.size, decode_bytes(f.linkname),
-                                           (long long)f.mode, (unsigned long)f.uid, (unsigned long)f.gid,
-                                           decode_bytes(f.uname), decode_bytes(f.gname), decode_bytes(f.mod_time),
-                                           (long long)f.devmajor, (long long)f.devminor, xattrs.ptr())));
+        files.append(file_tuple(z, f));
     }
+    r["num_files"] = z.nfiles;
     r["span_digests"] = digests;
     r["files"] = files;
     return r;
@@ -470,5 +502,7 @@ NB_MODULE(_core, m) {
           nb::arg("compressed_size"));
     m.def("checkpoint_table", &checkpoint_table, nb::arg("blob"));
     m.def("raw_inflate_file", &raw_inflate_file, nb::arg("path"));
-    m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), "Parse a zTOC FlatBuffer (bounds-checked).");
+    m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), nb::arg("files") = true,
+          "Parse a zTOC FlatBuffer (bounds-checked).");
+    m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
 }

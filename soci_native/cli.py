@@ -536,16 +536,17 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
                   image_ref: str | None, verbose: bool, **kw: Any) -> None:
     """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs."""
     with user_errors(), store_of(ctx) as store:
-        rec, z = load_ztoc(store, digest)
+        rec = record_or_fail(store, digest, "soci_layer")
+        raw = store.read_blob(digest)
+        z = ztoc.from_bytes(raw, files=False)  # one lookup in C instead of every entry
         want = index.clean_prefetch_path(path)
-        by_name = {index.clean_prefetch_path(f.name): f for f in z.files}
-        f = by_name.get(want)
+        f = lookup_file(raw, want)
         for _ in range(40):  # follow links within the layer, as the reference does
             if f is None or f.type not in ("hardlink", "symlink"):
                 break
             target = f.linkname if f.type == "hardlink" else posix_join(want, f.linkname)
             want = index.clean_prefetch_path(target)
-            f = by_name.get(want)
+            f = lookup_file(raw, want)
         if f is None:
             fail(f"{path}: no such file in zTOC {digest}")
         if f.type != "reg":
@@ -562,6 +563,16 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+
+
+def lookup_file(raw: bytes, want: str) -> ztoc.FileMetadata | None:
+    """The entry whose cleaned name is ``want``: the C lookup handles the usual name forms;
+    odd ones ("a/./b", "a//b") fall back to cleaning every name."""
+    f = ztoc.find_file(raw, want)
+    if f is None:
+        by_name = {index.clean_prefetch_path(x.name): x for x in ztoc.from_bytes(raw).files}
+        f = by_name.get(want)
+    return f
 
 
 def read_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata

@@ -92,16 +92,30 @@ def _file(f: tuple[Any, ...]) -> FileMetadata:
                         dmin, dict(xattrs))
 
 
-def from_bytes(buf: bytes) -> Ztoc:
+def from_bytes(buf: bytes, files: bool = True) -> Ztoc:
     """Parses a zTOC (ours or the reference's) in C with every offset checked; raises
-    ZtocError on malformed input."""
+    ZtocError on malformed input. ``files=False`` leaves the file list empty (all the rest,
+    e.g. to read one file found with :func:`find_file`)."""
     try:
-        r = _core.ztoc_parse(buf)
+        r = _core.ztoc_parse(buf, files)
     except ValueError as e:
         raise ZtocError(str(e)) from None
-    files = [_file(f) for f in r["files"]]
     return Ztoc(r["algorithm"], r["compressed_size"], r["uncompressed_size"], r["max_span_id"],
-                r["span_digests"], r["checkpoints"], files, r["version"], r["build_tool"])
+                r["span_digests"], r["checkpoints"], [_file(f) for f in r["files"]],
+                r["version"], r["build_tool"])
+
+
+def find_file(buf: bytes, path: str) -> FileMetadata | None:
+    """The entry named ``path`` (leading "/" or "./" and trailing "/" ignored on both sides;
+    the last one if repeated), found in C without building the whole file list."""
+    want = path.lstrip("/")
+    while want.startswith("./"):
+        want = want[2:].lstrip("/")
+    try:
+        t = _core.ztoc_find(buf, want.rstrip("/").encode("utf-8", "surrogateescape"))
+    except ValueError as e:
+        raise ZtocError(str(e)) from None
+    return None if t is None else _file(t)
 
 
 def sorted_files(z: Ztoc) -> list[FileMetadata]:

@@ -195,3 +195,17 @@ def test_tar_zinfo_writer_matches_reference_builder():
     for span, size in [(4 << 20, 0), (1, 1), (4 << 20, 123456789), (1 << 40, 1 << 50)]:
         assert _core.tar_zinfo(span, size) == fb_oracle.tar_zinfo_bytes(span, size)
         assert tarzinfo.decode(_core.tar_zinfo(span, size)) == tarzinfo.TarZinfo(2, span, size)
+
+
+def test_find_file_matches_the_full_list(catalog):
+    """The C lookup gives the same entry as cleaning every name (last one wins)."""
+    for name in ("stdlib-pax.gz6", "edge-pax.gz", "edge-gnu.gz"):
+        _, ix = built(catalog, name)
+        z = ztoc.from_bytes(ix.ztoc)
+        by_name = {f.name.lstrip("/").removeprefix("./").rstrip("/"): f for f in z.files}
+        for want, f in list(by_name.items())[:300]:
+            assert ztoc.find_file(ix.ztoc, want) == f
+            assert ztoc.find_file(ix.ztoc, "/" + want) == f
+        assert ztoc.find_file(ix.ztoc, "no/such/file") is None
+        header = ztoc.from_bytes(ix.ztoc, files=False)
+        assert header.files == [] and header.checkpoints == z.checkpoints
