@@ -25,14 +25,7 @@
 #include "layer_index.h"
 #include "span_read.h"
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "fuzz_blob: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                                  \
-            abort();                                                                         \
-        }                                                                                    \
-    } while (0)
+#include "fuzz_common.h"
 
 #define CTRL 14
 #define MAX_LEN (1u << 20)

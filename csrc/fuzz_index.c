@@ -26,14 +26,7 @@
 #include "span_read.h"
 #include "tar_parse.h"
 
-#define CHECK(cond)                                                                           \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "fuzz_index: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                                   \
-            abort();                                                                          \
-        }                                                                                     \
-    } while (0)
+#include "fuzz_common.h"
 
 /* FUZZ_VERBOSE=1: print each input's outcome (for checking what a corpus reaches). */
 static int verbose(void) {

@@ -15,14 +15,7 @@
 
 #include "tar_parse.h"
 
-#define CHECK(cond)                                                                         \
-    do {                                                                                    \
-        if (!(cond)) {                                                                      \
-            fprintf(stderr, "fuzz_tar: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                                 \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "fuzz_common.h"
 
 typedef struct {
     tar_parser *tp;
