@@ -72,9 +72,10 @@ PyObject *decode(const uint8_t *pool, sn_str s) {
     return PyUnicode_DecodeUTF8(reinterpret_cast<const char *>(pool) + s.off, s.len, "surrogateescape");
 }
 
-PyObject *pax_tuple(const uint8_t *pool, const sn_entry &e) {
-    PyObject *t = PyTuple_New(e.npax);
-    if (!t) return nullptr;
+// The raw PAX records as a dict (the parser stored one per key, sorted).
+PyObject *pax_dict(const uint8_t *pool, const sn_entry &e) {
+    PyObject *d = PyDict_New();
+    if (!d) return nullptr;
     const uint8_t *p = pool + e.pax.off;
     for (uint32_t i = 0; i < e.npax; i++) {
         uint32_t kn = sn_get_le32(p);
@@ -82,28 +83,47 @@ PyObject *pax_tuple(const uint8_t *pool, const sn_entry &e) {
         uint32_t vn = sn_get_le32(p + 4 + kn);
         sn_str v{static_cast<uint64_t>(p + 8 + kn - pool), vn};
         p += 8 + static_cast<size_t>(kn) + vn;
-        PyObject *kv = Py_BuildValue("(NN)", decode(pool, k), decode(pool, v));
-        if (!kv) {
-            Py_DECREF(t);
+        PyObject *ko = decode(pool, k), *vo = ko ? decode(pool, v) : nullptr;
+        int rc = vo ? PyDict_SetItem(d, ko, vo) : -1;
+        Py_XDECREF(ko);
+        Py_XDECREF(vo);
+        if (rc) {
+            Py_DECREF(d);
             return nullptr;
         }
-        PyTuple_SET_ITEM(t, i, kv);
     }
-    return t;
+    return d;
 }
 
-const char *ENTRY_FIELDS[] = {"name",  "typeflag", "offset", "size",     "header_offset", "linkname",
-                              "mode",  "uid",      "gid",    "uname",    "gname",         "mtime",
-                              "mtime_ns", "devmajor", "devminor", "pax", "sparse"};
+// Same order as soci_native.layer.TarEntry, which is built from these tuples as they are.
+const char *ENTRY_FIELDS[] = {"name",     "type",     "typeflag", "offset", "size",  "header_offset",
+                              "linkname", "mode",     "uid",      "gid",    "uname", "gname",
+                              "mtime",    "mtime_ns", "devmajor", "devminor", "pax", "sparse"};
+
+const char *type_name(char flag) {
+    switch (flag) {
+    case '0':
+    case '7': return "reg"; // contiguous file: POSIX says treat it as a regular file
+    case '1': return "hardlink";
+    case '2': return "symlink";
+    case '3': return "char";
+    case '4': return "block";
+    case '5': return "dir";
+    case '6': return "fifo";
+    case 'g': return "pax_global";
+    case 'S': return "sparse";
+    default: return "unknown";
+    }
+}
 
 nb::object entry_tuple(const uint8_t *pool, const sn_entry &e) {
     char flag = e.typeflag;
-    PyObject *t = Py_BuildValue("(NNKLKNLLLNNLiLLNN)", decode(pool, e.name),
+    PyObject *t = Py_BuildValue("(NsNKLKNLLLNNLiLLNN)", decode(pool, e.name), type_name(flag),
                                 PyUnicode_FromStringAndSize(&flag, 1), (unsigned long long)e.offset,
                                 (long long)e.size, (unsigned long long)e.header_offset, decode(pool, e.linkname),
                                 (long long)e.mode, (long long)e.uid, (long long)e.gid, decode(pool, e.uname),
                                 decode(pool, e.gname), (long long)e.mtime, (int)e.mtime_nsec, (long long)e.devmajor,
-                                (long long)e.devminor, pax_tuple(pool, e), PyBool_FromLong(e.sparse));
+                                (long long)e.devminor, pax_dict(pool, e), PyBool_FromLong(e.sparse));
     if (!t) throw nb::python_error();
     return nb::steal(t);
 }

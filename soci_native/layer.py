@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, Union
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NamedTuple, Protocol, Union
 
 from soci_native import _core, tarzinfo
 
@@ -25,23 +25,12 @@ class Readable(Protocol):
 IndexSource = Union[str, "os.PathLike[str]", Readable]
 """What index_layer reads: a path, or anything with read() (readinto() is used if present)."""
 
-_TYPES = {
-    "0": "reg",
-    "7": "reg",  # contiguous file: POSIX says treat it as a regular file
-    "1": "hardlink",
-    "2": "symlink",
-    "3": "char",
-    "4": "block",
-    "5": "dir",
-    "6": "fifo",
-    "g": "pax_global",
-    "S": "sparse",
-}
+class TarEntry(NamedTuple):
+    """One tar member as Go's archive/tar reports it (what the reference puts in a TOC).
 
-
-@dataclass(frozen=True, slots=True)
-class TarEntry:
-    """One tar member as Go's archive/tar reports it (what the reference puts in a TOC)."""
+    ``type``: "reg" (typeflags 0 and 7), "dir", "symlink", "hardlink", "char", "block",
+    "fifo", "pax_global" (g), "sparse" (old GNU S) or "unknown". The C core builds these tuples
+    in this field order (``_core.ENTRY_FIELDS``), so making one costs no Python code."""
 
     name: str
     type: str
@@ -59,8 +48,8 @@ class TarEntry:
     mtime_ns: int
     devmajor: int
     devminor: int
-    pax: dict[str, str] = field(default_factory=dict)
-    sparse: bool = False
+    pax: dict[str, str]
+    sparse: bool
 
 
 @dataclass(frozen=True)
@@ -85,17 +74,11 @@ class LayerIndex:
         return len(self.span_digests)
 
 
-def _entry(t: tuple[Any, ...]) -> TarEntry:
-    (name, flag, offset, size, hoff, link, mode, uid, gid, uname, gname, mtime, mtime_ns,
-     dmaj, dmin, pax, sparse) = t
-    return TarEntry(name, _TYPES.get(flag, "unknown"), flag, offset, size, hoff, link, mode, uid,
-                    gid, uname, gname, mtime, mtime_ns, dmaj, dmin, dict(pax), sparse)
-
-
 def _layer_index(r: dict[str, Any]) -> LayerIndex:
     return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
                       r["uncompressed_size"], r["checkpoints"], list(r["span_digests"]),
-                      [_entry(t) for t in r["entries"]], r["blob_digest"], r["num_entries"],
+                      [TarEntry._make(t) for t in r["entries"]], r["blob_digest"],
+                      r["num_entries"],
                       r["xattr_free"], r.get("ztoc"), r.get("ztoc_error"))
 
 

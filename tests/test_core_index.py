@@ -580,3 +580,10 @@ def test_zlib_wrapped_member_is_refused():
         with pytest.raises(sn.FormatError, match="compressed offset"):
             ix.feed(blob)
             ix.finish()
+
+
+def test_entry_tuples_are_tar_entries():
+    """TarEntry is made from the core's tuples as they are: the field orders must agree."""
+    from soci_native.layer import TarEntry
+
+    assert tuple(_core.ENTRY_FIELDS) == TarEntry._fields
