@@ -133,31 +133,45 @@ def platforms_of(kw: dict[str, Any]) -> list[Platform] | None:
 
 
 class Reporter:
-    """Per-layer lines on stderr; on a terminal also a live progress line."""
+    """Per-layer result lines on stderr; on a terminal also a live progress bar per layer."""
+
+    BAR = 24
 
     def __init__(self, layers: Sequence[Descriptor], quiet: bool) -> None:
-        self.total = sum(d.size for d in layers) or 1
-        self.done = 0
+        self.sizes = {d.digest: d.size for d in layers}  # each distinct layer once
+        self.done = dict.fromkeys(self.sizes, 0)
         self.quiet = quiet
         self.live = sys.stderr.isatty() and not quiet
         self.last = 0.0
+        self.drawn = 0  # bar lines on the screen now
 
     def callback(self) -> Callable[[Descriptor, int], None] | None:
         """Only a live display needs byte counts; without one layers are read in C."""
         return self.progress if self.live else None
 
     def progress(self, layer: Descriptor, n: int) -> None:
-        self.done += n
+        self.done[layer.digest] = self.done.get(layer.digest, 0) + n
         now = time.monotonic()
         if self.live and now - self.last > 0.1:
             self.last = now
-            pct = min(100, 100 * self.done // self.total)
-            click.echo(f"\rindexing {pct:3d}%  {size_text(self.done)} of "
-                       f"{size_text(self.total)}", err=True, nl=False)
+            self._draw()
+
+    def _draw(self) -> None:
+        lines = []
+        for digest, size in self.sizes.items():
+            got = min(self.done.get(digest, 0), size)
+            frac = got / size if size else 1.0
+            bar = "#" * int(frac * self.BAR)
+            lines.append(f"{digest[7:19]}  [{bar:<{self.BAR}}] {frac:4.0%}  "
+                         f"{size_text(got)} / {size_text(size)}\033[K")
+        up = f"\033[{self.drawn}F" if self.drawn else ""  # back to the first bar line
+        click.echo(up + "\n".join(lines), err=True)
+        self.drawn = len(lines)
 
     def result(self, r: IndexResult) -> None:
-        if self.live:
-            click.echo("\r\033[K", err=True, nl=False)
+        if self.drawn:  # the bars make way for the per-layer results
+            click.echo(f"\033[{self.drawn}F\033[J", err=True, nl=False)
+            self.drawn = 0
         if self.quiet:
             return
         for lr in r.layers:
