@@ -684,3 +684,28 @@ def test_background_fetch_is_off_by_default(mount: Mount) -> None:
     mp = mount()
     time.sleep(1.0)
     assert all(x["spans_fetched"] == 0 for x in layer_stats(mp) if x["mode"] == "lazy")
+
+
+def test_first_read_inflates_only_what_it_needs_then_caches_the_span(tmp_path: Path) -> None:
+    """A cold read of a span's first bytes returns before the whole span is inflated; the
+    span is then inflated and cached in the background, and later reads hit the cache."""
+    from soci_native import ztoc
+    from soci_native.mount.spans import FileBlobReader, LayerStats, SpanCache, ZtocLayer
+
+    rng = random.Random(5)
+    files = {f"f{i}": rng.randbytes(50_000) + b"text " * 100_000 for i in range(4)}
+    layer = tmp_path / "layer"
+    tar = _gzip_tar(layer, files)
+    _, raw = ztoc.build(str(layer), span_size=1 << 20)
+    z = ztoc.from_bytes(raw)
+    stats = LayerStats("sha256:" + "cd" * 32, layer.stat().st_size, "lazy")
+    cache = SpanCache(tmp_path / "c", 1 << 30)
+    zl = ZtocLayer(stats.digest, z, FileBlobReader(layer), cache, stats)
+    s0 = zl.spans[0]
+    assert s0.uend - s0.ustart > 1 << 20
+    assert zl.read(0, 4096) == tar[:4096]
+    assert zl.read(100_000, 4096) == tar[100_000:104_096]  # while filling: no second fetch
+    zl.close()  # waits for the background fill
+    assert cache.total == sum(s.uend - s.ustart for s in zl.spans[:1])
+    assert zl.read(500_000, 4096) == tar[500_000:504_096]
+    assert stats.spans_fetched == stats.cache_misses == 1 and stats.cache_hits >= 1

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -341,6 +342,11 @@ class ZtocLayer:
         self._starts = [s.ustart for s in self.spans]
         self._locks = [threading.Lock() for _ in self.spans]
         self._fetched: set[int] = set()
+        # Verified compressed spans whose full inflate (for the cache) is still running:
+        # readers meanwhile inflate just their part from these bytes instead of re-fetching.
+        self._pending: dict[int, bytes] = {}
+        self._filler: ThreadPoolExecutor | None = None
+        self._filler_lock = threading.Lock()
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
 
@@ -361,6 +367,9 @@ class ZtocLayer:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _span_slice(self, i: int, rel: int, length: int) -> bytes:
+        """Bytes [rel, rel+length) of span ``i``. A miss fetches and verifies the span once,
+        inflates only as far as this read needs, and leaves the whole span to be inflated
+        and cached in the background."""
         s = self.spans[i]
         path = self.cache.path(self.digest, s.ustart, s.uend - s.ustart)
         data = self.cache.read(path, rel, length, s.uend - s.ustart)
@@ -372,10 +381,44 @@ class ZtocLayer:
             if data is not None:
                 self.stats.add(cache_hits=1)
                 return data
-            self.stats.add(cache_misses=1)
-            span = self._fetch(i)
-            self.cache.put(path, span)
-        return span[rel:rel + length]
+            comp = self._pending.get(i)
+            if comp is None:
+                self.stats.add(cache_misses=1)
+                comp = self._fetch(i)
+                if self.ztoc.compression_algorithm == "uncompressed":
+                    self.cache.put(path, comp)  # a tar span is its own uncompressed bytes
+                    return comp[rel:rel + length]
+                self._pending[i] = comp
+                self._fill_later(i, comp, path)
+        return self._inflate(i, comp, rel, length)
+
+    def _fill_later(self, i: int, comp: bytes, path: str) -> None:
+        with self._filler_lock:
+            if self._filler is None:
+                self._filler = ThreadPoolExecutor(1, thread_name_prefix="soci-span-fill")
+            self._filler.submit(self._fill, i, comp, path)
+
+    def _fill(self, i: int, comp: bytes, path: str) -> None:
+        s = self.spans[i]
+        try:
+            self.cache.put(path, self._inflate(i, comp, 0, s.uend - s.ustart))
+        except (SpanError, OSError) as e:
+            log.warning("caching span %d of %s failed: %s", i, self.digest, e)
+        finally:
+            with self._locks[i]:
+                self._pending.pop(i, None)
+
+    def _inflate(self, i: int, comp: bytes, rel: int, length: int) -> bytes:
+        s = self.spans[i]
+        if length == 0:
+            return b""
+        try:
+            return extract_span(self.ztoc.checkpoints, i, comp, s.ustart + rel, length)
+        except (FormatError, ValueError) as e:
+            msg = f"layer {self.digest} span {i}: cannot inflate: {e}"
+            self.stats.error(msg)
+            log.error("%s", msg)
+            raise SpanError(msg) from None
 
     def resolve(self, i: int) -> None:
         """Fetch, verify, inflate and cache span ``i`` unless it is cached (prefetch)."""
@@ -384,6 +427,7 @@ class ZtocLayer:
             self._span_slice(i, 0, 0)
 
     def _fetch(self, i: int) -> bytes:
+        """The compressed bytes of span ``i``, checked against its digest."""
         s = self.spans[i]
         try:
             comp = self.reader.read_range(s.cstart, s.cend)
@@ -406,17 +450,11 @@ class ZtocLayer:
             self.stats.error(msg)
             log.error("%s", msg)
             raise SpanError(msg)
-        if self.ztoc.compression_algorithm == "uncompressed":
-            return comp
-        try:
-            return extract_span(self.ztoc.checkpoints, i, comp, s.ustart, s.uend - s.ustart)
-        except (FormatError, ValueError) as e:
-            msg = f"layer {self.digest} span {i}: cannot inflate: {e}"
-            self.stats.error(msg)
-            log.error("%s", msg)
-            raise SpanError(msg) from None
+        return comp
 
     def close(self) -> None:
+        if self._filler is not None:
+            self._filler.shutdown(wait=True)
         self.reader.close()
 
 
