@@ -709,3 +709,17 @@ def test_first_read_inflates_only_what_it_needs_then_caches_the_span(tmp_path: P
     assert cache.total == sum(s.uend - s.ustart for s in zl.spans[:1])
     assert zl.read(500_000, 4096) == tar[500_000:504_096]
     assert stats.spans_fetched == stats.cache_misses == 1 and stats.cache_hits >= 1
+
+
+def test_clean_path_is_go_clean() -> None:
+    """The fast path gives what the snapshotter's Clean("/" + name) gives, for every form."""
+    import posixpath
+
+    from soci_native.mount.tree import clean_path
+
+    rng = random.Random(0)
+    parts = ["a", ".", "..", "", "b.c", ".x", "..y", "z..", ".wh..wh..opq"]
+    names = ["", ".", "..", "./", "./a", "a/", "a//b", "/a/b/", "a/./b", "a/../b", "../a"]
+    names += ["/".join(rng.choice(parts) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
+    for n in names:
+        assert clean_path(n) == posixpath.normpath("/" + n).lstrip("/"), n

@@ -166,8 +166,15 @@ class Node:
         return n
 
 
+_NEEDS_CLEANING = re.compile(r"(?:^|/)\.\.?(?:/|$)|//")
+
+
 def clean_path(name: str) -> str:
-    """The snapshotter's ``Clean("/" + name)`` without the leading slash ("" is the root)."""
+    """The snapshotter's ``Clean("/" + name)`` without the leading slash ("" is the root).
+    Most tar names only need their slashes trimmed; the rest go through normpath."""
+    trimmed = name.strip("/")
+    if _NEEDS_CLEANING.search(trimmed) is None:
+        return trimmed
     return posixpath.normpath("/" + name).lstrip("/")
 
 
