@@ -100,25 +100,9 @@ const char *ENTRY_FIELDS[] = {"name",     "type",     "typeflag", "offset", "siz
                               "linkname", "mode",     "uid",      "gid",    "uname", "gname",
                               "mtime",    "mtime_ns", "devmajor", "devminor", "pax", "sparse"};
 
-const char *type_name(char flag) {
-    switch (flag) {
-    case '0':
-    case '7': return "reg"; // contiguous file: POSIX says treat it as a regular file
-    case '1': return "hardlink";
-    case '2': return "symlink";
-    case '3': return "char";
-    case '4': return "block";
-    case '5': return "dir";
-    case '6': return "fifo";
-    case 'g': return "pax_global";
-    case 'S': return "sparse";
-    default: return "unknown";
-    }
-}
-
 nb::object entry_tuple(const uint8_t *pool, const sn_entry &e) {
     char flag = e.typeflag;
-    PyObject *t = Py_BuildValue("(NsNKLKNLLLNNLiLLNN)", decode(pool, e.name), type_name(flag),
+    PyObject *t = Py_BuildValue("(NsNKLKNLLLNNLiLLNN)", decode(pool, e.name), sn_type_name(flag),
                                 PyUnicode_FromStringAndSize(&flag, 1), (unsigned long long)e.offset,
                                 (long long)e.size, (unsigned long long)e.header_offset, decode(pool, e.linkname),
                                 (long long)e.mode, (long long)e.uid, (long long)e.gid, decode(pool, e.uname),

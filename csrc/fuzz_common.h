@@ -2,6 +2,7 @@
 #ifndef SN_FUZZ_COMMON_H
 #define SN_FUZZ_COMMON_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,5 +14,14 @@
             abort();                                                                           \
         }                                                                                      \
     } while (0)
+
+/* xorshift32: cheap deterministic choices derived from the input. */
+static inline uint32_t xs32(uint32_t *s) {
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
 
 #endif

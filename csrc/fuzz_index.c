@@ -37,14 +37,6 @@ static int verbose(void) {
 
 #define REF_CAP ((size_t)64 << 20) /* plain-inflate oracle: give up above this much output */
 
-static uint32_t xs32(uint32_t *s) {
-    uint32_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return *s = x;
-}
-
 static size_t piece_size(uint8_t seed, int threaded, uint32_t *st, size_t left) {
     size_t n;
     unsigned cls = seed & 7;

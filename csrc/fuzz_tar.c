@@ -24,14 +24,6 @@ typedef struct {
     uint64_t archive_size;
 } run_result;
 
-static uint32_t xs32(uint32_t *s) {
-    uint32_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return *s = x;
-}
-
 /* Piece size for the next tar_feed call: the seed's low bits pick a size class so that
  * 1-byte feeds, sub-block feeds and multi-block feeds all occur. */
 static size_t piece_size(uint8_t seed, uint32_t *st, size_t left) {

@@ -64,6 +64,22 @@ void tar_parser_free(tar_parser *tp) {
     free(tp);
 }
 
+const char *sn_type_name(char typeflag) {
+    switch (typeflag) {
+    case '0':
+    case '7': return "reg"; /* contiguous file: POSIX says treat it as a regular file */
+    case '1': return "hardlink";
+    case '2': return "symlink";
+    case '3': return "char";
+    case '4': return "block";
+    case '5': return "dir";
+    case '6': return "fifo";
+    case 'g': return "pax_global";
+    case 'S': return "sparse";
+    default: return "unknown";
+    }
+}
+
 size_t tar_entry_count(const tar_parser *tp) { return tp->nents; }
 const sn_entry *tar_entries(const tar_parser *tp) { return tp->ents; }
 const uint8_t *tar_pool(const tar_parser *tp) { return tp->pool.p; }

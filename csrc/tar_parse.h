@@ -38,6 +38,10 @@ int tar_feed(tar_parser *tp, const uint8_t *data, size_t n, sn_err *err);
 /* End of stream: checks the archive ended cleanly; sets *archive_size per soci-format 2.4. */
 int tar_finish(tar_parser *tp, uint64_t *archive_size, sn_err *err);
 
+/* "reg" (0, 7), "hardlink", "symlink", "char", "block", "dir", "fifo", "pax_global" (g),
+ * "sparse" (old GNU S) or "unknown": the type names of soci_native.TarEntry and the zTOC. */
+const char *sn_type_name(char typeflag);
+
 size_t tar_entry_count(const tar_parser *tp);
 const sn_entry *tar_entries(const tar_parser *tp);
 const uint8_t *tar_pool(const tar_parser *tp);

@@ -204,19 +204,12 @@ size_t sn_go_time_text(int64_t sec, int32_t nsec, char out[40]) {
 
 /* ---- the zTOC ---- */
 
+/* The zTOC's type string, or NULL for entries a zTOC cannot describe: sparse files, PAX
+ * global headers and unknown types. */
 static const char *toc_type(const sn_entry *e) {
-    if (e->sparse) return NULL;
-    switch (e->typeflag) {
-    case '0':
-    case '7': return "reg";
-    case '1': return "hardlink";
-    case '2': return "symlink";
-    case '3': return "char";
-    case '4': return "block";
-    case '5': return "dir";
-    case '6': return "fifo";
-    default: return NULL;
-    }
+    if (e->sparse || e->typeflag == 'g' || e->typeflag == 'S') return NULL;
+    const char *t = sn_type_name(e->typeflag);
+    return strcmp(t, "unknown") ? t : NULL;
 }
 
 static uint32_t pool_string(fbb *b, const uint8_t *pool, sn_str s) { return fb_string(b, pool + s.off, s.len); }
