@@ -7,12 +7,11 @@ and the reference's (v1 checkpoint blobs, the omitted compression_algorithm fiel
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from soci_native import _core
-from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, TarEntry, index_layer
+from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, index_layer
 
 VERSION = "0.9"
 BUILD_TOOL_IDENTIFIER = "AWS SOCI CLI v0.2"
@@ -20,7 +19,6 @@ BUILD_TOOL_IDENTIFIER = "AWS SOCI CLI v0.2"
 
 GZIP, UNCOMPRESSED = 1, 2  # enum CompressionAlgorithm
 _ALGORITHMS = {GZIP: "gzip", UNCOMPRESSED: "uncompressed"}
-TOC_TYPES = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
 
 class ZtocError(ValueError):
@@ -62,18 +60,12 @@ class Ztoc:
         return self.max_span_id + 1
 
 
-def unsupported_entries(entries: Iterable[TarEntry]) -> list[TarEntry]:
-    """Entries a zTOC cannot describe so that the reference snapshotter serves them right:
-    sparse files (their data is not contiguous), PAX global headers (they break its header
-    verification of the next entry) and unknown types. A layer with any gets no zTOC and is
-    pulled whole at runtime, like a small layer."""
-    return [e for e in entries if e.sparse or e.type not in TOC_TYPES]
-
-
 def build(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE,
           build_tool: str = BUILD_TOOL_IDENTIFIER) -> tuple[LayerIndex, bytes]:
     """Indexes a layer and serialises its zTOC in one C pass; raises :class:`ZtocError` when
-    the layer has entries a zTOC cannot describe (see :func:`unsupported_entries`)."""
+    the layer has entries a zTOC cannot describe: sparse files (their data is not
+    contiguous), PAX global headers (they break the reference's header check of the next
+    entry) and unknown types; such a layer is pulled whole at runtime."""
     ix = index_layer(src, span_size, build_tool=build_tool)
     if ix.ztoc is None:
         raise ZtocError(ix.ztoc_error or "no zTOC was built")
