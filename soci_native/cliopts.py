@@ -28,6 +28,17 @@ def registry_flags(f: F) -> F:
         click.option("--retries", type=click.IntRange(min=1), default=6, show_default=True,
                      help="Tries per registry request (connection errors, 429, 5xx), with "
                           "capped exponential backoff."),
+        click.option("--timeout", "registry_timeout", type=click.FloatRange(min=0.1),
+                     default=120.0, show_default=True, metavar="SECONDS",
+                     help="Most seconds one registry request may take, retries and the "
+                          "body included (a blob stream: each MiB of it). A mount answers "
+                          "EIO once a span fetch passes it."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Seconds to open a connection to a registry (TCP and TLS)."),
+        click.option("--read-timeout", type=click.FloatRange(min=0.1), default=30.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Seconds a registry may send nothing before the try is given up."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -41,4 +52,7 @@ def registry_options(kw: dict[str, Any]) -> RegistryOptions:
     return RegistryOptions(plain_http=kw.pop("plain_http", None) or None,
                            insecure=kw.pop("insecure", False) or not kw.pop("tls_verify", True),
                            creds=kw.pop("creds", None), auth_file=kw.pop("authfile", None),
-                           max_attempts=kw.pop("retries", 6))
+                           max_attempts=kw.pop("retries", 6),
+                           timeout=kw.pop("registry_timeout", 120.0),
+                           connect_timeout=kw.pop("connect_timeout", 10.0),
+                           read_timeout=kw.pop("read_timeout", 30.0))

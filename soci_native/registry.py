@@ -30,22 +30,27 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import email.utils
+import functools
 import hashlib
+import heapq
 import io
 import json
 import os
 import random
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, cast
+from typing import Any, BinaryIO, Concatenate, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as _U3HTTPError
 from urllib3.exceptions import InsecureRequestWarning
 from urllib3.exceptions import SSLError as _U3SSLError
@@ -70,10 +75,15 @@ from soci_native.refs import DOCKER_HUB, InvalidReference, Reference, is_loopbac
 
 MANIFEST_ACCEPT = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
 MAX_MANIFEST_SIZE = 4 << 20
+# Lists read into memory (tags, referrers): per page, over all pages, and how many pages.
+MAX_LIST_SIZE = 4 << 20
+MAX_LIST_TOTAL = 16 << 20
+MAX_LIST_PAGES = 256
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
 _ERROR_BODY_MAX = 64 << 10
+_CHUNK = 1 << 20  # the most one read of a body asks for
 _SKIP_READ_MAX = 1 << 20  # forward seeks up to this far read through instead of re-requesting
 _MAX_RANGES_PER_REQUEST = 64
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.I)
@@ -136,11 +146,11 @@ class RegistryOptions:
     creds: str | None = None        # "user:password"; else the auth files are searched
     auth_file: str | None = None    # one auth.json / config.json to use instead of the search
     max_attempts: int = 6           # tries per request (and per stalled blob stream)
-    max_retry_time: float = 120.0   # seconds of retrying per operation
+    timeout: float = 120.0          # seconds one operation may take, every try included
     backoff_base: float = 0.25      # first backoff ceiling, doubled each retry ...
     backoff_cap: float = 10.0       # ... up to this
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: float = 10.0   # to open a connection (TCP and TLS)
+    read_timeout: float = 30.0      # with no byte received
     pool_size: int = 10             # connections kept per host
     user_agent: str = _USER_AGENT
 
@@ -307,8 +317,16 @@ def _media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip()
 
 
-def _host_of(url: str) -> str:
-    return urlsplit(url).netloc.lower()
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port): what must match before credentials go along. https://h and
+    http://h on the same port are different origins (one is clear text)."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
 
 
 def _hash_of(digest: str) -> Any:
@@ -348,24 +366,182 @@ def _quote_repo(repo: str) -> str:
     return quote(repo, safe="/")
 
 
+class _Deadline:
+    """The moment one operation (a request with its retries and the body it reads into
+    memory, or one <= 1 MiB read of a blob stream) must be done by. While it is armed, the
+    connection that serves it is noted here; past the moment the watchdog shuts that
+    connection's socket down, which ends whatever read is blocked on it, even one that
+    receives a byte now and then (a read timeout alone never ends a trickle)."""
+
+    def __init__(self, at: float, seconds: float) -> None:
+        self.at = at
+        self.seconds = seconds
+        self.fired = False
+        self.done = False
+        self.conn: Any = None
+        self.lock = threading.Lock()
+
+    def attach(self, conn: Any) -> None:
+        with self.lock:
+            self.conn = conn
+            conn._soci_deadline = self
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            conn = self.conn
+            # only while the connection still serves this operation (not after it went back
+            # to the pool and on to another)
+            if conn is None or getattr(conn, "_soci_deadline", None) is not self:
+                return
+            sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, also for an SSLSocket: it wakes up a
+                # blocked recv without touching the TLS state another thread is using
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def passed(self) -> bool:
+        return self.fired or time.monotonic() >= self.at
+
+    def error(self, what: str, url: str | None) -> TransientError:
+        """``what``: "METHOD URL[: why]" (the why is only the cut connection)."""
+        return TransientError(f"{what.split(': ', 1)[0]}: no complete answer within "
+                              f"{self.seconds:g}s (--timeout)", url=url)
+
+
+class _Watchdog:
+    """One thread per client that fires deadlines (a heap, woken when an earlier one is
+    armed). Started on first use; ended by :meth:`close`, which also fires every armed
+    deadline so nothing keeps waiting on a registry after the client is closed."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, seconds: float) -> _Deadline:
+        d = _Deadline(time.monotonic() + seconds, seconds)
+        with self._cv:
+            if self._closed:
+                d.fired = True
+                return d
+            self._seq += 1
+            heapq.heappush(self._heap, (d.at, self._seq, d))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="soci-registry-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is d:
+                self._cv.notify()
+        return d
+
+    @staticmethod
+    def disarm(d: _Deadline) -> None:
+        with d.lock:
+            d.done = True
+            if d.conn is not None and getattr(d.conn, "_soci_deadline", None) is d:
+                d.conn._soci_deadline = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and (not self._heap
+                                            or self._heap[0][0] > time.monotonic()):
+                    if self._heap and self._heap[0][2].done:
+                        heapq.heappop(self._heap)
+                        continue
+                    self._cv.wait(None if not self._heap
+                                  else self._heap[0][0] - time.monotonic())
+                if self._closed:
+                    due, self._heap = [d for _, _, d in self._heap], []
+                else:
+                    due = [heapq.heappop(self._heap)[2]]
+            for d in due:
+                d.fire()
+            if self._closed:
+                return
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+
+
+_current = threading.local()  # the deadline of the operation this thread is in
+
+
+def _active_deadline() -> _Deadline | None:
+    return cast("_Deadline | None", getattr(_current, "deadline", None))
+
+
+class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
+    """Notes itself on the calling thread's deadline before each request it sends."""
+
+    def request(self, *args: Any, **kw: Any) -> None:
+        d = _active_deadline()
+        if d is not None:
+            d.attach(self)
+        super().request(*args, **kw)
+
+
+class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kw: Any) -> None:
+        d = _active_deadline()
+        if d is not None:
+            d.attach(self)
+        super().request(*args, **kw)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _within_deadline(f: Callable[Concatenate[RegistryClient, P], R]
+                     ) -> Callable[Concatenate[RegistryClient, P], R]:
+    """Runs a client method as one operation with a deadline (see :class:`_Deadline`)."""
+    @functools.wraps(f)
+    def run(self: RegistryClient, *args: P.args, **kw: P.kwargs) -> R:
+        with self._operation():
+            return f(self, *args, **kw)
+    return run
+
+
 class _Retry:
-    """The retry budget of one operation: attempts, elapsed time, backoff with full jitter."""
+    """The retry budget of one operation: attempts, backoff with full jitter, and its
+    deadline (the operation's own, or the one of the operation it is part of)."""
 
     def __init__(self, opts: RegistryOptions, sleep: Callable[[float], None]) -> None:
         self.opts = opts
         self.sleep = sleep
         self.failures = 0
         self.start = time.monotonic()
-
-    def reset(self) -> None:
-        self.failures = 0
-        self.start = time.monotonic()
+        d = _active_deadline()
+        self.deadline = d.at if d is not None else self.start + opts.timeout
 
     def wait(self, what: str, retry_after: float | None = None, *, url: str | None = None,
              status: int | None = None) -> None:
         """Sleeps before the next try, or raises TransientError when the budget is spent."""
         self.failures += 1
         o = self.opts
+        d = _active_deadline()
+        if d is not None and d.fired:
+            raise d.error(what, url)
         if self.failures >= o.max_attempts:
             raise TransientError(f"{what} (gave up after {self.failures} attempts)", url=url,
                                  status=status)
@@ -374,12 +550,12 @@ class _Retry:
         else:
             delay = random.uniform(0, min(o.backoff_cap,
                                           o.backoff_base * (2 ** (self.failures - 1))))
-        elapsed = time.monotonic() - self.start
-        if elapsed + delay > o.max_retry_time:
+        now = time.monotonic()
+        if now + delay > self.deadline:
             raise TransientError(
-                f"{what} (gave up after {self.failures} attempts in {elapsed:.1f}s: the next "
-                f"try would be in {delay:.1f}s, past the {o.max_retry_time:g}s retry budget)",
-                url=url, status=status)
+                f"{what} (gave up after {self.failures} attempts in {now - self.start:.1f}s: "
+                f"the next try would be in {delay:.1f}s, past the {o.timeout:g}s deadline, "
+                "--timeout)", url=url, status=status)
         if delay > 0:
             self.sleep(delay)
 
@@ -603,7 +779,7 @@ class RegistryClient:
         plain = opts.plain_http if opts.plain_http is not None else is_loopback(host)
         self.scheme = "http" if plain else "https"
         self.base_url = f"{self.scheme}://{host}"
-        self._netloc = _host_of(self.base_url)
+        self._origin = _origin(self.base_url)
         self.credential_scope = credential_scope  # repository used to pick auth.json entries
         kw: dict[str, Any] = {}
         if not plain:
@@ -617,6 +793,8 @@ class RegistryClient:
         self._http = urllib3.PoolManager(
             num_pools=8, maxsize=max(1, opts.pool_size), block=False, retries=False,
             timeout=urllib3.Timeout(connect=opts.connect_timeout, read=opts.read_timeout), **kw)
+        self._http.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self._watchdog = _Watchdog()
         self._auth = _Auth(self)
         self._single_range = False
         self._blob_urls: dict[tuple[str, str], str] = {}
@@ -626,7 +804,25 @@ class RegistryClient:
     # -- lifecycle --
 
     def close(self) -> None:
+        """Closes the connections; requests still running (other threads) end at once."""
+        self._watchdog.close()
         self._http.clear()
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[_Deadline]:
+        """The deadline (``timeout``) of what runs inside: a new one, or the one of the
+        operation this is part of."""
+        outer = _active_deadline()
+        if outer is not None:
+            yield outer
+            return
+        d = self._watchdog.arm(self.options.timeout)
+        _current.deadline = d
+        try:
+            yield d
+        finally:
+            _current.deadline = None
+            self._watchdog.disarm(d)
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -651,13 +847,15 @@ class RegistryClient:
     def _retry(self) -> _Retry:
         return _Retry(self.options, self.sleep)
 
+    @_within_deadline
     def _request(self, method: str, url: str, *, scopes: tuple[str, ...] = (),
                  headers: Mapping[str, str] | None = None, body: Body = None,
                  ok: Iterable[int] = (200,), stream: bool = False, retry: bool = True,
                  auth: bool = True, final_url: list[str] | None = None
                  ) -> urllib3.BaseHTTPResponse:
         """One API call: auth, redirects, retries, status checks. Returns the response with
-        its body unread (``stream``) or read; an unexpected status raises RegistryError."""
+        its body unread (``stream``) or discarded (callers that want a body read it with
+        :meth:`_get_body`, which caps it); an unexpected status raises RegistryError."""
         ok_set = frozenset(ok)
         policy = self._retry()
         auth_tried = False
@@ -666,9 +864,9 @@ class RegistryClient:
         while True:
             hdrs = {"User-Agent": self.options.user_agent}
             hdrs.update(headers or {})
-            if _host_of(cur_url) != _host_of(url):  # redirected elsewhere: no caller auth
+            if _origin(cur_url) != _origin(url):  # redirected elsewhere: no caller auth
                 hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
-            same_host = _host_of(cur_url) == self._netloc
+            same_host = _origin(cur_url) == self._origin
             if auth and same_host:
                 a = self._auth.header(scopes)
                 if a:
@@ -705,18 +903,8 @@ class RegistryClient:
             if status in ok_set:
                 if final_url is not None:
                     final_url.append(cur_url)
-                if not stream:
-                    try:
-                        _ = resp.data  # read and kept for the caller
-                    except (_U3HTTPError, OSError) as e:
-                        resp.close()
-                        resp.release_conn()
-                        msg = f"{cur_method} {cur_url}: reading the response failed: {e}"
-                        if not retry:
-                            raise TransientError(msg, url=cur_url) from None
-                        policy.wait(msg, url=cur_url)
-                        continue
-                    resp.release_conn()
+                if not stream:  # only the headers matter: a small body is read, not kept
+                    _discard(resp)
                 return resp
             location = resp.headers.get("Location")
             if status in _REDIRECTS and location:
@@ -794,6 +982,43 @@ class RegistryClient:
             cls = TransientError
         return cls(msg, url=url, status=status, codes=codes)
 
+    @_within_deadline
+    def _get_body(self, url: str, scopes: tuple[str, ...], headers: Mapping[str, str],
+                  limit: int, what: str, *, ok: Iterable[int] = (200,)
+                  ) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        """GET a body read into memory: at most ``limit`` bytes (a larger one is refused
+        without reading on, whatever Content-Length says or does not say). A body that breaks
+        off is asked for again within the retry budget."""
+        policy = self._retry()
+        while True:
+            resp = self._request("GET", url, scopes=scopes, headers=headers, ok=ok,
+                                 stream=True)
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                resp.close()
+                resp.release_conn()
+                raise RegistryError(f"GET {url}: the {what} has {int(length)} bytes, more "
+                                    f"than the {limit} allowed", url=url)
+            try:
+                body = _read_capped(resp, limit)
+            except (_U3HTTPError, OSError) as e:
+                resp.close()
+                resp.release_conn()
+                policy.wait(f"GET {url}: reading the {what} failed: {e}", url=url)
+                continue
+            d = _active_deadline()
+            if d is not None and d.fired:  # the watchdog cut the body short
+                resp.close()
+                resp.release_conn()
+                raise d.error(f"GET {url}", url)
+            if len(body) > limit:
+                resp.close()
+                resp.release_conn()
+                raise RegistryError(f"GET {url}: the {what} is larger than the {limit} bytes "
+                                    "allowed", url=url)
+            _discard(resp)
+            return resp, body
+
     # -- scopes --
 
     @staticmethod
@@ -819,22 +1044,8 @@ class RegistryClient:
         by_digest = ":" in reference
         if by_digest:
             check_digest(reference)
-        policy = self._retry()
-        while True:
-            resp = self._request("GET", url, scopes=self._pull(repo),
-                                 headers={"Accept": ", ".join(accept)}, stream=True)
-            try:
-                raw = _read_capped(resp, MAX_MANIFEST_SIZE)
-            except (_U3HTTPError, OSError) as e:
-                resp.close()
-                resp.release_conn()
-                policy.wait(f"GET {url}: reading the manifest failed: {e}", url=url)
-                continue
-            _discard(resp)
-            break
-        if len(raw) > MAX_MANIFEST_SIZE:
-            raise RegistryError(f"GET {url}: manifest larger than {MAX_MANIFEST_SIZE} bytes",
-                                url=url)
+        resp, raw = self._get_body(url, self._pull(repo), {"Accept": ", ".join(accept)},
+                                   MAX_MANIFEST_SIZE, "manifest")
         announced = resp.headers.get("Docker-Content-Digest")
         if by_digest:
             digest = reference
@@ -905,18 +1116,40 @@ class RegistryClient:
         self._request("DELETE", url, scopes=(f"repository:{repo}:delete",),
                       ok=(200, 202, 204))
 
+    def _pages(self, url: str, what: str, scopes: tuple[str, ...],
+               headers: Mapping[str, str]) -> Iterator[tuple[int, urllib3.BaseHTTPResponse,
+                                                            bytes]]:
+        """(page number, response, body) of a paginated list, following ``Link: <…>;
+        rel="next"``: at most :data:`MAX_LIST_PAGES` pages of :data:`MAX_LIST_SIZE` bytes
+        each and :data:`MAX_LIST_TOTAL` in all; a link back to a page already read is a
+        loop, and an error."""
+        seen: set[str] = set()
+        total = 0
+        cur: str | None = url
+        while cur is not None:
+            if cur in seen:
+                raise RegistryError(f"{what}: the registry's next-page link loops back to "
+                                    f"{cur}", url=cur)
+            if len(seen) >= MAX_LIST_PAGES:
+                raise RegistryError(f"{what}: more than {MAX_LIST_PAGES} pages", url=cur)
+            seen.add(cur)
+            resp, body = self._get_body(cur, scopes, headers, MAX_LIST_SIZE, what)
+            total += len(body)
+            if total > MAX_LIST_TOTAL:
+                raise RegistryError(f"{what}: more than {MAX_LIST_TOTAL} bytes over "
+                                    f"{len(seen)} pages", url=cur)
+            yield len(seen), resp, body
+            nxt = _next_link(resp.headers.get("Link"))
+            cur = urljoin(cur, nxt) if nxt else None
+
     def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
-        """Every tag of ``repo`` (following ``Link: <…>; rel="next"`` pages)."""
-        url: str | None = self.url(f"/v2/{_quote_repo(repo)}/tags/list?n={page_size}")
+        """Every tag of ``repo`` (following ``Link: <…>; rel="next"`` pages, bounded as
+        :meth:`_pages` says)."""
+        url = self.url(f"/v2/{_quote_repo(repo)}/tags/list?n={page_size}")
         tags: list[str] = []
-        pages = 0
-        while url is not None:
-            pages += 1
-            if pages > 10000:
-                raise RegistryError(f"tags list of {repo}: too many pages", url=url)
-            resp = self._request("GET", url, scopes=self._pull(repo))
+        for _, _, body in self._pages(url, f"tags list of {repo}", self._pull(repo), {}):
             try:
-                doc = json.loads(resp.data)
+                doc = json.loads(body)
             except (ValueError, UnicodeDecodeError) as e:
                 raise RegistryError(f"GET {url}: invalid JSON: {e}", url=url) from None
             got = doc.get("tags") if isinstance(doc, dict) else None
@@ -924,8 +1157,6 @@ class RegistryClient:
                                     or not all(isinstance(t, str) for t in got)):
                 raise RegistryError(f"GET {url}: 'tags' is not a list of strings", url=url)
             tags += got or []
-            nxt = _next_link(resp.headers.get("Link"))
-            url = urljoin(url, nxt) if nxt else None
         return tags
 
     # -- blobs: reading --
@@ -977,14 +1208,33 @@ class RegistryClient:
         return BlobReader(self, repo, check_digest(digest), size=size, verify=verify,
                           offset=offset)
 
-    def read_blob(self, repo: str, digest: str, *, max_size: int | None = None) -> bytes:
-        """The whole blob, verified against its digest."""
-        with self.open_blob(repo, digest, verify=True) as r:
+    def read_blob(self, repo: str, digest: str, *, size: int | None = None,
+                  max_size: int | None = None) -> bytes:
+        """The whole blob, verified against its digest. ``size`` (a descriptor's) is the most
+        that is read (a registry announcing or sending another size fails); ``max_size``
+        refuses a larger blob before reading it, or after that many bytes when the registry
+        gives no length."""
+        if size is not None and max_size is not None and size > max_size:
+            raise RegistryError(f"blob {digest} is {size} bytes, more than the {max_size} "
+                                "allowed here")
+        with self.open_blob(repo, digest, size=size, verify=True) as r:
             if max_size is not None and r.size is not None and r.size > max_size:
                 raise RegistryError(f"blob {digest} is {r.size} bytes, more than the "
                                     f"{max_size} allowed here")
-            return r.readall()
+            if r.size is not None:
+                return r.readall()
+            return b"".join(r.chunks(max_size))
 
+    def read_blob_chunks(self, repo: str, digest: str, size: int) -> Iterator[bytes]:
+        """The blob's bytes in pieces of at most 1 MiB (bounded memory), verified at the
+        end: ``size`` bytes (a descriptor's), never more."""
+        with self.open_blob(repo, digest, size=size, verify=True) as r:
+            yield from r.chunks(size)
+            if not r.verified:  # fewer bytes than the descriptor says
+                raise SizeMismatch(f"blob {digest} of {repo}: ended at byte {r.tell()} of "
+                                   f"{size}", url=r.name)
+
+    @_within_deadline
     def read_range(self, repo: str, digest: str, offset: int, length: int) -> bytes:
         """``length`` bytes of the blob at ``offset`` (one Range request; a registry that
         ignores ranges is read through to the range)."""
@@ -1020,6 +1270,9 @@ class RegistryClient:
                 policy.wait(f"GET {url} (Range bytes={offset}-{end}): {e}", url=url)
                 continue
             _discard(resp)
+            d = _active_deadline()
+            if d is not None and d.fired:
+                raise d.error(f"GET {url} (Range bytes={offset}-{end})", url)
             if len(data) != length:
                 raise RangeNotSatisfiable(f"GET {url}: range {offset}+{length} is past the "
                                           f"end of the blob (got {len(data)} bytes)", url=url,
@@ -1066,6 +1319,7 @@ class RegistryClient:
             out.append(base[off - span[0]: off - span[0] + ln])
         return out
 
+    @_within_deadline
     def _multi_range(self, repo: str, digest: str,
                      spans: Sequence[tuple[int, int]]) -> list[tuple[int, bytes]] | None:
         """One multi-range GET: [(start, bytes)] per returned part, or None after switching
@@ -1103,13 +1357,20 @@ class RegistryClient:
                     if m is None:
                         raise RegistryError(f"GET {url}: multipart response without a "
                                             "boundary", url=url)
-                    body = resp.read()
+                    # the parts' bytes plus their headers; a longer body is not read on
+                    limit = sum(e - s for s, e in spans) + len(spans) * 512 + 4096
+                    body = _read_capped(resp, limit)
+                    if len(body) > limit:
+                        raise RegistryError(f"GET {url} (Range {rng}): the multipart body is "
+                                            f"larger than the {limit} bytes asked for",
+                                            url=url)
                     parts = _parse_multipart(body, m.group(1), url)
                 else:  # a single part (the server merged the ranges)
                     one = _content_range(resp.headers.get("Content-Range"))
                     if one is None:
                         raise RegistryError(f"GET {url}: 206 without Content-Range", url=url)
-                    data = resp.read()
+                    data = _read_capped(resp, min(one[1] - one[0] + 1,
+                                                  spans[-1][1] - spans[0][0]))
                     parts = [(one[0], data)]
                     if one[2] is not None and any(e > one[2] for _, e in spans):
                         _discard(resp)
@@ -1244,34 +1505,33 @@ class RegistryClient:
 
     def referrers_api(self, repo: str, digest: str,
                       artifact_type: str | None = None) -> list[Descriptor] | None:
-        """The OCI 1.1 referrers API; None when the registry does not have it (404)."""
-        url: str | None = self.url(f"/v2/{_quote_repo(repo)}/referrers/{check_digest(digest)}")
+        """The OCI 1.1 referrers API; None when the registry does not have it (404). Pages
+        are bounded as :meth:`_pages` says; only referrers of ``artifact_type`` are kept
+        (the registry may not have filtered: OCI-Filters-Applied)."""
+        url = self.url(f"/v2/{_quote_repo(repo)}/referrers/{check_digest(digest)}")
         if artifact_type:
             url = f"{url}?{urlencode({'artifactType': artifact_type})}"
         out: list[Descriptor] = []
-        pages = 0
-        while url is not None:
-            pages += 1
-            try:
-                resp = self._request("GET", url, scopes=self._pull(repo),
-                                     headers={"Accept": OCI_INDEX})
-            except NotFound:
-                if pages == 1:
-                    return None
-                raise
-            try:
-                doc = json.loads(resp.data)
-            except (ValueError, UnicodeDecodeError):
-                # a 200 that is not an index: not the referrers API
-                return None if pages == 1 else out
-            if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-                return None if pages == 1 else out
-            out += [Descriptor.from_json(m, f"referrer {i} of {digest}")
-                    for i, m in enumerate(doc["manifests"])]
-            nxt = _next_link(resp.headers.get("Link"))
-            url = urljoin(url, nxt) if nxt else None
-        if artifact_type:  # the registry may not have filtered (OCI-Filters-Applied)
-            out = [d for d in out if d.artifact_type == artifact_type]
+        page = 0
+        pages = self._pages(url, f"referrers of {digest} in {repo}", self._pull(repo),
+                            {"Accept": OCI_INDEX})
+        try:
+            for page, _, body in pages:
+                try:
+                    doc = json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    # a 200 that is not an index: not the referrers API
+                    return None if page == 1 else out
+                if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+                    return None if page == 1 else out
+                for i, m in enumerate(doc["manifests"]):
+                    d = Descriptor.from_json(m, f"referrer {i} of {digest}")
+                    if not artifact_type or d.artifact_type == artifact_type:
+                        out.append(d)
+        except NotFound:
+            if page == 0:  # the first page: no referrers API here
+                return None
+            raise
         return out
 
     @staticmethod
@@ -1435,6 +1695,10 @@ class BlobReader(io.RawIOBase):
 
     def _open(self) -> None:
         """GET from self._pos (a Range request unless at 0)."""
+        with self._client._operation():
+            self._open_now()
+
+    def _open_now(self) -> None:
         self._drop()
         if self.size is not None and self._pos >= self.size:
             return
@@ -1480,10 +1744,15 @@ class BlobReader(io.RawIOBase):
             self._resp_pos += len(got)
 
     def readinto(self, b: Any) -> int:
+        """At most 1 MiB per call, within one deadline (``timeout``) for the call."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
+        with self._client._operation() as deadline:
+            return self._readinto(b, deadline)
+
+    def _readinto(self, b: Any, deadline: _Deadline) -> int:
         view = memoryview(b).cast("B")
-        want = len(view)
+        want = min(len(view), _CHUNK)  # each read is short enough for one deadline
         if self.size is not None:
             want = min(want, self.size - self._pos)
         if want <= 0:
@@ -1497,8 +1766,13 @@ class BlobReader(io.RawIOBase):
                     if self._resp is None:
                         self._at_eof()
                         return 0
+                conn = self._resp.connection  # opened by an earlier call: this one's now
+                if conn is not None:
+                    deadline.attach(conn)
                 data = self._resp.read(want)
                 if not data:
+                    if deadline.fired:
+                        raise _Interrupted("cut off at the deadline")
                     if self.size is None:
                         self.size = self._pos
                         self._at_eof()
@@ -1529,6 +1803,18 @@ class BlobReader(io.RawIOBase):
             _check_hash(self._hasher, self.digest, f"blob {self.digest} of {self.repo}",
                         self.name)
 
+    def chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        """The rest of the blob in pieces of at most 1 MiB; RegistryError once more than
+        ``limit`` bytes came (a registry that gives no length cannot make this read on)."""
+        buf = bytearray(_CHUNK)
+        done = 0
+        while n := self.readinto(buf):
+            done += n
+            if limit is not None and done > limit:
+                raise RegistryError(f"blob {self.digest} of {self.repo}: more than {limit} "
+                                    "bytes", url=self.name)
+            yield bytes(buf[:n])
+
     @property
     def verified(self) -> bool:
         """True once every byte was read in order and matched the digest."""
@@ -1549,9 +1835,8 @@ class BlobReader(io.RawIOBase):
             del out[done:]
             self.readinto(bytearray(1))  # reach EOF (verification) if not there yet
             return bytes(out)
-        buf = bytearray(1 << 20)
-        while n := self.readinto(buf):
-            out += buf[:n]
+        for chunk in self.chunks():
+            out += chunk
         return bytes(out)
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:

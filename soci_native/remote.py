@@ -15,6 +15,8 @@ from soci_native.registry import NotFound, RegistryClient, RegistrySource
 from soci_native.store import ArtifactRecord, Store
 
 Log = Callable[[str], None]
+# The largest zTOC or prefetch artifact fetched (zTOCs are refused past 2 GiB when built).
+MAX_ARTIFACT_SIZE = 1 << 31
 
 
 def _stderr(msg: str) -> None:
@@ -86,6 +88,16 @@ def push_index(src: RegistrySource, store: Store, image: ResolvedImage, existing
     return PushedIndex(plat, rec.digest, "pushed", discovery="referrers-tag")
 
 
+def _fetch_artifact(client: RegistryClient, repo: str, store: Store, digest: str,
+                    size: int) -> None:
+    """A zTOC or prefetch blob into the store, streamed (bounded memory): no more bytes than
+    its descriptor in the index says, and at most :data:`MAX_ARTIFACT_SIZE`."""
+    if not 0 <= size <= MAX_ARTIFACT_SIZE:
+        raise ImageError(f"SOCI index lists {digest} with size {size}: not between 0 and "
+                         f"{MAX_ARTIFACT_SIZE} bytes")
+    store.put_blob_stream(client.read_blob_chunks(repo, digest, size), expected_digest=digest)
+
+
 @dataclass
 class FoundIndex:
     version: int
@@ -119,7 +131,7 @@ def pull_index(src: RegistrySource, store: Store, image: ResolvedImage,
     soci = index.parse_index_manifest(raw)
     for d in soci.ztocs + soci.prefetches:
         if not store.has_blob(d["digest"]):
-            store.put_blob(client.read_blob(repo, d["digest"], max_size=1 << 31))
+            _fetch_artifact(client, repo, store, d["digest"], d["size"])
     rec = store.add_index(raw, image_ref=src.ref, image_digest=image_digest,
                           original_digest=image.manifest.digest, platform=str(image.platform))
     return found, rec
