@@ -509,4 +509,7 @@ NB_MODULE(_core, m) {
     m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), nb::arg("files") = true,
           "Parse a zTOC FlatBuffer (bounds-checked).");
     m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
+    m.def("request_stop", [](bool on) { sn_indexer_request_stop(on ? 1 : 0); }, nb::arg("on") = true,
+          "Make running and future indexing fail with InterruptedError at the next buffer (on=False clears).");
+    m.def("stop_requested", []() { return sn_indexer_stop_requested() != 0; });
 }

@@ -4,6 +4,7 @@
 #include "span_hash.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,12 @@ struct sn_indexer {
     uint64_t archive_size;
     int finished;
 };
+
+/* Process-wide: a Ctrl-C in the CLI stops every indexer thread at its next buffer. */
+static atomic_int stop_requested;
+
+void sn_indexer_request_stop(int on) { atomic_store(&stop_requested, on ? 1 : 0); }
+int sn_indexer_stop_requested(void) { return atomic_load(&stop_requested); }
 
 sn_indexer *sn_indexer_new(uint64_t span_size, int mode, sn_err *err) {
     if (span_size == 0 || span_size > ((uint64_t)1 << 40)) {
@@ -216,6 +223,10 @@ static int feed_mode(sn_indexer *ix, const uint8_t *p, size_t n, sn_err *err) {
 /* Feeds without waiting for the hasher: `data` must stay valid until a sync covers it. */
 static int feed_nosync(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
     if (ix->finished) return sn_fail(err, SN_EARG, "indexer already finished");
+    if (atomic_load(&stop_requested)) { /* checked between buffers: EINTR -> InterruptedError */
+        err->sys_errno = EINTR;
+        return sn_fail(err, SN_EIO, "indexing stopped on request");
+    }
     if (n == 0) return SN_OK;
     if (ix->nsniff < sizeof ix->sniff) { /* hold back the first bytes until the format is known */
         size_t take = sizeof ix->sniff - ix->nsniff;

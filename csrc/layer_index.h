@@ -26,6 +26,11 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
 
+/* Ask every indexer to stop (on=1) at its next buffer, failing with SN_EIO/EINTR; on=0 clears
+ * the request. Process-wide, so a signal handler's thread can stop the worker threads. */
+void sn_indexer_request_stop(int on);
+int sn_indexer_stop_requested(void);
+
 /* Results, valid after a successful finish. */
 int sn_indexer_mode(const sn_indexer *ix); /* SN_MODE_GZIP or SN_MODE_TAR */
 uint64_t sn_indexer_span_size(const sn_indexer *ix);

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from soci_native import index, ztoc
+from soci_native import _core, index, ztoc
 from soci_native.images import Descriptor, ImageSource, ResolvedImage, layer_compression
 from soci_native.layer import DEFAULT_SPAN_SIZE, LayerIndex, index_layer, span_range
 from soci_native.store import ArtifactRecord, Store
@@ -75,6 +75,18 @@ def _skip_reason(layer: Descriptor, opts: BuildOptions) -> str | None:
     return None
 
 
+def _check_span_size(layer: Descriptor, opts: BuildOptions) -> None:
+    """Refuses before reading a gzip layer whose zTOC must outgrow it: every span keeps a
+    32 KiB inflate window, and a layer has at least size/span_size spans."""
+    if opts.force or layer_compression(layer.media_type) != "gzip":
+        return
+    spans = -(-layer.size // opts.span_size)
+    if opts.span_size < _core.WINDOW_SIZE and spans > 1 and spans * _core.WINDOW_SIZE > layer.size:
+        raise BuildError(f"layer {layer.digest}: --span-size {opts.span_size} would make its "
+                         f"zTOC larger than the layer ({layer.size} bytes; each span keeps a "
+                         "32 KiB window): use a larger --span-size, or --force")
+
+
 def _index_blob(src: ImageSource, layer: Descriptor, opts: BuildOptions,
                 progress: Progress | None) -> LayerIndex:
     entries = bool(opts.prefetch_paths)  # only prefetch needs the file list in Python
@@ -130,6 +142,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
                 reused.checkpoints = z.checkpoints
                 reused.compressed_size = z.compressed_archive_size
             return reused
+    _check_span_size(layer, opts)
     try:
         ix = _index_blob(src, layer, opts, progress)
     except ValueError as e:
@@ -139,6 +152,11 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
                          f"(read {ix.compressed_size} bytes with digest {ix.blob_digest})")
     if ix.ztoc is None:
         return LayerResult(layer, "skipped", ix.ztoc_error or "no zTOC")
+    if ix.num_spans > 1 and len(ix.checkpoints) > layer.size and not opts.force:
+        # the windows alone outgrow the layer: the span size, not the file list, is at fault
+        raise BuildError(f"layer {layer.digest}: its zTOC at --span-size {opts.span_size} "
+                         f"would be {len(ix.ztoc)} bytes, larger than the layer "
+                         f"({layer.size}): use a larger --span-size, or --force to keep it")
     dgst, size = store.put_blob(ix.ztoc)
     store.add_artifact(ArtifactRecord(dgst, size, "soci_layer", index.ZTOC_MEDIA_TYPE,
                                       original_digest=layer.digest, span_size=opts.span_size,
@@ -152,9 +170,12 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
 
 def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                  opts: BuildOptions, progress: Progress | None = None) -> list[LayerResult]:
-    """zTOCs for each distinct layer, ``opts.jobs`` at a time, results in layer order."""
-    if opts.jobs <= 1 or len(layers) <= 1:
-        return [build_layer(src, store, layer, opts, progress) for layer in layers]
+    """zTOCs for each distinct layer, ``opts.jobs`` at a time, results in layer order.
+
+    The layers run on worker threads even with one job, so the calling thread stays free to
+    take a KeyboardInterrupt: then queued layers are dropped and running ones stop at their
+    next buffer (the C indexer's stop flag). zTOCs already stored stay, for a rerun to reuse.
+    """
     lock = threading.Lock()
     safe: Progress | None = None
     if progress is not None:
@@ -163,9 +184,23 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
         def safe(layer: Descriptor, n: int) -> None:
             with lock:
                 report(layer, n)
-    with ThreadPoolExecutor(opts.jobs) as pool:
+    pool = ThreadPoolExecutor(max(1, min(opts.jobs, len(layers))))
+    try:
         futures = [pool.submit(build_layer, src, store, layer, opts, safe) for layer in layers]
         return [f.result() for f in futures]
+    except BaseException:
+        stop_indexing()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        stop_indexing(False)
+
+
+def stop_indexing(on: bool = True) -> None:
+    """Make indexing in every thread stop at its next buffer with InterruptedError (``on``),
+    or allow it again."""
+    _core.request_stop(on)
 
 
 def _prefetch(results: Sequence[LayerResult], paths: Sequence[str]) -> dict[str, list[tuple[int,
@@ -208,8 +243,9 @@ def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: Buil
             blobs.append(desc)
             prefetch_digests.append(desc["digest"])
     if not any(r.ztoc_digest for r in results):
-        raise BuildError(f"no zTOCs created for {image.platform}: every layer was skipped "
-                         f"(smaller than --min-layer-size {opts.min_layer_size} or unsupported)")
+        raise BuildError(f"no zTOCs created for {image.platform}: every layer was skipped ("
+                         + "; ".join(f"{r.layer.digest[:19]}: {r.reason}" for r in results)
+                         + ")")
     subject = {"mediaType": image.manifest.media_type, "digest": image.manifest.digest,
                "size": image.manifest.size} if version == 1 else None
     manifest = index.index_manifest(version, blobs, subject, opts.build_tool)

@@ -17,7 +17,7 @@ import click
 
 from soci_native import __version__, index, ztoc
 from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
-from soci_native.cliopts import registry_flags, registry_options
+from soci_native.cliopts import ByteSize, RootGroup, registry_flags, registry_options
 from soci_native.images import Descriptor, ImageError, Platform, open_image, resolve
 from soci_native.layer import FormatError, extract
 from soci_native.store import ArtifactRecord, Store, StoreError, default_root
@@ -64,34 +64,55 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", envvar="SOCI_NATIVE_ROOT", type=click.Path(file_okay=False),
               help="Local store (content/ OCI layout + artifacts.db). Env: SOCI_NATIVE_ROOT. "
-                   "Default: $XDG_DATA_HOME/soci-native.")
+                   "Default: $XDG_DATA_HOME/soci-native. Also accepted after the subcommand.")
+@click.option("--debug", is_flag=True, help="Log every registry request (method, URL, "
+              "status) on stderr.")
 @click.version_option(__version__, prog_name="soci-native")
 @click.pass_context
-def main(ctx: click.Context, root: str | None) -> None:
+def main(ctx: click.Context, root: str | None, debug: bool) -> None:
     """Build and inspect SOCI (Seekable OCI) indexes for container images.
 
     IMAGE references use skopeo's syntax: oci:DIR[:TAG], oci-archive:FILE[:TAG],
-    docker-archive:FILE, or a bare path to one of those.
+    docker-archive:FILE, or a bare path to one of those; registry images are
+    docker://HOST/REPO[:TAG] (or HOST/REPO:TAG).
     """
     ctx.obj = {"root": root or str(default_root())}
+    if debug:
+        debug_logging()
+
+
+def debug_logging() -> None:
+    """urllib3 logs each request it sends (and each new connection) at DEBUG level: that is
+    every registry request, redirects and retries included."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug: %(message)s"))
+    for name in ("urllib3.connectionpool", "soci_native"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
 
 
 # ------------------------------------------------------------------------------ build flags
 
 def build_flags(f: F) -> F:
     opts = [
-        click.option("--span-size", type=click.IntRange(min=1), default=4 << 20,
-                     show_default=True, help="Uncompressed bytes per span."),
-        click.option("--min-layer-size", type=click.IntRange(min=0),
-                     default=index.DEFAULT_MIN_LAYER_SIZE, show_default=True,
-                     help="Layers smaller than this (compressed bytes) get no zTOC."),
+        click.option("--span-size", type=ByteSize(min=1), default="4MiB", show_default=True,
+                     help="Uncompressed bytes per span (suffixes K, M, G). A gzip zTOC keeps "
+                          "a 32 KiB window per span: a span size whose zTOC would outgrow "
+                          "the layer is refused unless --force."),
+        click.option("--min-layer-size", type=ByteSize(), default="10MiB", show_default=True,
+                     help="Layers smaller than this (compressed bytes; suffixes K, M, G) "
+                          "get no zTOC."),
         click.option("--optimizations", multiple=True, type=click.Choice(["xattr"]),
                      help="xattr: mark layers without xattrs or opaque dirs so the "
                           "snapshotter disables xattr lookups (experimental, as upstream)."),
-        click.option("-f", "--force", is_flag=True, help="Rebuild zTOCs even if stored."),
+        click.option("-f", "--force", is_flag=True, help="Rebuild zTOCs even if stored; allow "
+                     "a span size whose zTOC is larger than the layer."),
         click.option("-p", "--platform", "platforms", multiple=True,
                      help="Platform to index (os/arch[/variant]); repeatable. "
                           "Default: the host's."),
@@ -233,10 +254,14 @@ def create(ctx: click.Context, image: str, **kw: Any) -> None:
 @click.argument("dst")
 @click.option("--format", "fmt", type=click.Choice(["oci-dir", "oci-archive"]),
               help="Layout to write when DST is a bare path (default oci-archive).")
+@click.option("--standalone", is_flag=True,
+              help="Accepted for upstream compatibility and changes nothing: upstream needs it "
+                   "to convert without containerd; this tool always works standalone.")
 @build_flags
 @registry_flags
 @click.pass_context
-def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, **kw: Any) -> None:
+def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, standalone: bool,
+            **kw: Any) -> None:
     """Write SRC as a SOCI-enabled image (SOCI index v2) to DST.
 
     DST is oci:DIR[:TAG], oci-archive:FILE[:TAG], a bare path with --format, or a registry
@@ -339,7 +364,7 @@ def index_records(store: Store, ref: str | None = None,
     return store.list_artifacts(type="soci_index", image_ref=ref, platform=platform)
 
 
-@main.group("index")
+@main.group("index", cls=RootGroup)
 def index_group() -> None:
     """List, show and remove SOCI indexes in the local store."""
 
@@ -406,7 +431,11 @@ def index_rm(ctx: click.Context, digests: tuple[str, ...], ref: str | None,
         fail("give index digests or --ref")
     removed: list[str] = []
     with user_errors(), store_of(ctx) as store:
-        targets = list(digests) + ([r.digest for r in index_records(store, ref)] if ref else [])
+        by_ref = [r.digest for r in index_records(store, ref)] if ref else []
+        if ref and not by_ref:
+            fail(f"no SOCI index in {store.root} was built from {ref!r} (see `soci-native "
+                 "index list`)")
+        targets = list(digests) + by_ref
         for d in targets:
             record_or_fail(store, d, "soci_index")
             removed += store.remove_index(d)
@@ -424,15 +453,17 @@ def index_rm(ctx: click.Context, digests: tuple[str, ...], ref: str | None,
 @registry_flags
 @click.pass_context
 def index_pull(ctx: click.Context, image: str, as_json: bool, **kw: Any) -> None:
-    """Fetch a registry IMAGE's SOCI index and zTOCs into the local store.
+    """Fetch IMAGE's SOCI index and zTOCs into the local store.
 
     Finds it as the snapshotter does: the v2 annotation on the image manifest, else a v1
-    referrer (referrers API, else the referrers tag).
+    referrer (referrers API, else the referrers tag) for a registry image, or a SOCI index
+    listed in a local image's index (a SOCI-enabled image written by `convert`).
     """
-    from soci_native.remote import pull_index
+    from soci_native.discover import pull_index
 
     out = []
-    with user_errors(), registry_source(image, kw) as src, store_of(ctx) as store:
+    with user_errors(), open_image(image, registry=registry_options(kw)) as src, \
+            store_of(ctx) as store:
         root_desc, _ = src.root()
         for img in resolve(src, platforms_of(kw), kw["all_platforms"]):
             found, rec = pull_index(src, store, img, root_desc.digest)
@@ -452,7 +483,7 @@ index_group.add_command(index_rm, "remove")
 
 # ------------------------------------------------------------------------------ ztoc ...
 
-@main.group("ztoc")
+@main.group("ztoc", cls=RootGroup)
 def ztoc_group() -> None:
     """List and inspect zTOCs; extract files through them."""
 
@@ -619,7 +650,7 @@ ztoc_group.add_command(ztoc_list, "ls")
 
 # ------------------------------------------------------------------------------ prefetch ...
 
-@main.group("prefetch")
+@main.group("prefetch", cls=RootGroup)
 def prefetch_group() -> None:
     """List and inspect prefetch artifacts."""
 
@@ -644,10 +675,21 @@ def prefetch_list(ctx: click.Context, as_json: bool) -> None:
 
 @prefetch_group.command("info")
 @click.argument("digest")
+@click.option("--json", "as_json", is_flag=True, help="The artifact itself, as JSON.")
 @click.pass_context
-def prefetch_info(ctx: click.Context, digest: str) -> None:
-    """Print a prefetch artifact (JSON)."""
-    show_json_blob(ctx, digest, "soci_prefetch")
+def prefetch_info(ctx: click.Context, digest: str, as_json: bool) -> None:
+    """Show a prefetch artifact: its layer and the span ranges it prefetches."""
+    if as_json:
+        show_json_blob(ctx, digest, "soci_prefetch")
+        return
+    with user_errors(), store_of(ctx) as store:
+        rec = record_or_fail(store, digest, "soci_prefetch")
+        doc = json.loads(store.read_blob(digest))
+    click.echo(f"layer: {rec.original_digest or 'unknown'}")
+    spans = doc.get("prefetch_spans") if isinstance(doc, dict) else None
+    for sp in spans if isinstance(spans, list) else []:
+        if isinstance(sp, dict):
+            click.echo(f"spans {sp.get('start_span')}-{sp.get('end_span')}")
 
 
 prefetch_group.add_command(prefetch_list, "ls")

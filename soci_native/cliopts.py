@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,6 +13,55 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b?)", re.I)
+
+
+class ByteSize(click.ParamType):
+    """An integer byte count with an optional binary suffix: 1073741824, 512K, 4M, 1GiB."""
+
+    name = "bytes"
+
+    def __init__(self, min: int = 0) -> None:
+        self.min = min
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            n = value
+        else:
+            m = _SIZE_RE.fullmatch(str(value).strip())
+            if m is None:
+                self.fail(f"{value!r} is not a size (e.g. 1048576, 512K, 4M, 1GiB)", param, ctx)
+            n = int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
+        if n < self.min:
+            self.fail(f"{value!r} is less than {self.min}", param, ctx)
+        return n
+
+
+def add_root_option(cmd: click.Command) -> click.Command:
+    """Lets ``--root`` come after the subcommand too (``soci-native index list --root R``),
+    as upstream's global flags do; it overrides one given before."""
+    if not any(p.name == "root_after" for p in cmd.params):
+        def set_root(ctx: click.Context, _p: click.Parameter, value: str | None) -> None:
+            if value is not None:
+                ctx.ensure_object(dict)["root"] = value
+                root = ctx.find_root()
+                if isinstance(root.obj, dict):
+                    root.obj["root"] = value
+
+        cmd.params.append(click.Option(["--root", "root_after"], expose_value=False,
+                                       callback=set_root, type=click.Path(file_okay=False),
+                                       help="The local store (as before the subcommand)."))
+    return cmd
+
+
+class RootGroup(click.Group):
+    """A group whose commands all take ``--root`` (see add_root_option)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        return add_root_option(cmd) if cmd is not None else None
+
 
 def registry_flags(f: F) -> F:
     opts = [
@@ -19,9 +69,11 @@ def registry_flags(f: F) -> F:
                      help="Talk HTTP, not HTTPS (the default for localhost/127.0.0.1)."),
         click.option("--tls-verify/--no-tls-verify", "tls_verify", default=True,
                      help="Verify registry TLS certificates (default: on)."),
-        click.option("-k", "--insecure", is_flag=True, help="Same as --no-tls-verify."),
-        click.option("-u", "--creds", metavar="USER:PASS",
-                     help="Registry credentials (default: the Docker/Podman auth files)."),
+        click.option("-k", "--insecure", "--skip-verify", "insecure", is_flag=True,
+                     help="Same as --no-tls-verify (--skip-verify: upstream's name)."),
+        click.option("-u", "--creds", "--user", "creds", metavar="USER:PASS",
+                     help="Registry credentials (default: the Docker/Podman auth files); "
+                          "--user is upstream's name."),
         click.option("--authfile", type=click.Path(dir_okay=False),
                      help="An auth.json / config.json to take credentials from. "
                           "Env: REGISTRY_AUTH_FILE."),

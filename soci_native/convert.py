@@ -4,11 +4,12 @@ the SOCI index digest; the new OCI image index lists them, then one SOCI index p
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import secrets
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,7 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
     images = resolve(src, platforms, all_platforms)
     root_desc, _ = src.root()
     results: list[IndexResult] = []
+    skipped: list[str] = []
     for image in images:
         try:
             results.append(build_index(src, store, image, opts, version=2,
@@ -201,9 +203,9 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
         except BuildError as e:
             if "every layer was skipped" not in str(e):
                 raise
+            skipped.append(str(e))
     if not results:
-        raise BuildError("no SOCI index built: every layer of every platform was skipped "
-                         "(smaller than --min-layer-size or unsupported)")
+        raise BuildError("no SOCI index built: " + "; ".join(skipped))
     doc, entries = _source_index(src, images)
     blobs = _Blobs(src, store)
     annotated, manifest_of = _annotate(src, blobs, entries,
@@ -218,11 +220,17 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
                            "size": len(raw_index)}
     if tag:
         top["annotations"] = {REF_NAME: tag}
-    layout_index = json.dumps({"schemaVersion": 2, "mediaType": index.OCI_INDEX,
-                               "manifests": [top]}).encode()
-    writer = _write_dir if kind == "oci-dir" else _write_archive
-    writer(path, blobs, layout_index)
+    if kind == "oci-dir":
+        _write_dir(path, blobs, top)
+    else:
+        _write_archive(path, blobs, _layout_index([top]))
     return ConvertResult(index_digest, len(raw_index), results, f"{kind}:{path}")
+
+
+def _layout_index(entries: list[dict[str, Any]], base: dict[str, Any] | None = None) -> bytes:
+    doc = dict(base or {"schemaVersion": 2, "mediaType": index.OCI_INDEX})
+    doc["manifests"] = entries
+    return json.dumps(doc).encode()
 
 
 def _push(src: ImageSource, blobs: _Blobs, dst: str, raw_index: bytes, jobs: int,
@@ -261,34 +269,85 @@ def _layout_files(blobs: _Blobs, layout_index: bytes) -> Iterator[tuple[str, int
     """Blobs first, index.json last: a reader never sees an index naming missing blobs."""
     for d in sorted(blobs.items):
         size = blobs.items[d][0]
-        yield "blobs/sha256/" + d.split(":", 1)[1], size, blobs.open(d)
+        yield _blob_member(d), size, blobs.open(d)
     yield "oci-layout", 30, io.BytesIO(b'{"imageLayoutVersion":"1.0.0"}')
     yield "index.json", len(layout_index), io.BytesIO(layout_index)
 
 
-def _write_dir(path: Path, blobs: _Blobs, layout_index: bytes) -> None:
-    if path.exists() and any(path.iterdir()) and not (path / "oci-layout").exists():
+def _blob_member(digest: str) -> str:
+    return "blobs/sha256/" + digest.split(":", 1)[1]
+
+
+def _existing_index(path: Path) -> dict[str, Any] | None:
+    """The index.json of an OCI layout at ``path``; None when there is no layout yet."""
+    if not path.exists() or not any(path.iterdir()):
+        return None
+    if not (path / "oci-layout").exists():
         raise ImageError(f"{path} exists and is not an OCI layout: refusing to write into it")
-    for name, _size, f in _layout_files(blobs, layout_index):
-        target = path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with f, tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+    try:
+        doc = json.loads((path / "index.json").read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{path}/index.json is unreadable ({e}): refusing to replace it"
+                         ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise ImageError(f"{path}/index.json is not an image index: refusing to replace it")
+    return doc
+
+
+def _write_new(target: Path, f: BinaryIO) -> None:
+    """Writes ``target`` through a temporary name; mode 0666 less the umask, as cp would."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with f, os.fdopen(fd, "wb") as out:
             while chunk := f.read(1 << 20):
-                tmp.write(chunk)
-        os.replace(tmp.name, target)
+                out.write(chunk)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_dir(path: Path, blobs: _Blobs, top: dict[str, Any]) -> None:
+    """Adds the image to the layout at ``path`` (made if need be), as skopeo and umoci do:
+    blobs already there are left alone, and index.json gains the new entry, replacing only
+    an entry with the same tag (an untagged image replaces nothing)."""
+    doc = _existing_index(path)
+    tag = (top.get("annotations") or {}).get(REF_NAME)
+    entries = [e for e in (doc or {}).get("manifests", [])
+               if not (tag and isinstance(e, dict)
+                       and (e.get("annotations") or {}).get(REF_NAME) == tag)]
+    entries.append(top)
+    for d in sorted(blobs.items):
+        target = path / _blob_member(d)
+        size = blobs.items[d][0]
+        with contextlib.suppress(OSError):
+            if target.stat().st_size == size:  # content-addressed: already the same bytes
+                continue
+        _write_new(target, blobs.open(d))
+    if not (path / "oci-layout").exists():
+        _write_new(path / "oci-layout", io.BytesIO(b'{"imageLayoutVersion":"1.0.0"}'))
+    _write_new(path / "index.json", io.BytesIO(_layout_index(entries, doc)))
 
 
 def _write_archive(path: Path, blobs: _Blobs, layout_index: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        try:
-            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for name, size, f in _layout_files(blobs, layout_index):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mode = size, 0o644
-                    with f:
-                        tf.addfile(info, f)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # umask
+    try:
+        with os.fdopen(fd, "wb") as out, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for name, size, f in _layout_files(blobs, layout_index):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = size, 0o644
+                with f:
+                    tf.addfile(info, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1090,6 +1090,10 @@ def _open_docker_archive(ref: str, rest: str) -> ImageSource:
     try:
         if store.exists("oci-layout") and store.exists("index.json"):
             return OCILayoutSource(ref, store, name)
+        if isinstance(store, _DirStore) and not store.exists("manifest.json"):
+            raise ImageError(f"docker-archive:{path} is a directory without manifest.json: "
+                             "docker-archive: takes a `docker save` tar file (or one unpacked); "
+                             f"for an OCI layout directory use oci:{path}")
         return DockerArchiveSource(ref, store, name)
     except BaseException:
         store.close()
@@ -1162,6 +1166,11 @@ def open_image(ref: str, *, registry: RegistryOptions | None = None) -> ImageSou
         if transport in _UNSUPPORTED_TRANSPORTS:
             raise ImageError(f"unsupported transport {transport!r} in {ref!r}: use oci:, "
                              "oci-archive:, docker-archive: or docker://")
+        path_like = "/" in rest or os.path.exists(rest.partition(":")[0])  # not NAME:TAG
+        if path_like and not looks_like_registry_ref(ref) and not os.path.exists(transport):
+            raise ImageError(f"unknown transport {transport!r} in {ref!r}: use oci:DIR[:TAG], "
+                             "oci-archive:FILE[:TAG], docker-archive:FILE or "
+                             "docker://HOST/REPO[:TAG]")
     return _open_bare(ref, registry)
 
 
@@ -1279,9 +1288,10 @@ def resolve(src: ImageSource, platforms: Iterable[Platform] | None = None,
     doc = _load_json(root_raw, root_what)
     if _doc_kind(root_desc, doc, root_what) == "manifest":
         img = _load_image(src, root_desc, root_raw, doc, root_desc.platform)
-        if wanted and not all_platforms and not any(p.matches(img.platform) for p in wanted):
-            raise ImageError(f"{src.ref} is a single-platform image for {img.platform}, not "
-                             f"{', '.join(map(str, wanted))}")
+        missing = [str(p) for p in wanted if not p.matches(img.platform)]
+        if missing and not all_platforms:
+            raise ImageError(f"{src.ref} is a single-platform image for {img.platform}: it has "
+                             f"no {', '.join(missing)} image")
         return [img]
 
     entries = _image_entries(src, doc, root_what, 0)

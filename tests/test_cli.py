@@ -161,9 +161,13 @@ def test_prefetch_and_xattr_optimization(image: Path, root: Path, tmp_path: Path
     # identical span lists make identical blobs: one artifact row per digest, as upstream
     assert {p["digest"] for p in pre} == set(res["prefetch"])
     for p in pre:
-        art = cli_json_plain("prefetch", "info", p["digest"], root=root)
+        art = cli_json_plain("prefetch", "info", p["digest"], "--json", root=root)
         assert art["version"] == "1.0" and art["prefetch_spans"]
         assert all(s["start_span"] <= s["end_span"] for s in art["prefetch_spans"])
+        text = cli("prefetch", "info", p["digest"], root=root).stdout.splitlines()
+        assert text[0] == f"layer: {p['layer_digest']}"
+        assert text[1:] == [f"spans {s['start_span']}-{s['end_span']}"
+                            for s in art["prefetch_spans"]]
     manifest = cli_json_plain("index", "info", res["digest"], root=root)
     ztoc_descs = manifest["layers"][:3]
     assert all(d["annotations"]["com.amazon.soci.disable-xattrs"] == "true" for d in ztoc_descs)

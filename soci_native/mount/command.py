@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,31 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from soci_native.cliopts import registry_flags, registry_options
+from soci_native.cliopts import ByteSize, registry_flags, registry_options
 from soci_native.store import default_root
 
 if TYPE_CHECKING:
     from soci_native.registry import RegistryOptions
 
 log = logging.getLogger("soci_native.mount")
-
-_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b?)", re.I)
-
-
-class ByteSize(click.ParamType):
-    """An integer byte count with an optional binary suffix: 1073741824, 512M, 1GiB."""
-
-    name = "bytes"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        m = _SIZE_RE.fullmatch(str(value).strip())
-        if m is None:
-            self.fail(f"{value!r} is not a size (e.g. 1073741824, 512M, 1GiB)", param, ctx)
-        return int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
-
 
 def _root(ctx: click.Context) -> Path:
     obj = ctx.find_object(dict)

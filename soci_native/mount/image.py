@@ -51,7 +51,6 @@ from soci_native.mount.spans import (
     fetch_blob,
 )
 from soci_native.mount.tree import Entry, Tree, build_tree
-from soci_native.refs import looks_like_registry_ref
 from soci_native.store import Store, StoreError
 
 log = logging.getLogger("soci_native.mount")
@@ -199,14 +198,8 @@ if TYPE_CHECKING:
 def open_mount(opts: MountOptions) -> MountedImage:
     """Everything a mount serves, ready before the mount goes live. Raises MountError,
     ImageError, StoreError or FormatError."""
-    from soci_native.registry import RegistrySource
-    from soci_native.remote import pull_index
+    from soci_native.discover import pull_index
 
-    remote = opts.image.startswith("docker://") or (
-        looks_like_registry_ref(opts.image) and not Path(opts.image).exists())
-    if not remote and not (opts.store_root / "artifacts.db").exists():
-        raise MountError(f"no soci-native store at {opts.store_root}; build an index with "
-                         "`soci-native create IMAGE` first (or pass --root)")
     cache_root = (opts.cache_dir or opts.store_root / "cache" / "spans").resolve()
     cache = SpanCache(cache_root, opts.cache_size)
     _clean_scratch(cache_root)
@@ -217,15 +210,20 @@ def open_mount(opts: MountOptions) -> MountedImage:
         src = open_image(opts.image, registry=opts.registry)
         plats = [Platform.parse(opts.platform)] if opts.platform else None
         image = resolve(src, plats)[0]
-        with Store(opts.store_root, create=remote) as store:
+        with Store(opts.store_root) as store:
             try:
                 index_digest = find_index(store, image.manifest.digest, image.manifest_json,
                                           opts.index)
             except MountError:
-                if not isinstance(src, RegistrySource) or opts.index:
+                if opts.index:
                     raise
-                # not built here: discover it as the snapshotter does and fetch it
-                index_digest = pull_index(src, store, image)[1].digest
+                # not built here: discover it in the image's source (a registry, or a
+                # SOCI-enabled local image) as the snapshotter does, and fetch it
+                try:
+                    index_digest = pull_index(src, store, image)[1].digest
+                except ImageError as e2:
+                    raise MountError(f"{e2} (nor is one in the store at {store.root})"
+                                     ) from None
             info = _index_layers(store, index_digest)
             descs = [_pick_layer(image.layers, opts.layer)] if opts.layer else image.layers
             entries: list[list[Entry]] = []
