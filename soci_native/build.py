@@ -18,6 +18,9 @@ Progress = Callable[[Descriptor, int], None]
 """Called with a layer and how many more of its compressed bytes were indexed."""
 
 _CHUNK = 4 << 20
+# zTOCs up to this size are never refused for outgrowing their layer: a small layer's zTOC
+# may well be larger than the layer, and costs nothing that matters.
+_SMALL_ZTOC = 1 << 20
 
 
 class BuildError(Exception):
@@ -81,7 +84,7 @@ def _check_span_size(layer: Descriptor, opts: BuildOptions) -> None:
     if opts.force or layer_compression(layer.media_type) != "gzip":
         return
     spans = -(-layer.size // opts.span_size)
-    if opts.span_size < _core.WINDOW_SIZE and spans > 1 and spans * _core.WINDOW_SIZE > layer.size:
+    if spans * _core.WINDOW_SIZE > max(layer.size, _SMALL_ZTOC):
         raise BuildError(f"layer {layer.digest}: --span-size {opts.span_size} would make its "
                          f"zTOC larger than the layer ({layer.size} bytes; each span keeps a "
                          "32 KiB window): use a larger --span-size, or --force")
@@ -152,7 +155,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
                          f"(read {ix.compressed_size} bytes with digest {ix.blob_digest})")
     if ix.ztoc is None:
         return LayerResult(layer, "skipped", ix.ztoc_error or "no zTOC")
-    if ix.num_spans > 1 and len(ix.checkpoints) > layer.size and not opts.force:
+    if len(ix.checkpoints) > max(layer.size, _SMALL_ZTOC) and not opts.force:
         # the windows alone outgrow the layer: the span size, not the file list, is at fault
         raise BuildError(f"layer {layer.digest}: its zTOC at --span-size {opts.span_size} "
                          f"would be {len(ix.ztoc)} bytes, larger than the layer "
