@@ -699,9 +699,25 @@ prefetch_group.add_command(prefetch_list, "ls")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rebuild_db(ctx: click.Context, as_json: bool) -> None:
-    """Re-sync artifacts.db with the blobs in content/."""
-    with user_errors(), store_of(ctx) as store:
-        counts = store.rebuild_db()
+    """Re-sync artifacts.db with the blobs in content/.
+
+    An unusable (corrupt) artifacts.db is moved aside (artifacts.db.corrupt-TIME) and a new
+    one is built from the blobs.
+    """
+    from soci_native.store import CorruptDatabaseError
+
+    moved = None
+    with user_errors():
+        try:
+            store = store_of(ctx)
+        except CorruptDatabaseError as e:
+            moved = Store.move_db_aside(ctx.obj["root"])
+            click.echo(f"warning: {e.args[0].split(';')[0]}; moved it to {moved}", err=True)
+            store = store_of(ctx)
+        with store:
+            counts: dict[str, Any] = dict(store.rebuild_db())
+    if moved is not None:
+        counts["moved_aside"] = str(moved)
     if as_json:
         emit_json(counts)
     else:

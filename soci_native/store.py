@@ -44,6 +44,7 @@ __all__ = [
     "ArtifactKind",
     "ArtifactRecord",
     "BlobNotFoundError",
+    "CorruptDatabaseError",
     "ManifestVersion",
     "SociIndexInfo",
     "Store",
@@ -89,6 +90,10 @@ _HEX_RE = re.compile(r"[0-9a-f]{64}")
 
 class StoreError(Exception):
     """A store operation failed; the message says what and what to do about it."""
+
+
+class CorruptDatabaseError(StoreError):
+    """artifacts.db cannot be used; :meth:`Store.move_db_aside` then a rebuild recovers."""
 
 
 class BlobNotFoundError(StoreError):
@@ -452,6 +457,27 @@ class Store:
             self._init_layout()
             self._conn = self._open_db()
 
+    @classmethod
+    def move_db_aside(cls, root: Path | str) -> Path:
+        """Renames an unusable artifacts.db (and its WAL files) to artifacts.db.corrupt-<time>
+        under the store lock, so a new Store starts an empty catalog that rebuild_db fills
+        from the blobs. Returns the new name."""
+        db = Path(root) / "artifacts.db"
+        aside = db.with_name(f"artifacts.db.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-"
+                             f"{secrets.token_hex(3)}")
+        fd = os.open(Path(root) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{db}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{aside}{suffix}")
+        except OSError as e:
+            raise StoreError(f"cannot move {db} aside: {e}") from None
+        finally:
+            os.close(fd)
+        return aside
+
     # -- lifecycle
 
     def close(self) -> None:
@@ -532,9 +558,9 @@ class Store:
             self._migrate(conn)
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise StoreError(
-                f"{self.db_path} is unusable ({e}); move it aside and run `soci-native "
-                "rebuild-db` to recreate it from the content store"
+            raise CorruptDatabaseError(
+                f"{self.db_path} is unusable ({e}); run `soci-native rebuild-db`, which moves "
+                "it aside and recreates it from the content store"
             ) from None
         except BaseException:
             conn.close()

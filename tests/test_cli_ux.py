@@ -198,3 +198,19 @@ def test_debug_logs_registry_requests(image: Path, root: Path, tmp_path: Path) -
         lines = [x for x in p.stderr.splitlines() if x.startswith("debug: ")]
         assert any("GET /v2/app/manifests/v1" in x for x in lines), p.stderr
         assert any("/v2/app/blobs/sha256:" in x for x in lines), p.stderr
+
+
+def test_rebuild_db_recovers_from_a_corrupt_database(image: Path, root: Path) -> None:
+    digest = cli("create", f"oci:{image}:t", *SMALL, "-q", root=root).stdout.strip()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root / 'artifacts.db'}{suffix}").unlink(missing_ok=True)
+    (root / "artifacts.db").write_bytes(b"this is not SQLite" * 100)
+    one_line_error(cli("index", "list", root=root, ok=False), "artifacts.db is unusable",
+                   "rebuild-db")
+    out = cli_json("rebuild-db", root=root)
+    assert isinstance(out, dict) and out["indexes_added"] == 1 and out["ztocs_added"] == 3
+    aside = Path(out["moved_aside"])
+    assert aside.parent == root and aside.read_bytes().startswith(b"this is not SQLite")
+    assert cli("index", "list", "-q", root=root).stdout.split() == [digest]
+    again = cli_json("create", f"oci:{image}:t", *SMALL, root=root)[0]  # type: ignore[index]
+    assert [x["status"] for x in again["layers"]] == ["reused"] * 3
