@@ -8,6 +8,8 @@
 #   make bench    install, then bench/bench_index.py
 #   make fuzz     build the libFuzzer targets csrc/fuzz_*.c (clang, ASan+UBSan) and run each for
 #                 FUZZ_SECONDS; crashes land in build/fuzz/crashes/ (see fuzz/run.sh)
+#   make protos   regenerate soci_native/snapshotter/proto/*_pb2.py(i) from the .proto files
+#                 there (grpcio-tools; the generated modules are committed)
 #   make clean    remove build products (keeps .venv; `make distclean` removes it too)
 
 PYTHON ?= python3
@@ -23,7 +25,7 @@ PYTEST_ARGS  ?=
 BENCH_ARGS   ?=
 FUZZ_SECONDS ?= 30
 
-.PHONY: all venv build install run test lint bench fuzz clean distclean
+.PHONY: all venv build install run test lint bench fuzz protos clean distclean
 
 all: install
 
@@ -72,6 +74,17 @@ bench: install
 # `make install` builds under build/<tag>/_deps/ (fuzz/run.sh runs `make install` if it is missing).
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+PROTO_DIR := soci_native/snapshotter/proto
+protos: venv
+	$(PIP) install -q "grpcio-tools>=1.70"
+	cd $(PROTO_DIR) && ../../../$(VPY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+		mount.proto snapshots.proto
+	# protoc writes a top-level `import mount_pb2`; the modules live in a package
+	sed -i 's/^import mount_pb2 as mount__pb2$$/from . import mount_pb2 as mount__pb2/' \
+		$(PROTO_DIR)/snapshots_pb2.py
+	sed -i 's/^import mount_pb2 as _mount_pb2$$/from . import mount_pb2 as _mount_pb2/' \
+		$(PROTO_DIR)/snapshots_pb2.pyi
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

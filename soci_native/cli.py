@@ -731,6 +731,10 @@ def _add_mount_commands() -> None:
     main.add_command(umount_command)
     main.add_command(umount_command, "unmount")
 
+    from soci_native.snapshotter.command import snapshotter_group
+
+    main.add_command(snapshotter_group)
+
 
 _add_mount_commands()
 
