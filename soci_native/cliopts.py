@@ -40,8 +40,10 @@ class ByteSize(click.ParamType):
 
 def add_root_option(cmd: click.Command) -> click.Command:
     """Lets ``--root`` come after the subcommand too (``soci-native index list --root R``),
-    as upstream's global flags do; it overrides one given before."""
-    if not any(p.name == "root_after" for p in cmd.params):
+    as upstream's global flags do; it overrides one given before. A command with a
+    ``--root`` of its own (``snapshotter``: its state directory) keeps that."""
+    if not any(p.name == "root_after" or "--root" in getattr(p, "opts", ())
+               for p in cmd.params):
         def set_root(ctx: click.Context, _p: click.Parameter, value: str | None) -> None:
             if value is not None:
                 ctx.ensure_object(dict)["root"] = value
