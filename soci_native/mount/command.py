@@ -94,6 +94,7 @@ def _write_fd(fd: int, text: str) -> None:
               help="Background mode's log. Default: <root>/mounts/<key>.log.")
 @click.option("--debug", is_flag=True, hidden=True, help="libfuse debug output.")
 @click.option("--ready-fd", type=int, hidden=True)
+@click.option("--secrets-fd", type=int, hidden=True)
 @click.option("--background-fetch", "background_fetch", type=click.FloatRange(min=0), default=0,
               metavar="SPANS_PER_S",
               help="Fetch the rest of the image behind the reads at this many spans per "
@@ -104,7 +105,8 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
                   layer: str | None, index_digest: str | None, foreground: bool,
                   cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
                   allow_other: bool, log_file: str | None, debug: bool,
-                  ready_fd: int | None, background_fetch: float, **kw: Any) -> None:
+                  ready_fd: int | None, secrets_fd: int | None, background_fetch: float,
+                  **kw: Any) -> None:
     """Mount IMAGE's root filesystem read-only at MOUNTPOINT, loading file bytes lazily.
 
     The image's SOCI index is taken from the local store (`soci-native create IMAGE`, or a
@@ -126,6 +128,8 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
     if shutil.which("fusermount3") is None and os.geteuid() != 0:
         _fail("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)")
     pidfile, default_log = state_paths(root, mp)
+    if secrets_fd is not None:
+        kw.update(_read_secrets(secrets_fd))
     if not foreground:
         _spawn(ctx, root, mp, Path(log_file).absolute() if log_file else default_log)
         return
@@ -136,12 +140,37 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
          ready_fd=ready_fd, registry=registry_options(kw), background_fetch=background_fetch)
 
 
+# Options whose values are secret: never on the daemon's command line (readable by every
+# user in /proc/PID/cmdline) nor in its environment; they go through an inherited pipe.
+_SECRET_PARAMS = ("creds",)
+
+
+def _read_secrets(fd: int) -> dict[str, Any]:
+    with os.fdopen(fd, "rb") as f:
+        doc = json.loads(f.read(1 << 16) or b"{}")
+    return {k: v for k, v in doc.items() if k in _SECRET_PARAMS and isinstance(v, str)}
+
+
+def _secrets_pipe(values: dict[str, str]) -> int | None:
+    """The read end of a pipe holding ``values`` (JSON, written and closed already: the
+    pipe's buffer holds it), or None when there is nothing secret."""
+    if not values:
+        return None
+    r, w = os.pipe()
+    try:
+        os.write(w, json.dumps(values).encode())
+    finally:
+        os.close(w)
+    return r
+
+
 def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
     """Runs this command again with --foreground in a detached child and waits for it to
     report the mount live (or fail)."""
     args = [sys.executable, "-m", "soci_native.mount"]
+    skip = ("foreground", "ready_fd", "secrets_fd", "log_file", "mountpoint", *_SECRET_PARAMS)
     for p in ctx.command.params:
-        if p.name in ("foreground", "ready_fd", "log_file", "mountpoint") or p.name is None:
+        if p.name in skip or p.name is None:
             continue
         value = ctx.params.get(p.name)
         if isinstance(p, click.Argument):
@@ -154,13 +183,22 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
             if not p.is_flag:
                 args.append(str(value))
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    secrets = _secrets_pipe({k: str(ctx.params[k]) for k in _SECRET_PARAMS
+                             if ctx.params.get(k)})
     r, w = os.pipe()
     args += [mp, "--foreground", "--ready-fd", str(w), "--log-file", str(log_file)]
+    if secrets is not None:
+        args += ["--secrets-fd", str(secrets)]
     env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
-    with open(log_file, "ab") as logf:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                pass_fds=(w,), start_new_session=True, env=env)
-    os.close(w)
+    try:
+        with open(log_file, "ab") as logf:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    pass_fds=(w,) if secrets is None else (w, secrets),
+                                    start_new_session=True, env=env)
+    finally:
+        os.close(w)
+        if secrets is not None:
+            os.close(secrets)
     with os.fdopen(r, "rb") as rf:
         msg = rf.read().decode("utf-8", "replace").strip()
     if msg == "OK":
