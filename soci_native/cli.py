@@ -630,13 +630,36 @@ def read_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata
     off, size = f.uncompressed_offset, f.uncompressed_size
     first, start, end = span_range(z.checkpoints, off, size, z.compressed_archive_size)
     if isinstance(src, RegistrySource):
-        comp = src.client.read_range(src.repository, layer_digest, start, end - start)
+        comp = verified_spans(src, layer_digest, z, off, size)
         return extract_span(z.checkpoints, first, comp, off, size), len(comp)
     blob = src.blob_path(layer_digest)
     if blob is not None:
         return extract(blob, z.checkpoints, off, size), end - start
     with src.open_blob(layer_digest) as fh:
         return extract(fh, z.checkpoints, off, size), end - start
+
+
+def verified_spans(src: Any, layer_digest: str, z: ztoc.Ztoc, off: int, size: int) -> bytes:
+    """The compressed bytes of the whole spans holding ``[off, off + size)`` from a
+    registry (one range request), each checked against its digest in the zTOC as a mount
+    checks them: a registry's bytes are not output unless they are the ones the zTOC was
+    built from."""
+    import hashlib
+
+    from soci_native.mount.spans import span_table
+
+    spans = span_table(z)
+    want = [(i, s) for i, s in enumerate(spans)
+            if s.ustart < off + max(size, 1) and s.uend > off] or [(0, spans[0])]
+    start, end = want[0][1].cstart, max(s.cend for _, s in want)
+    comp = src.client.read_range(src.repository, layer_digest, start, end - start)
+    for i, s in want:
+        got = "sha256:" + hashlib.sha256(comp[s.cstart - start:s.cend - start]).hexdigest()
+        if got != z.span_digests[i]:
+            fail(f"layer {layer_digest} span {i}: digest mismatch (bytes [{s.cstart}, "
+                 f"{s.cend}) hash to {got}, the zTOC says {z.span_digests[i]}): the registry "
+                 "sent other bytes than the zTOC was built from; refusing to output them")
+    return bytes(comp)
 
 
 def posix_join(link_path: str, target: str) -> str:

@@ -154,6 +154,28 @@ def _sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+# The store holds private image content (zTOCs list every file, the span cache holds
+# decompressed bytes): what it creates is for its owner only, whatever the umask.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dirs(path: Path, top: Path | None = None) -> None:
+    """``mkdir -p path`` with every directory it creates 0700 (from ``top`` down, if given;
+    existing directories are left as they are)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p == top or p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -174,7 +196,7 @@ def _temp_name(prefix: str = TEMP_PREFIX) -> str:
 def _write_file_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsync'd temp file in the same directory + rename."""
     tmp = path.parent / _temp_name()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -449,8 +471,7 @@ class Store:
                 "or pass the right --root / $SOCI_NATIVE_ROOT"
             )
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            private_dirs(self.blobs_dir, self.root)
         except OSError as e:
             raise StoreError(f"cannot create store directory {self.root}: {e}") from None
         with self.lock():
@@ -508,7 +529,7 @@ class Store:
         with self._tlock:
             if self._lock_depth == 0:
                 try:
-                    fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
                 except OSError as e:
                     raise StoreError(f"cannot open lock file {self.lock_path}: {e}") from None
                 try:
@@ -537,6 +558,12 @@ class Store:
     # -- database
 
     def _open_db(self) -> sqlite3.Connection:
+        try:
+            # created here first so that it is private (SQLite would follow the umask); the
+            # -wal and -shm files SQLite makes take this file's mode
+            os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+        except OSError as e:
+            raise StoreError(f"cannot open {self.db_path}: {e}") from None
         try:
             conn = sqlite3.connect(
                 self.db_path,
@@ -725,7 +752,7 @@ class Store:
             _check_digest(expected_digest, "expected digest")
         tmp = self.blobs_dir / _temp_name()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as e:
             raise StoreError(f"cannot write to {self.blobs_dir}: {e}") from None
         try:

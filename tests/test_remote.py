@@ -128,6 +128,24 @@ def test_get_file_reads_only_its_spans_from_the_registry(reg: Any, image: Path, 
     assert total == big["size"] and fetched < total / 4
 
 
+def test_get_file_refuses_bytes_that_are_not_the_zTOC_s(reg: Any, tmp_path: Path) -> None:
+    """A registry (here a proxy flipping one byte) that serves other bytes for a span than
+    the zTOC was built from: get-file fails with the span named, prints nothing."""
+    from fault_proxy import FaultProxy, corrupt, on
+
+    res = json.loads(cli("create", f"docker://{reg.host}/test/img:t", *SMALL, "--json",
+                         root=tmp_path).stdout)[0]
+    big = max(res["layers"], key=lambda x: x["size"])
+    name = "usr/lib/python/asyncio/tasks.py"
+    with FaultProxy("127.0.0.1", reg.port) as proxy:
+        proxy.add_fault(corrupt(100), match=on("GET", f"/blobs/{big['digest']}"))
+        p = cli("ztoc", "get-file", big["ztoc"], name, "--image",
+                f"docker://{proxy.netloc}/test/img:t", root=tmp_path, ok=False)
+        assert proxy.stats.total_requests("GET", "/blobs/") >= 1
+    assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr
+    assert "digest mismatch" in p.stderr and "refusing to output them" in p.stderr, p.stderr
+
+
 @pytest.fixture(scope="module")
 def areg(tmp_path_factory: pytest.TempPathFactory, image: Path) -> Any:  # noqa: F811
     with reg_server.Registry.start(tmp_path_factory.mktemp("areg"),

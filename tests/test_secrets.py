@@ -5,7 +5,10 @@ private files (store, span cache) are created for their owner only."""
 from __future__ import annotations
 
 import base64
+import os
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostile_http import Handler, HostileServer
@@ -37,3 +40,68 @@ def test_https_to_http_redirect_on_the_same_host_and_port_sends_no_credentials(
         plain = srv.plain_headers[0]
         assert plain["request-line"].startswith("GET /v2/r/manifests/v1 ")
         assert "Authorization" not in plain and SECRET not in repr(plain)  # ... without them
+
+
+# ---- the mount daemon and private files ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def img(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import mnt_image as mi
+    from test_mount import _unavailable
+
+    why = _unavailable()
+    if why is not None:
+        pytest.skip(why)
+    return mi.build(tmp_path_factory.mktemp("sec-img"))
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode)
+            for p in [root, *root.rglob("*")] if not p.is_symlink()}
+
+
+def test_mount_daemon_holds_no_secret_and_writes_private_files(img: Any,
+                                                               tmp_path: Path) -> None:
+    import mnt_image as mi
+    import reg_server
+
+    if not reg_server.available():
+        pytest.skip("needs docker-registry (apt)")
+    old = os.umask(0o022)  # the usual umask: what is private must be so by itself
+    try:
+        with reg_server.Registry.start(tmp_path / "reg", users={"alice": SECRET}) as r:
+            ref = f"docker://{r.host}/sec/img"
+            mi.run("skopeo", "copy", "-q", "--dest-tls-verify=false",
+                   f"--dest-creds=alice:{SECRET}", f"oci:{img.layout}:t", f"{ref}:t")
+            mi.cli("convert", f"{ref}:t", f"{ref}:soci", "--creds", f"alice:{SECRET}",
+                   *mi.CREATE_OPTS, root=tmp_path / "builder")
+            root, mp = tmp_path / "store", tmp_path / "mnt"
+            mp.mkdir()
+            p = mi.mount_cmd(f"{ref}:soci", str(mp), "--creds", f"alice:{SECRET}",
+                             root=root, ok=False)
+            if "not permitted" in p.stderr or "ermission denied" in p.stderr:
+                pytest.skip(f"mounting FUSE is not permitted here: {p.stderr.strip()}")
+            assert p.returncode == 0, p.stderr
+            try:
+                pid = int(p.stderr.split("(pid ", 1)[1].split(",", 1)[0])
+                # the credentials reached it (it read the registry as alice) ...
+                want = (img.ref / "data/modified.txt").read_bytes()
+                assert (mp / "data/modified.txt").read_bytes() == want
+                # ... but neither its command line nor its environment holds them
+                for what in ("cmdline", "environ"):
+                    raw = Path(f"/proc/{pid}/{what}").read_bytes()
+                    assert raw and SECRET.encode() not in raw, what
+                # the pipe it came through was read and closed
+                assert not [fd for fd in os.listdir(f"/proc/{pid}/fd")
+                            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")]
+            finally:
+                mi.umount_cmd(mp, root)
+                mi.force_unmount(mp)
+    finally:
+        os.umask(old)
+    modes = _modes(root)
+    assert modes["."] == 0o700 and modes["artifacts.db"] == 0o600
+    spans = [k for k in modes if k.startswith("cache/spans/") and k.count("/") == 3]
+    assert spans, sorted(modes)  # the read above cached spans
+    loose = {k: oct(m) for k, m in modes.items() if m & 0o077}
+    assert not loose, loose  # nothing in the store or the span cache is readable by others

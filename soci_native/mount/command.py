@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from soci_native.cliopts import ByteSize, registry_flags, registry_options
-from soci_native.store import default_root
+from soci_native.store import FILE_MODE, default_root, private_dirs
 
 if TYPE_CHECKING:
     from soci_native.registry import RegistryOptions
@@ -182,7 +182,7 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
             args.append(p.opts[-1])
             if not p.is_flag:
                 args.append(str(value))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(log_file.parent)
     secrets = _secrets_pipe({k: str(ctx.params[k]) for k in _SECRET_PARAMS
                              if ctx.params.get(k)})
     r, w = os.pipe()
@@ -191,7 +191,8 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
         args += ["--secrets-fd", str(secrets)]
     env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
     try:
-        with open(log_file, "ab") as logf:
+        with open(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                          FILE_MODE), "ab") as logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                     pass_fds=(w,) if secrets is None else (w, secrets),
                                     start_new_session=True, env=env)
@@ -227,6 +228,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
     from soci_native.mount.image import MountError, MountOptions, open_mount
     from soci_native.store import StoreError
 
+    os.umask(0o077)  # what a mount writes (span cache, store, pid file) is private
     opts = MountOptions(image, root, platform, layer, index_digest,
                         Path(cache_dir).absolute() if cache_dir else None, cache_size, prefetch,
                         registry)
