@@ -29,8 +29,8 @@ from typing import Any
 import img_build as ib
 import pytest
 import reg_server
-from tls_cert import self_signed as _self_signed
 from reg_faults import Broken, Tap
+from tls_cert import self_signed as _self_signed
 
 import soci_native as sn
 from soci_native import build
