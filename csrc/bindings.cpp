@@ -353,6 +353,97 @@ nb::bytes extract_buffer(nb::handle blob_obj, int32_t span_id, nb::handle data, 
     });
 }
 
+// One span's inflate, resumable: the mount keeps it while the span is read or cached, so
+// later readers continue it instead of inflating from the checkpoint again. It holds the
+// checkpoint blob and the span's compressed bytes (buffer views keep them alive). Calls run
+// with the GIL released; a second thread calling while one is inside gets RuntimeError.
+class SpanInflater {
+  public:
+    SpanInflater(nb::handle blob_obj, int32_t span_id, nb::handle data, uint64_t end)
+        : blob_buf_(blob_obj), data_buf_(data) {
+        sn_blob blob = parse_blob(blob_buf_);
+        if (span_id < 0 || span_id >= blob.count)
+            throw nb::value_error(("span id " + std::to_string(span_id) + " out of range").c_str());
+        sn_source src{data_buf_.data(), data_buf_.size(), sn_span_start(&blob, span_id), -1};
+        sn_err e{};
+        int rc = sn_inflater_init(&f_, &blob, &src, span_id, end, 1, &e);
+        if (rc) {
+            sn_inflater_free(&f_);
+            raise(e);
+        }
+        uint64_t avail = data_buf_.size();
+        if (avail < (UINT64_MAX - 65536) / 1032) plausible_ = avail * 1032 + 65536;
+    }
+    ~SpanInflater() { sn_inflater_free(&f_); }
+    SpanInflater(const SpanInflater &) = delete;
+    SpanInflater &operator=(const SpanInflater &) = delete;
+
+    uint64_t pos() const { return f_.pos; }
+    uint64_t inflated() const { return f_.inflated; }
+
+    nb::bytes read(uint64_t length) {
+        check_length(length);
+        return produce(length, [&](uint8_t *dst, sn_err *e) { return guarded([&] { return sn_inflater_next(&f_, dst, length, e); }); });
+    }
+    void skip(uint64_t length) {
+        check_length(length);
+        run([&](sn_err *e) { return sn_inflater_next(&f_, nullptr, length, e); });
+    }
+    void write_to(int fd, uint64_t file_offset, uint64_t length) {
+        check_length(length);
+        run([&](sn_err *e) { return sn_inflater_to_fd(&f_, fd, file_offset, length, e); });
+    }
+    void check_chain() {
+        run([&](sn_err *e) { return sn_inflater_check_chain(&f_, e); });
+    }
+
+  private:
+    void check_length(uint64_t length) const {
+        if (f_.end != UINT64_MAX && length > f_.end - f_.pos)
+            throw nb::value_error("read runs past the span's end");
+        // deflate expands at most ~1032:1: no request longer than the input could hold
+        if (f_.inflated + length > plausible_)
+            throw FormatErrorEx("requested range is longer than the compressed data can hold");
+    }
+    template <class G> int guarded(G &&g) {
+        bool expected = false;
+        if (!busy_.compare_exchange_strong(expected, true)) return -1;
+        int rc = g();
+        busy_ = false;
+        return rc;
+    }
+    template <class G> void run(G &&g) {
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = guarded([&] { return g(&e); });
+        }
+        if (rc < 0) throw std::runtime_error("SpanInflater used by two threads at once");
+        if (rc) raise(e);
+    }
+    template <class F> nb::bytes produce(uint64_t length, F &&fill) {
+        if (length > static_cast<uint64_t>(PY_SSIZE_T_MAX)) throw nb::value_error("length too large");
+        nb::object out = nb::steal(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(length)));
+        if (!out.is_valid()) throw nb::python_error();
+        auto *dst = reinterpret_cast<uint8_t *>(PyBytes_AS_STRING(out.ptr()));
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = fill(dst, &e);
+        }
+        if (rc < 0) throw std::runtime_error("SpanInflater used by two threads at once");
+        if (rc) raise(e);
+        return nb::borrow<nb::bytes>(out);
+    }
+
+    Buffer blob_buf_, data_buf_;
+    sn_inflater f_{};
+    uint64_t plausible_ = UINT64_MAX;
+    std::atomic<bool> busy_{false};
+};
+
 // (first span, compressed start, compressed end) covering [offset, offset+length).
 nb::tuple span_range(nb::handle blob_obj, uint64_t offset, uint64_t length, uint64_t compressed_size) {
     Buffer bb(blob_obj);
@@ -502,6 +593,17 @@ NB_MODULE(_core, m) {
     m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));
     m.def("extract_buffer", &extract_buffer, nb::arg("blob"), nb::arg("span_id"), nb::arg("data"),
           nb::arg("offset"), nb::arg("length"));
+    nb::class_<SpanInflater>(m, "SpanInflater",
+                             "A resumable inflate of one span from its verified compressed bytes.")
+        .def(nb::init<nb::handle, int32_t, nb::handle, uint64_t>(), nb::arg("blob"), nb::arg("span_id"),
+             nb::arg("data"), nb::arg("end"))
+        .def_prop_ro("pos", &SpanInflater::pos, "Uncompressed offset of the next byte.")
+        .def_prop_ro("inflated", &SpanInflater::inflated, "Bytes inflated so far, skipped ones included.")
+        .def("read", &SpanInflater::read, nb::arg("length"))
+        .def("skip", &SpanInflater::skip, nb::arg("length"))
+        .def("write_to", &SpanInflater::write_to, nb::arg("fd"), nb::arg("file_offset"), nb::arg("length"))
+        .def("check_chain", &SpanInflater::check_chain,
+             "At the span's end: FormatError unless its last 32 KiB are the next checkpoint's window.");
     m.def("span_range", &span_range, nb::arg("blob"), nb::arg("offset"), nb::arg("length"),
           nb::arg("compressed_size"));
     m.def("checkpoint_table", &checkpoint_table, nb::arg("blob"));

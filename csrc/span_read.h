@@ -6,6 +6,8 @@
 
 #include "sn_common.h"
 
+#include <zlib-ng.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -45,6 +47,35 @@ typedef struct sn_source {
  * first span the source may start at (the source must hold its compressed start). */
 int sn_extract(const sn_blob *b, const sn_source *src, int32_t min_span, uint64_t offset, uint64_t length,
                uint8_t *out, sn_err *err);
+
+/* A resumable inflate of one span (or, with end == 0, on through later spans): what a mount
+ * keeps while a span is being read or cached, so no reader inflates it from its checkpoint
+ * again. Not thread-safe: one caller at a time. */
+typedef struct sn_inflater {
+    sn_blob blob;
+    sn_source src;
+    int32_t span;
+    uint64_t pos;      /* uncompressed offset of the next byte */
+    uint64_t end;      /* no output past this offset (UINT64_MAX: unbounded) */
+    uint64_t rpos;     /* compressed offset of the next byte to fetch from src */
+    uint64_t inflated; /* bytes inflated, discarded ones included */
+    zng_stream zs;
+    int zinit, raw, member_done, failed;
+    uint8_t *buf, *tail, *discard;
+} sn_inflater;
+
+/* keep_window: keep the last 32 KiB of output, for sn_inflater_check_chain. */
+int sn_inflater_init(sn_inflater *f, const sn_blob *b, const sn_source *src, int32_t span, uint64_t end,
+                     int keep_window, sn_err *err);
+/* The next `length` bytes into out, or discarded when out is NULL. After an error the
+ * inflater refuses further reads. */
+int sn_inflater_next(sn_inflater *f, uint8_t *out, uint64_t length, sn_err *err);
+/* The next `length` bytes written to fd at file_off onwards, in bounded memory. */
+int sn_inflater_to_fd(sn_inflater *f, int fd, uint64_t file_off, uint64_t length, sn_err *err);
+/* At the span's end: SN_EFORMAT unless the last 32 KiB inflated equal the next checkpoint's
+ * window (the window chain that ties checkpoint i+1 to span i's bytes). */
+int sn_inflater_check_chain(const sn_inflater *f, sn_err *err);
+void sn_inflater_free(sn_inflater *f);
 
 #ifdef __cplusplus
 }

@@ -198,3 +198,22 @@ def _read_at(layer: LayerSource, offset: int, length: int) -> bytes:
 def checkpoint_table(checkpoints: bytes) -> Sequence[tuple[int, int, int]]:
     """``[(in, out, bits), ...]`` of a gzip checkpoint blob (validated)."""
     return [(int(a), int(b), int(c)) for a, b, c in _core.checkpoint_table(checkpoints)]
+
+
+def checkpoint_record(checkpoints: bytes, i: int) -> bytes:
+    """Checkpoint ``i``'s packed record (in, out, bits, 32 KiB window) as a v2 blob stores
+    it; a v1 blob's unstored checkpoint 0 is synthesised (in 10, out 0, bits 0, zeros)."""
+    size, header = _core.CHECKPOINT_SIZE, 12
+    count = int.from_bytes(checkpoints[:4], "little")
+    v1 = len(checkpoints) != header + count * size
+    if v1 and i == 0:
+        return (10).to_bytes(8, "little") + bytes(8 + 1 + _core.WINDOW_SIZE)
+    at = header + (i - 1 if v1 else i) * size
+    if not 0 <= i < count or at + size > len(checkpoints):
+        raise FormatError(f"checkpoint {i} is not in the blob ({count} checkpoints)")
+    return checkpoints[at:at + size]
+
+
+def checkpoint_window(checkpoints: bytes, i: int) -> bytes:
+    """The 32 KiB of uncompressed data before checkpoint ``i`` (soci-format 1.2)."""
+    return checkpoint_record(checkpoints, i)[17:]

@@ -556,7 +556,7 @@ def test_span_cache_lru(tmp_path: Path) -> None:
 
     c = SpanCache(tmp_path, 250)
     d = "sha256:" + "0" * 64
-    paths = [c.path(d, i * 100, 100) for i in range(3)]
+    paths = [c.path(d, i * 100, 100, "k") for i in range(3)]
     c.put(paths[0], b"a" * 100)
     c.put(paths[1], b"b" * 100)
     assert c.read(paths[0], 10, 5, 100) == b"aaaaa"  # now the most recent

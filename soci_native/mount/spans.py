@@ -34,8 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from soci_native import tarzinfo
-from soci_native.layer import FormatError, LayerIndex, checkpoint_table, extract, extract_span
+from soci_native import _core, tarzinfo
+from soci_native.layer import (
+    FormatError,
+    LayerIndex,
+    checkpoint_record,
+    checkpoint_table,
+    checkpoint_window,
+    extract,
+)
 from soci_native.ztoc import Ztoc
 
 log = logging.getLogger("soci_native.mount")
@@ -149,6 +156,8 @@ class LayerStats:
     cache_misses: int = 0
     errors: int = 0
     last_error: str | None = None
+    bytes_inflated: int = 0  # everything inflated, skipped bytes and repeats included
+    span_bytes_inflated: int = 0  # distinct span bytes inflated (each counted once)
     ztoc: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -172,33 +181,46 @@ class LayerStats:
                 if self.size else 100.0,
                 "cache_hits": self.cache_hits, "cache_misses": self.cache_misses,
                 "errors": self.errors, "last_error": self.last_error,
+                "bytes_inflated": self.bytes_inflated,
+                "span_bytes_inflated": self.span_bytes_inflated,
+                # 1.0 when no span was inflated twice (issue: one inflate per span per mount)
+                "inflate_ratio": round(self.bytes_inflated / self.span_bytes_inflated, 4)
+                if self.span_bytes_inflated else None,
             }
 
 
 # ------------------------------------------------------------------------------- span cache
 
 class SpanCache:
-    """Uncompressed spans as files ``<root>/<layer hex>/<start>+<length>``, written
-    atomically (temp file + rename), evicted least-recently-used first once their total
-    passes ``limit`` bytes. Names depend only on the layer and the uncompressed range, so any
-    zTOC of a layer finds what another one cached. Several mounts may share a root; each
-    accounts only for the files it has seen (existing ones are adopted at start, oldest
-    modification first)."""
+    """Uncompressed spans as files ``<root>/<layer hex>/<start>+<length>-<key>``, evicted
+    least-recently-used first once their total passes ``limit`` bytes.
+
+    ``key`` hashes everything that determines a span's bytes: its compressed bytes (through
+    the span digest they were verified against) and its checkpoint record (in, out, bits,
+    window) and ranges. Two zTOCs of a layer share a cached span only when both would inflate
+    it to the same bytes, so no index, however crafted, changes what another mount serves.
+
+    A span is filled into a temp file (0600, directories 0700: cached spans are private image
+    content) whose final size is reserved against the bound first, then renamed into place.
+    Spans larger than :attr:`max_span` (half the bound) are never cached. Several mounts may
+    share a root; each accounts only for the files it has seen (existing ones are adopted at
+    start, oldest modification first; names without a key, from before keys, are removed)."""
 
     def __init__(self, root: str | os.PathLike[str], limit: int) -> None:
         self.root = Path(root)
         self.limit = limit
+        self.max_span = limit // 2
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._adopt()
 
     def _adopt(self) -> None:
         found: list[tuple[float, str, int]] = []
         now = time.time()
         for sub in self.root.iterdir():
-            if not sub.is_dir():
+            if not sub.is_dir() or sub.name.startswith("."):
                 continue
             for f in sub.iterdir():
                 try:
@@ -209,6 +231,10 @@ class SpanCache:
                     if now - st.st_mtime > 3600:  # left by a killed mount
                         with contextlib.suppress(OSError):
                             f.unlink()
+                    continue
+                if f.is_file() and "+" in f.name and "-" not in f.name:
+                    with contextlib.suppress(OSError):  # unkeyed: any zTOC could have made it
+                        f.unlink()
                     continue
                 if f.is_file() and "+" in f.name:
                     found.append((st.st_mtime, str(f), st.st_size))
@@ -222,8 +248,8 @@ class SpanCache:
     def total(self) -> int:
         return self._total
 
-    def path(self, layer_digest: str, start: int, length: int) -> str:
-        return str(self.root / layer_digest.split(":", 1)[-1] / f"{start}+{length}")
+    def path(self, layer_digest: str, start: int, length: int, key: str) -> str:
+        return str(self.root / layer_digest.split(":", 1)[-1] / f"{start}+{length}-{key}")
 
     def read(self, path: str, offset: int, length: int, expect_size: int) -> bytes | None:
         """``length`` bytes at ``offset`` of a cached span, or None when it is not cached."""
@@ -247,26 +273,64 @@ class SpanCache:
                 self._total += expect_size
         return data
 
-    def put(self, path: str, data: bytes) -> None:
+    def open_temp(self, path: str, size: int) -> tuple[int, str] | None:
+        """A new temp file beside ``path`` with ``size`` bytes reserved against the bound
+        (others evicted to make room), or None when the cache cannot take it."""
+        if size > self.max_span:
+            return None
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = p.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:  # a full or read-only cache disk only costs refetches
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            log.warning("cannot cache span %s: %s", path, e)
+            return None
+        with self._lock:
+            self._total += size
+            self._evict()
+        return fd, str(tmp)
+
+    def commit(self, fd: int, tmp: str, path: str, size: int) -> None:
+        """Moves a filled temp file into place; its reservation becomes the entry's size."""
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            self.abort(-1, tmp, size)
             log.warning("cannot cache span %s: %s", path, e)
             return
         with self._lock:
+            self._total -= size
             old = self._lru.pop(path, None)
             if old is not None:
                 self._total -= old
-            self._lru[path] = len(data)
-            self._total += len(data)
+            self._lru[path] = size
+            self._total += size
             self._evict()
+
+    def abort(self, fd: int, tmp: str, size: int) -> None:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        with self._lock:
+            self._total -= size
+
+    def put(self, path: str, data: bytes) -> None:
+        got = self.open_temp(path, len(data))
+        if got is None:
+            return
+        fd, tmp = got
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            self.abort(fd, tmp, len(data))
+            log.warning("cannot cache span %s: %s", path, e)
+            return
+        self.commit(fd, tmp, path, len(data))
 
     def _evict(self) -> None:
         while self._total > self.limit and self._lru:
@@ -325,8 +389,53 @@ def span_table(z: Ztoc) -> list[Span]:
     return spans
 
 
+class _Fill:
+    """A span being inflated: its verified compressed bytes and the one inflate of them that
+    every reader continues (``lock`` held while it advances), writing into a cache temp file
+    (``fd``) or, for a span too big to cache, keeping the last :data:`RECENT` bytes in
+    ``recent`` for reads that arrive slightly out of order."""
+
+    __slots__ = ("i", "comp", "inf", "fd", "tmp", "size", "done", "recent", "recent_start",
+                 "state", "error", "scheduled", "lock")
+
+    def __init__(self, i: int, comp: bytes, inf: _core.SpanInflater | None, size: int) -> None:
+        self.i, self.comp, self.inf, self.size = i, comp, inf, size
+        self.fd, self.tmp = -1, ""
+        self.done = 0  # span bytes inflated so far
+        self.recent: list[bytes] = []
+        self.recent_start = 0  # span offset of recent[0]
+        self.state = "filling"  # | "committed" | "failed"
+        self.error: SpanError | None = None
+        self.scheduled = False
+        self.lock = threading.Lock()
+
+
+FILL_STEP = 4 << 20  # the background fill advances this far per turn of the fill lock
+READ_AHEAD = 1 << 20  # a reader of a filling span inflates at least this far past the fill
+RECENT = 4 << 20  # an uncacheable span's bytes kept behind its inflater
+UNCACHED_FILLS = 2  # uncacheable spans per layer whose inflater is kept between reads
+MAX_COMPRESSED_SPAN = 256 << 20  # held in memory while the span is read
+
+
+def _slice_chunks(chunks: list[bytes], start: int, lo: int, hi: int) -> bytes:
+    """Bytes [lo, hi) of consecutive chunks, the first at offset ``start``: only the chunks
+    the range touches are copied."""
+    out: list[bytes] = []
+    pos = start
+    for c in chunks:
+        end = pos + len(c)
+        if end > lo and pos < hi:
+            out.append(c[max(lo - pos, 0):min(hi, end) - pos])
+        pos = end
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
 class ZtocLayer:
-    """A layer read lazily through its zTOC, span by span."""
+    """A layer read lazily through its zTOC, span by span. Every span is fetched and inflated
+    at most once while its bytes are cached or being cached: readers of a span still being
+    inflated continue that inflate (or wait for it) rather than starting from the checkpoint
+    again. Once span i is inflated, its last 32 KiB must be checkpoint i+1's window; a
+    mismatch marks the zTOC untrustworthy and every later read of the layer an EIO."""
 
     def __init__(self, digest: str, z: Ztoc, reader: BlobReader, cache: SpanCache,
                  stats: LayerStats) -> None:
@@ -339,21 +448,80 @@ class ZtocLayer:
         self.cache = cache
         self.stats = stats
         self.spans = span_table(z)
+        self.gzip = z.compression_algorithm != "uncompressed"
         self._starts = [s.ustart for s in self.spans]
         self._locks = [threading.Lock() for _ in self.spans]
+        self._keys: list[str | None] = [None] * len(self.spans)
         self._fetched: set[int] = set()
-        # Verified compressed spans whose full inflate (for the cache) is still running:
-        # readers meanwhile inflate just their part from these bytes instead of re-fetching.
-        self._pending: dict[int, bytes] = {}
+        self._reached: dict[int, int] = {}  # how far each span was ever inflated
+        self._fills: dict[int, _Fill] = {}
+        self._uncached: OrderedDict[int, None] = OrderedDict()
         self._filler: ThreadPoolExecutor | None = None
         self._filler_lock = threading.Lock()
+        self._untrusted: str | None = None
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
+        if self.gzip and self.spans and self.spans[0].ustart == 0 and any(
+                checkpoint_window(z.checkpoints, 0)):
+            self._distrust("checkpoint 0 (at the start of the stream) has a non-zero window")
+
+    # -- trust
+
+    def _distrust(self, why: str) -> None:
+        with self.stats.lock:
+            first = self._untrusted is None
+            if first:
+                self._untrusted = (f"layer {self.digest}: its zTOC {self.stats.ztoc or ''} is "
+                                   f"untrustworthy ({why}); reads of this layer fail")
+        if first:
+            self.stats.error(self._untrusted or why)
+            log.error("%s", self._untrusted)
+
+    def _check_trusted(self) -> None:
+        if self._untrusted is not None:
+            raise SpanError(self._untrusted)
+
+    def _check_previous(self, i: int) -> None:
+        """Window i against span i-1's cached tail: free when span i-1 is cached."""
+        if i == 0 or not self.gzip:
+            return
+        p = self.spans[i - 1]
+        plen = p.uend - p.ustart
+        if not plen:
+            return
+        n = min(plen, _core.WINDOW_SIZE)
+        tail = self.cache.read(self._path(i - 1), plen - n, n, plen)
+        if tail is None:
+            return
+        cps = self.ztoc.checkpoints
+        want = checkpoint_window(cps, i)
+        if n < _core.WINDOW_SIZE:
+            tail = checkpoint_window(cps, i - 1)[n:] + tail
+        if tail != want:
+            self._distrust(f"checkpoint {i}'s window is not the last 32 KiB of span {i - 1}")
+
+    # -- reading
+
+    def _key(self, i: int) -> str:
+        key = self._keys[i]
+        if key is None:
+            s = self.spans[i]
+            h = hashlib.sha256(f"{self.ztoc.span_digests[i]} {s.cstart} {s.cend} {s.ustart} "
+                               f"{s.uend}\n".encode())
+            if self.gzip:
+                h.update(checkpoint_record(self.ztoc.checkpoints, i))
+            key = self._keys[i] = h.hexdigest()[:40]
+        return key
+
+    def _path(self, i: int) -> str:
+        s = self.spans[i]
+        return self.cache.path(self.digest, s.ustart, s.uend - s.ustart, self._key(i))
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
+        self._check_trusted()
         parts: list[bytes] = []
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
         pos = offset
@@ -367,76 +535,223 @@ class ZtocLayer:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _span_slice(self, i: int, rel: int, length: int) -> bytes:
-        """Bytes [rel, rel+length) of span ``i``. A miss fetches and verifies the span once,
-        inflates only as far as this read needs, and leaves the whole span to be inflated
-        and cached in the background."""
+        """Bytes [rel, rel+length) of span ``i``: from the cache, else from the span's one
+        inflate (started here if none is under way: fetch and verify once, then inflate only
+        as far as this read needs; the rest is filled into the cache in the background)."""
         s = self.spans[i]
-        path = self.cache.path(self.digest, s.ustart, s.uend - s.ustart)
-        data = self.cache.read(path, rel, length, s.uend - s.ustart)
-        if data is not None:
-            self.stats.add(cache_hits=1)
-            return data
-        with self._locks[i]:  # one fetch per span, however many readers want it
-            data = self.cache.read(path, rel, length, s.uend - s.ustart)
+        size = s.uend - s.ustart
+        path = self._path(i)
+        for _ in range(3):  # a fill may be committed (and evicted) under us
+            data = self.cache.read(path, rel, length, size)
             if data is not None:
                 self.stats.add(cache_hits=1)
                 return data
-            comp = self._pending.get(i)
-            if comp is None:
-                self.stats.add(cache_misses=1)
-                comp = self._fetch(i)
-                if self.ztoc.compression_algorithm == "uncompressed":
-                    self.cache.put(path, comp)  # a tar span is its own uncompressed bytes
-                    return comp[rel:rel + length]
-                self._pending[i] = comp
-                self._fill_later(i, comp, path)
-        return self._inflate(i, comp, rel, length)
+            with self._locks[i]:  # one fetch per span, however many readers want it
+                fill = self._fills.get(i)
+                if fill is None:
+                    data = self.cache.read(path, rel, length, size)
+                    if data is not None:
+                        self.stats.add(cache_hits=1)
+                        return data
+                    self.stats.add(cache_misses=1)
+                    fill = self._start(i, path)
+            data = self._serve(fill, rel, length)
+            if data is not None:
+                return data
+        raise SpanError(f"layer {self.digest} span {i}: evicted while being read, three times")
 
-    def _fill_later(self, i: int, comp: bytes, path: str) -> None:
+    def _start(self, i: int, path: str) -> _Fill:
+        """(Under the span lock.) Fetches span i and sets up its fill."""
+        s = self.spans[i]
+        size = s.uend - s.ustart
+        comp = self._fetch(i)
+        if not self.gzip:  # a tar span is its own uncompressed bytes
+            fill = _Fill(i, comp, None, size)
+            fill.done = size
+            fill.recent = [comp]
+            if size <= self.cache.max_span:
+                self.cache.put(path, comp)
+            self._keep(fill)
+            return fill
+        self._check_previous(i)
+        self._check_trusted()
+        try:
+            inf = _core.SpanInflater(self.ztoc.checkpoints, i, comp, s.uend)
+        except ValueError as e:
+            raise self._fail_msg(i, f"cannot inflate: {e}") from None
+        fill = _Fill(i, comp, inf, size)
+        got = self.cache.open_temp(path, size)
+        if got is None:
+            self._keep(fill)
+        else:
+            fill.fd, fill.tmp = got
+            self._fills[i] = fill
+        return fill
+
+    def _keep(self, fill: _Fill) -> None:
+        """Keeps an uncacheable span's fill for the next reads, a few per layer."""
+        self._fills[fill.i] = fill
+        self._uncached[fill.i] = None
+        self._uncached.move_to_end(fill.i)
+        while len(self._uncached) > UNCACHED_FILLS:
+            old, _ = self._uncached.popitem(last=False)
+            self._fills.pop(old, None)
+
+    def _fail_msg(self, i: int, what: str) -> SpanError:
+        msg = f"layer {self.digest} span {i}: {what}"
+        self.stats.error(msg)
+        log.error("%s", msg)
+        return SpanError(msg)
+
+    def _serve(self, fill: _Fill, rel: int, length: int) -> bytes | None:
+        """The bytes from the fill (advancing it as far as needed), or None once it has been
+        committed to the cache (read them there)."""
+        with fill.lock:
+            if fill.state == "failed":
+                assert fill.error is not None
+                raise fill.error
+            if fill.state == "committed":
+                return None
+            need = rel + length
+            if fill.fd < 0:
+                return self._serve_uncached(fill, rel, length)
+            if fill.done < need:
+                self._advance(fill, min(fill.size, max(need, fill.done + READ_AHEAD)))
+            data = os.pread(fill.fd, length, rel)
+            if len(data) != length:
+                self._fail(fill, self._fail_msg(fill.i, f"short read of the span being cached "
+                                                        f"({len(data)} of {length} at {rel})"))
+                assert fill.error is not None
+                raise fill.error
+            if fill.done == fill.size:
+                self._finish(fill)
+            elif not fill.scheduled:
+                fill.scheduled = True
+                self._fill_later(fill)
+        return data
+
+    def _serve_uncached(self, fill: _Fill, rel: int, length: int) -> bytes:
+        """(Under the fill lock.) A span too big to cache: inflate on, from where the last
+        read left off; only a read before the kept bytes inflates from the checkpoint again."""
+        need = rel + length
+        if rel < fill.recent_start:  # behind what is kept: inflate from the checkpoint again
+            s = self.spans[fill.i]
+            fill.inf = _core.SpanInflater(self.ztoc.checkpoints, fill.i, fill.comp, s.uend)
+            fill.done, fill.recent, fill.recent_start = 0, [], 0
+        if need > fill.done:
+            assert fill.inf is not None
+            before = fill.inf.inflated
+            try:
+                if rel > fill.done:
+                    fill.inf.skip(rel - fill.done)
+                    fill.done, fill.recent, fill.recent_start = rel, [], rel
+                fill.recent.append(fill.inf.read(need - fill.done))
+            except (ValueError, OSError) as e:
+                self._fail(fill, self._fail_msg(fill.i, f"cannot inflate: {e}"))
+                assert fill.error is not None
+                raise fill.error from None
+            fill.done = need
+            self._count(fill, fill.inf.inflated - before)
+            if fill.done == fill.size:
+                self._chain(fill)
+        data = _slice_chunks(fill.recent, fill.recent_start, rel, need)
+        while len(fill.recent) > 1 and fill.done - fill.recent_start - len(fill.recent[0]) \
+                >= max(RECENT, length):
+            fill.recent_start += len(fill.recent.pop(0))
+        return data
+
+    def _count(self, fill: _Fill, inflated: int) -> None:
+        reached = self._reached.get(fill.i, 0)
+        self._reached[fill.i] = max(reached, fill.done)
+        self.stats.add(bytes_inflated=inflated, span_bytes_inflated=max(0, fill.done - reached))
+
+    def _chain(self, fill: _Fill) -> None:
+        assert fill.inf is not None
+        try:
+            fill.inf.check_chain()
+        except ValueError as e:
+            self._distrust(str(e))
+            self._fail(fill, SpanError(self._untrusted or str(e)))
+            assert fill.error is not None
+            raise fill.error from None
+
+    def _fail(self, fill: _Fill, err: SpanError) -> None:
+        """(Under the fill lock.) The fill is over: later readers get ``err``."""
+        fill.state, fill.error = "failed", err
+        if fill.fd >= 0:
+            self.cache.abort(fill.fd, fill.tmp, fill.size)
+            fill.fd = -1
+        with self._locks[fill.i]:
+            if self._fills.get(fill.i) is fill:
+                del self._fills[fill.i]
+            self._uncached.pop(fill.i, None)
+
+    def _advance(self, fill: _Fill, target: int) -> None:
+        """(Under the fill lock.) Inflates the span into its temp file up to ``target``;
+        at the end, checks the window chain and moves the file into the cache."""
+        assert fill.inf is not None
+        n = target - fill.done
+        try:
+            fill.inf.write_to(fill.fd, fill.done, n)
+        except (ValueError, OSError) as e:
+            self._fail(fill, self._fail_msg(fill.i, f"cannot inflate: {e}"))
+            assert fill.error is not None
+            raise fill.error from None
+        fill.done = target
+        self._count(fill, n)
+
+    def _finish(self, fill: _Fill) -> None:
+        """(Under the fill lock, the span inflated whole.) Checks the window chain and moves
+        the file into the cache."""
+        self._chain(fill)
+        self.cache.commit(fill.fd, fill.tmp, self._path(fill.i), fill.size)
+        fill.fd, fill.state, fill.inf, fill.comp = -1, "committed", None, b""
+        with self._locks[fill.i]:
+            if self._fills.get(fill.i) is fill:
+                del self._fills[fill.i]
+
+    def _fill_later(self, fill: _Fill) -> None:
         with self._filler_lock:
             if self._filler is None:
                 self._filler = ThreadPoolExecutor(1, thread_name_prefix="soci-span-fill")
-            self._filler.submit(self._fill, i, comp, path)
+            self._filler.submit(self._complete, fill)
 
-    def _fill(self, i: int, comp: bytes, path: str) -> None:
-        s = self.spans[i]
-        try:
-            self.cache.put(path, self._inflate(i, comp, 0, s.uend - s.ustart))
-        except (SpanError, OSError) as e:
-            log.warning("caching span %d of %s failed: %s", i, self.digest, e)
-        finally:
-            with self._locks[i]:
-                self._pending.pop(i, None)
-
-    def _inflate(self, i: int, comp: bytes, rel: int, length: int) -> bytes:
-        s = self.spans[i]
-        if length == 0:
-            return b""
-        try:
-            return extract_span(self.ztoc.checkpoints, i, comp, s.ustart + rel, length)
-        except (FormatError, ValueError) as e:
-            msg = f"layer {self.digest} span {i}: cannot inflate: {e}"
-            self.stats.error(msg)
-            log.error("%s", msg)
-            raise SpanError(msg) from None
+    def _complete(self, fill: _Fill) -> None:
+        """Inflates the rest of a span into the cache, a step at a time, so readers of the
+        span (who continue the same inflate) get the lock in between."""
+        while True:
+            with fill.lock:
+                if fill.state != "filling":
+                    return
+                try:
+                    self._advance(fill, min(fill.size, fill.done + FILL_STEP))
+                    if fill.done == fill.size:
+                        self._finish(fill)
+                except SpanError as e:
+                    log.warning("caching span %d of %s failed: %s", fill.i, self.digest, e)
+                    return
 
     def resolve(self, i: int) -> None:
-        """Fetch, verify, inflate and cache span ``i`` unless it is cached (prefetch)."""
+        """Fetch, verify, inflate and cache span ``i`` unless it is cached (prefetch and
+        background fetch). A span too big to cache is left for the reads that need it."""
         s = self.spans[i]
-        if s.uend > s.ustart:
-            self._span_slice(i, 0, 0)
+        size = s.uend - s.ustart
+        if size == 0 or (size > self.cache.max_span):
+            return
+        self._check_trusted()
+        self._span_slice(i, size - 1, 1)  # fills it to the end and commits it
 
     def _fetch(self, i: int) -> bytes:
         """The compressed bytes of span ``i``, checked against its digest."""
         s = self.spans[i]
+        if s.cend - s.cstart > MAX_COMPRESSED_SPAN:
+            raise self._fail_msg(i, f"its {s.cend - s.cstart} compressed bytes are more than "
+                                    f"a span may hold in memory ({MAX_COMPRESSED_SPAN})")
         try:
             comp = self.reader.read_range(s.cstart, s.cend)
-        except OSError as e:
-            msg = f"layer {self.digest} span {i}: fetching bytes [{s.cstart}, {s.cend}) " \
-                  f"failed: {e}"
-            self.stats.error(msg)
-            log.error("%s", msg)
-            raise SpanError(msg) from None
+        except Exception as e:  # noqa: BLE001 - any fetch failure (OSError, RegistryError) is an EIO
+            raise self._fail_msg(i, f"fetching bytes [{s.cstart}, {s.cend}) failed: "
+                                    f"{e or type(e).__name__}") from None
         with self.stats.lock:
             self.stats.bytes_fetched += len(comp)
             if i not in self._fetched:
@@ -445,16 +760,20 @@ class ZtocLayer:
         got = "sha256:" + hashlib.sha256(comp).hexdigest()
         want = self.ztoc.span_digests[i]
         if got != want:
-            msg = f"layer {self.digest} span {i}: digest mismatch (bytes [{s.cstart}, " \
-                  f"{s.cend}) hash to {got}, the zTOC says {want}): refusing to serve them"
-            self.stats.error(msg)
-            log.error("%s", msg)
-            raise SpanError(msg)
+            raise self._fail_msg(i, f"digest mismatch (bytes [{s.cstart}, {s.cend}) hash to "
+                                    f"{got}, the zTOC says {want}): refusing to serve them")
         return comp
 
     def close(self) -> None:
         if self._filler is not None:
             self._filler.shutdown(wait=True)
+        for fill in list(self._fills.values()):
+            with fill.lock:
+                if fill.fd >= 0:
+                    self.cache.abort(fill.fd, fill.tmp, fill.size)
+                    fill.fd, fill.state = -1, "failed"
+                    fill.error = SpanError(f"layer {self.digest}: unmounted")
+        self._fills.clear()
         self.reader.close()
 
 
