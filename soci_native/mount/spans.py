@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from soci_native import _core, tarzinfo
 from soci_native.layer import (
@@ -777,6 +778,41 @@ class ZtocLayer:
         self.reader.close()
 
 
+@dataclass
+class _SparseMap:
+    data_offset: int  # where the member's stored data starts in the tar stream
+    starts: list[int]  # each data region's offset in the file
+    sizes: list[int]
+    stored: list[int]  # its offset within the stored data
+
+
+class _LayerStream(io.RawIOBase):
+    """A local layer's uncompressed tar stream as a seekable file (for tarfile)."""
+
+    def __init__(self, layer: LocalLayer) -> None:
+        self._layer, self._pos = layer, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._layer.ix.uncompressed_size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        data = self._layer.read(self._pos, len(b))
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 class LocalLayer:
     """A layer without a zTOC, served from a complete, digest-checked local copy."""
 
@@ -788,7 +824,7 @@ class LocalLayer:
         self.stats = stats
         self.scratch = Path(scratch)
         self._sparse_lock = threading.Lock()
-        self._sparse: dict[int, str] = {}
+        self._sparse: dict[int, _SparseMap] = {}
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.ix.uncompressed_size)
@@ -803,37 +839,56 @@ class LocalLayer:
             raise SpanError(msg) from None
 
     def read_sparse(self, header_offset: int, size: int, offset: int, length: int) -> bytes:
-        """A sparse member's bytes (holes as zeros), expanded once with tarfile into the
-        scratch directory."""
+        """A sparse member's bytes, served from its sparse map: data regions are read from
+        the layer, holes are zeros made on the fly (nothing is expanded to disk)."""
         with self._sparse_lock:
-            path = self._sparse.get(header_offset)
-            if path is None:
-                path = self._expand_sparse(header_offset, size)
-                self._sparse[header_offset] = path
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
+            smap = self._sparse.get(header_offset)
+            if smap is None:
+                smap = self._sparse[header_offset] = self._sparse_map(header_offset, size)
+        end = min(offset + length, size)
+        out = bytearray(max(end - offset, 0))
+        k = max(0, bisect.bisect_right(smap.starts, offset) - 1)
+        while k < len(smap.starts) and smap.starts[k] < end:
+            lo, hi = max(offset, smap.starts[k]), min(end, smap.starts[k] + smap.sizes[k])
+            if lo < hi:
+                out[lo - offset:hi - offset] = self.read(
+                    smap.data_offset + smap.stored[k] + lo - smap.starts[k], hi - lo)
+            k += 1
+        return bytes(out)
 
-    def _expand_sparse(self, header_offset: int, size: int) -> str:
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        out = self.scratch / f"sparse-{self.digest.split(':')[-1][:16]}-{header_offset}"
+    def _sparse_map(self, header_offset: int, size: int) -> _SparseMap:
+        """The member's map (old GNU or PAX 0.0/0.1/1.0), read by tarfile from the member's
+        headers through this layer's random access, checked to lie inside the file."""
+        raw = _LayerStream(self)
         try:
-            with tarfile.open(self.path, "r:*") as tf:
-                m = next((m for m in tf if m.offset == header_offset), None)
-                src = tf.extractfile(m) if m is not None else None
-                if m is None or src is None or m.size != size:
-                    raise FormatError(f"no sparse member at offset {header_offset}")
-                tmp = out.with_name(out.name + f"{TEMP_PREFIX}{secrets.token_hex(4)}")
-                with src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
-                os.replace(tmp, out)
+            raw.seek(header_offset)
+            with tarfile.open(fileobj=io.BufferedReader(raw, 1 << 16), mode="r:") as tf:
+                m = tf.next()
+            if m is None or m.size != size or m.sparse is None:
+                raise FormatError(f"no sparse member at offset {header_offset}")
+            smap = _SparseMap(m.offset_data, [], [], [])
+            stored = pos = 0
+            regions: list[Any] = list(m.sparse)  # (offset, size) pairs; typeshed says ints
+            for region in regions:
+                start, n = int(region[0]), int(region[1])
+                if n == 0:  # unused header slots and the end marker carry no data
+                    continue
+                if start < pos or n < 0 or start + n > size:
+                    raise FormatError(f"sparse map region ({start}, {n}) overlaps, goes "
+                                      f"backwards or runs past the file's size {size}")
+                smap.starts.append(start)
+                smap.sizes.append(n)
+                smap.stored.append(stored)
+                stored += n
+                pos = start + n
+            if m.offset_data + stored > self.ix.uncompressed_size:
+                raise FormatError("the sparse data runs past the end of the layer")
         except (OSError, tarfile.TarError, ValueError) as e:
-            msg = f"layer {self.digest}: cannot expand the sparse file at {header_offset}: {e}"
+            msg = f"layer {self.digest}: cannot read the sparse file at {header_offset}: {e}"
             self.stats.error(msg)
             log.error("%s", msg)
             raise SpanError(msg) from None
-        return str(out)
+        return smap
 
     def close(self) -> None:
         return None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import calendar
 import functools
 import logging
-import os
 import posixpath
 import re
 import stat
@@ -162,8 +161,18 @@ class Node:
             n.target = e.linkname
             n.size = len(e.linkname.encode("utf-8", "surrogateescape"))
         elif e.type in ("char", "block"):
-            n.rdev = os.makedev(e.devmajor, e.devminor)
+            n.rdev = mkdev(e.devmajor, e.devminor)
         return n
+
+
+def mkdev(major: int, minor: int) -> int:
+    """Linux's dev_t for a tar header's numbers as the snapshotter makes it (Go's
+    ``unix.Mkdev(uint32(major), uint32(minor))``): any int64 a hostile header holds wraps to
+    32 bits instead of overflowing ``os.makedev``'s C ints."""
+    major &= 0xFFFFFFFF
+    minor &= 0xFFFFFFFF
+    return ((major & 0xFFFFF000) << 32) | ((major & 0xFFF) << 8) | \
+        ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
 
 
 _NEEDS_CLEANING = re.compile(r"(?:^|/)\.\.?(?:/|$)|//")
