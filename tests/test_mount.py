@@ -224,6 +224,8 @@ def test_concurrent_readers_threads_and_processes(mount: Mount, img: mi.Image) -
     for x in layer_stats(mp):
         assert x["errors"] == 0
         assert x["cache_misses"] == x["spans_fetched"]  # no span fetched twice
+        if x["mode"] == "lazy":  # nor inflated twice
+            assert x["inflate_ratio"] == 1.0, x
 
 
 def _span_of_file(store: Path, layer_digest: str, name: str) -> tuple[int, int, int]:
@@ -636,6 +638,28 @@ def test_registry_faults_give_eio_then_recover(mount: Mount, img: mi.Image, reg:
             (mp / "data/big.bin").read_bytes()
         assert e.value.errno == errno.EIO
         proxy.clear_faults()  # it is back: the same mount serves the file
+        assert (mp / "data/big.bin").read_bytes() == (img.ref / "data/big.bin").read_bytes()
+
+
+def test_registry_error_during_a_span_fetch_is_a_clean_eio(mount: Mount, img: mi.Image,
+                                                          reg: Any, tmp_path: Path) -> None:
+    """A registry answering an error status (RegistryError, not OSError) for a span: EIO,
+    counted in the stats, one log line, no traceback."""
+    from fault_proxy import FaultProxy, on, status
+
+    with FaultProxy("127.0.0.1", reg.port) as proxy:
+        mp = mount("--retries", "1", image=f"docker://{proxy.netloc}/mnt/img:soci",
+                   root=tmp_path / "fresh")
+        proxy.add_fault(status(404), match=on(method="GET", path=r"/v2/mnt/img/blobs/.*"))
+        with pytest.raises(OSError) as e:
+            (mp / "data/big.bin").read_bytes()
+        assert e.value.errno == errno.EIO
+        s = mi.stats(mp)
+        big = s["layers"][0]
+        assert big["errors"] >= 1 and "fetching bytes" in big["last_error"], big
+        log = Path(s["log_file"]).read_text()
+        assert "Traceback" not in log and "fetching bytes" in log
+        proxy.clear_faults()
         assert (mp / "data/big.bin").read_bytes() == (img.ref / "data/big.bin").read_bytes()
 
 

@@ -472,8 +472,9 @@ class ZtocLayer:
         with self.stats.lock:
             first = self._untrusted is None
             if first:
-                self._untrusted = (f"layer {self.digest}: its zTOC {self.stats.ztoc or ''} is "
-                                   f"untrustworthy ({why}); reads of this layer fail")
+                named = f" {self.stats.ztoc}" if self.stats.ztoc else ""
+                self._untrusted = (f"layer {self.digest}: its zTOC{named} is untrustworthy "
+                                   f"({why}); reads of this layer fail")
         if first:
             self.stats.error(self._untrusted or why)
             log.error("%s", self._untrusted)
