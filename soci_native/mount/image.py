@@ -109,7 +109,8 @@ class MountedImage:
         layers = [layer.stats.to_json() for layer in self.layers]
         total = {k: sum(int(str(x[k])) for x in layers)
                  for k in ("size", "spans_total", "spans_fetched", "bytes_fetched",
-                           "cache_hits", "cache_misses", "errors")}
+                           "cache_hits", "cache_misses", "errors", "bytes_inflated",
+                           "span_bytes_inflated")}
         return {"image": self.ref, "platform": self.platform, "manifest": self.manifest_digest,
                 "soci_index": self.index_digest, "mountpoint": self.mountpoint,
                 "pid": os.getpid(), "single_layer": self.single_layer,

@@ -9,11 +9,14 @@
 * :class:`ZtocLayer` serves uncompressed ranges of one zTOC-indexed layer. A read maps to
   spans (soci-format 1.3); each missing span's compressed range is fetched once (a per-span
   lock makes concurrent readers wait for the first), checked against the zTOC's span digest
-  (a mismatch is an EIO and a log line, never wrong bytes), inflated whole from its
-  checkpoint and written to the :class:`SpanCache`; plain tar layers' spans are the fetched
-  bytes themselves.
+  (a mismatch is an EIO and a log line, never wrong bytes) and inflated by one resumable C
+  inflate (``_core.SpanInflater``) that every reader of the span continues: into a cache
+  temp file, renamed into the :class:`SpanCache` once whole and its window chain checked, or,
+  for a span too big to cache, straight into the replies. Plain tar layers' spans are the
+  fetched bytes themselves.
 * :class:`LocalLayer` serves a layer without a zTOC from a complete local copy, indexed in
-  memory (checkpoints every 1 MiB, so a read inflates at most that much before its data).
+  memory (checkpoints every 1 MiB, so a read inflates at most that much before its data);
+  sparse members from their sparse map (holes are zeros made on the fly).
 """
 
 from __future__ import annotations
