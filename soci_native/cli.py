@@ -11,20 +11,37 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from soci_native import __version__, index, ztoc
-from soci_native.build import BuildError, BuildOptions, IndexResult, build_index
+from soci_native import __version__
 from soci_native.cliopts import ByteSize, RootGroup, registry_flags, registry_options
-from soci_native.images import Descriptor, ImageError, Platform, open_image, resolve
-from soci_native.layer import FormatError, extract
-from soci_native.store import ArtifactRecord, Store, StoreError, default_root
+
+# The modules behind the commands are imported by the commands that use them: `--help` and a
+# local `ztoc get-file` then load neither sqlite, the C core, nor the registry client
+# (urllib3) when they do not need them (start-up is most of a small command's time).
+if TYPE_CHECKING:
+    from soci_native import ztoc
+    from soci_native.build import BuildOptions, IndexResult
+    from soci_native.images import Descriptor, Platform
+    from soci_native.registry import RegistryOptions
+    from soci_native.store import ArtifactRecord, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
-USER_ERRORS = (ImageError, StoreError, BuildError, FormatError, ztoc.ZtocError,
-               index.SociIndexError, OSError)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The failures a command reports as one line (imported when a command fails)."""
+    from soci_native.build import BuildError
+    from soci_native.images import ImageError
+    from soci_native.index import SociIndexError
+    from soci_native.layer import FormatError
+    from soci_native.store import StoreError
+    from soci_native.ztoc import ZtocError
+
+    return (ImageError, StoreError, BuildError, FormatError, ZtocError, SociIndexError,
+            OSError)
 
 
 def fail(msg: str) -> NoReturn:
@@ -37,7 +54,9 @@ def user_errors() -> Iterator[None]:
     """Known failures become one clear line on stderr, not a traceback."""
     try:
         yield
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_error_types()):
+            raise
         fail(str(e) or type(e).__name__)
 
 
@@ -46,6 +65,8 @@ def emit_json(obj: Any) -> None:
 
 
 def store_of(ctx: click.Context) -> Store:
+    from soci_native.store import Store
+
     return Store(ctx.obj["root"])
 
 
@@ -79,6 +100,8 @@ def main(ctx: click.Context, root: str | None, debug: bool) -> None:
     docker-archive:FILE, or a bare path to one of those; registry images are
     docker://HOST/REPO[:TAG] (or HOST/REPO:TAG).
     """
+    from soci_native.store import default_root
+
     ctx.obj = {"root": root or str(default_root())}
     if debug:
         debug_logging()
@@ -132,6 +155,8 @@ def build_flags(f: F) -> F:
 
 
 def build_options(kw: dict[str, Any]) -> BuildOptions:
+    from soci_native.build import BuildOptions
+
     paths = list(kw["prefetch_files"])
     if kw["prefetch_files_json"] is not None:
         try:
@@ -147,6 +172,8 @@ def build_options(kw: dict[str, Any]) -> BuildOptions:
 
 
 def platforms_of(kw: dict[str, Any]) -> list[Platform] | None:
+    from soci_native.images import ImageError, Platform
+
     try:
         return [Platform.parse(p) for p in kw["platforms"]] or None
     except ImageError as e:
@@ -215,6 +242,9 @@ def index_json(r: IndexResult) -> dict[str, Any]:
 
 def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
                ) -> list[IndexResult]:
+    from soci_native.build import build_index
+    from soci_native.images import open_image, resolve
+
     opts = build_options(kw)
     results = []
     reg = registry_options(kw)
@@ -270,6 +300,7 @@ def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, standalone:
     annotation; the new image index lists them and one SOCI index per platform.
     """
     from soci_native.convert import convert as do_convert
+    from soci_native.images import open_image, resolve
 
     opts = build_options(kw)
     reg = registry_options(kw)
@@ -299,6 +330,7 @@ def platform_flags(f: F) -> F:
 
 
 def registry_source(ref: str, kw: dict[str, Any]) -> Any:
+    from soci_native.images import open_image
     from soci_native.registry import RegistrySource
 
     src = open_image(ref, registry=registry_options(kw))
@@ -329,6 +361,7 @@ def push(ctx: click.Context, image: str, existing_index: str, max_concurrent_upl
     Registries with the OCI referrers API find it by its subject; for the others the
     referrers tag (sha256-<hex>) is updated, keeping the referrers already listed there.
     """
+    from soci_native.images import resolve
     from soci_native.remote import push_index
 
     out = []
@@ -378,6 +411,8 @@ def index_group() -> None:
 def index_list(ctx: click.Context, ref: str | None, platform: str | None, quiet: bool,
                as_json: bool) -> None:
     """List SOCI indexes."""
+    from soci_native.images import Platform
+
     with user_errors(), store_of(ctx) as store:
         plat = str(Platform.parse(platform)) if platform else None
         recs = index_records(store, ref, plat)
@@ -460,6 +495,7 @@ def index_pull(ctx: click.Context, image: str, as_json: bool, **kw: Any) -> None
     listed in a local image's index (a SOCI-enabled image written by `convert`).
     """
     from soci_native.discover import pull_index
+    from soci_native.images import open_image, resolve
 
     out = []
     with user_errors(), open_image(image, registry=registry_options(kw)) as src, \
@@ -518,15 +554,10 @@ def ztoc_list(ctx: click.Context, ztoc_digest: str | None, image_ref: str | None
 
 
 def load_ztoc(store: Store, digest: str) -> tuple[ArtifactRecord, ztoc.Ztoc]:
+    from soci_native import ztoc
+
     rec = record_or_fail(store, digest, "soci_layer")
     return rec, ztoc.from_bytes(store.read_blob(digest))
-
-
-def ztoc_span_size(z: ztoc.Ztoc) -> int:
-    if z.compression_algorithm == "gzip":
-        return int.from_bytes(z.checkpoints[4:12], "little", signed=True)
-    from soci_native import tarzinfo
-    return tarzinfo.decode(z.checkpoints).span_size
 
 
 @ztoc_group.command("info")
@@ -534,22 +565,11 @@ def ztoc_span_size(z: ztoc.Ztoc) -> int:
 @click.pass_context
 def ztoc_info(ctx: click.Context, digest: str) -> None:
     """Print a zTOC's summary and file list as JSON (the reference's keys)."""
-    from soci_native.layer import span_range
+    from soci_native.ztoc_info import info_text
+
     with user_errors(), store_of(ctx) as store:
-        rec, z = load_ztoc(store, digest)
-        files, multi = [], 0
-        for f in ztoc.sorted_files(z):
-            start = span_range(z.checkpoints, f.uncompressed_offset, 0,
-                               z.compressed_archive_size)[0]
-            end = span_range(z.checkpoints, f.uncompressed_offset + f.uncompressed_size, 0,
-                             z.compressed_archive_size)[0]
-            multi += start != end
-            files.append({"filename": f.name, "offset": f.uncompressed_offset,
-                          "size": f.uncompressed_size, "type": f.type, "start_span": start,
-                          "end_span": end})
-        emit_json({"version": z.version, "build_tool": z.build_tool_identifier,
-                   "size": rec.size, "span_size": ztoc_span_size(z), "num_spans": z.num_spans,
-                   "num_files": len(z.files), "num_multi_span_files": multi, "files": files})
+        rec = record_or_fail(store, digest, "soci_layer")
+        click.echo(info_text(store.read_blob(digest), rec.size))
 
 
 def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> tuple[str, str]:
@@ -580,6 +600,9 @@ def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> t
 def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None,
                   image_ref: str | None, verbose: bool, **kw: Any) -> None:
     """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs."""
+    from soci_native import index, ztoc
+    from soci_native.images import open_image
+
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
         raw = store.read_blob(digest)
@@ -597,7 +620,7 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
         if f.type != "reg":
             fail(f"{path} is a {f.type}, not a regular file")
         ref, layer_digest = find_layer_source(store, rec, image_ref)
-        with open_image(ref, registry=registry_options(kw)) as src:
+        with open_image(ref, registry=local_or_registry_options(ref, kw)) as src:
             data, fetched = read_file(src, layer_digest, z, f)
         if verbose:
             click.echo(f"read {fetched} of {z.compressed_archive_size} layer bytes "
@@ -610,9 +633,20 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
         sys.stdout.buffer.flush()
 
 
+def local_or_registry_options(ref: str, kw: dict[str, Any]) -> RegistryOptions | None:
+    """The registry flags' options, or None for an image that is plainly local (making the
+    options imports the registry client, urllib3: a third of a small local command's time).
+    open_image ignores the options for local images, so a miss only costs time."""
+    if ref.startswith(("oci:", "oci-archive:", "docker-archive:")) or os.path.exists(ref):
+        return None
+    return registry_options(kw)
+
+
 def lookup_file(raw: bytes, want: str) -> ztoc.FileMetadata | None:
     """The entry whose cleaned name is ``want``: the C lookup handles the usual name forms;
     odd ones ("a/./b", "a//b") fall back to cleaning every name."""
+    from soci_native import index, ztoc
+
     f = ztoc.find_file(raw, want)
     if f is None:
         by_name = {index.clean_prefetch_path(x.name): x for x in ztoc.from_bytes(raw).files}
@@ -624,12 +658,14 @@ def read_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata
               ) -> tuple[bytes, int]:
     """A file's bytes and how many layer bytes were read: only its spans (one range request
     from a registry, pread of a local blob)."""
-    from soci_native.layer import extract_span, span_range
-    from soci_native.registry import RegistrySource
+    from soci_native.layer import extract, extract_span, span_range
 
+    # Only a registry source has a `client`; importing the registry module to ask would
+    # load urllib3 for every local read.
+    registry = sys.modules.get("soci_native.registry")
     off, size = f.uncompressed_offset, f.uncompressed_size
     first, start, end = span_range(z.checkpoints, off, size, z.compressed_archive_size)
-    if isinstance(src, RegistrySource):
+    if registry is not None and isinstance(src, registry.RegistrySource):
         comp = verified_spans(src, layer_digest, z, off, size)
         return extract_span(z.checkpoints, first, comp, off, size), len(comp)
     blob = src.blob_path(layer_digest)
@@ -727,7 +763,7 @@ def rebuild_db(ctx: click.Context, as_json: bool) -> None:
     An unusable (corrupt) artifacts.db is moved aside (artifacts.db.corrupt-TIME) and a new
     one is built from the blobs.
     """
-    from soci_native.store import CorruptDatabaseError
+    from soci_native.store import CorruptDatabaseError, Store
 
     moved = None
     with user_errors():

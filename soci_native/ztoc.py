@@ -7,6 +7,7 @@ and the reference's (v1 checkpoint blobs, the omitted compression_algorithm fiel
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,9 +115,15 @@ def sorted_files(z: Ztoc) -> list[FileMetadata]:
     """Entries by uncompressed offset, as readers see them, checking what the reference
     checks: each entry's data starts after the previous entry's padded data."""
     files = sorted(z.files, key=lambda f: f.uncompressed_offset)
-    next_header = 0
-    for f in files:
-        if next_header > f.uncompressed_offset:
-            raise ZtocError(f"invalid TOC entry {f.name!r}: overlaps the previous entry")
-        next_header = -(-(f.uncompressed_offset + f.uncompressed_size) // 512) * 512
+    check_order((f.name, f.uncompressed_offset, f.uncompressed_size) for f in files)
     return files
+
+
+def check_order(entries: Iterable[tuple[str, int, int]]) -> None:
+    """Raises ZtocError unless each (name, offset, size), taken by offset, starts after the
+    previous entry's padded data."""
+    next_header = 0
+    for name, off, size in entries:
+        if next_header > off:
+            raise ZtocError(f"invalid TOC entry {name!r}: overlaps the previous entry")
+        next_header = -(-(off + size) // 512) * 512

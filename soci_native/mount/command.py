@@ -10,34 +10,43 @@ error. The child writes ``<root>/mounts/<key>.json`` (pid, mountpoint, image, lo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
 import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from soci_native.cliopts import ByteSize, registry_flags, registry_options
-from soci_native.store import FILE_MODE, default_root, private_dirs
 
+# Everything else is imported where it is used: cli.py registers these commands on every
+# start, and `soci-native --help` should not pay for logging, subprocess or pathlib.
 if TYPE_CHECKING:
+    import logging
+    from pathlib import Path
+
     from soci_native.registry import RegistryOptions
 
-log = logging.getLogger("soci_native.mount")
+
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("soci_native.mount")
 
 def _root(ctx: click.Context) -> Path:
     obj = ctx.find_object(dict)
     root = obj.get("root") if obj else None
+    from pathlib import Path
+
+    from soci_native.store import default_root
+
     return Path(root or default_root()).absolute()
 
 
 def _key(mountpoint: str) -> str:
+    import hashlib
+
     return hashlib.sha256(mountpoint.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -53,6 +62,9 @@ def _fail(msg: str) -> None:
 
 
 def _setup_logging(debug: bool) -> None:
+    import logging
+
+    log = _log()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s soci-native[%(process)d] %(levelname)s %(message)s"))
@@ -119,6 +131,9 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
     `MOUNTPOINT/.soci-native/stats.json` (hidden) reports per-layer fetch statistics.
     Unmount with `soci-native umount`.
     """
+    import shutil
+    from pathlib import Path
+
     root = _root(ctx)
     mp = os.path.abspath(mountpoint)
     if not os.path.isdir(mp):
@@ -167,6 +182,10 @@ def _secrets_pipe(values: dict[str, str]) -> int | None:
 def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
     """Runs this command again with --foreground in a detached child and waits for it to
     report the mount live (or fail)."""
+    import subprocess
+
+    from soci_native.store import FILE_MODE, private_dirs
+
     args = [sys.executable, "-m", "soci_native.mount"]
     skip = ("foreground", "ready_fd", "secrets_fd", "log_file", "mountpoint", *_SECRET_PARAMS)
     for p in ctx.command.params:
@@ -223,6 +242,8 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
          cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
          allow_other: bool, debug: bool, ready_fd: int | None,
          registry: RegistryOptions | None = None, background_fetch: float = 0.0) -> None:
+    from pathlib import Path
+
     from soci_native.images import ImageError
     from soci_native.layer import FormatError
     from soci_native.mount.image import MountError, MountOptions, open_mount
@@ -244,6 +265,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
     if ready_fd is not None:
         os.chdir("/")  # a daemon pins no directory; everything it keeps is absolute or open
     ready = False
+    log = _log()
 
     def on_ready() -> None:
         nonlocal ready
@@ -305,6 +327,9 @@ def _alive(pid: int) -> bool:
 @click.pass_context
 def umount_command(ctx: click.Context, mountpoint: str, lazy: bool, timeout: float) -> None:
     """Unmount a `soci-native mount` (fusermount3 -u) and wait for its process to exit."""
+    import shutil
+    import subprocess
+
     mp = os.path.abspath(mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp] if tool else \
