@@ -9,6 +9,8 @@ idle memory to one interpreter, however many layers are mounted.
 
 Requests: ``ping``; ``mount`` (mountpoint, image, layer, index, store, cache_dir,
 cache_size, background_fetch, registry options) answers once the mount is live;
+``preload`` (the same without mountpoint) loads a layer's zTOC and tree in the background
+for a mount request to come;
 ``unmount`` (mountpoint) detaches it and removes its span cache; ``list``; ``shutdown``
 unmounts everything and exits (SIGTERM/SIGINT do the same).
 """
@@ -37,6 +39,8 @@ SOCKET_NAME = "mountd.sock"
 PID_NAME = "mountd.pid"
 LOG_NAME = "mountd.log"
 MAX_REQUEST = 1 << 20
+MAX_PRELOADS = 64
+PRELOAD_TTL = 60.0  # an unclaimed preloaded layer is dropped after this many seconds
 
 
 class MountdError(Exception):
@@ -117,6 +121,13 @@ class MountdClient:
 # ------------------------------------------------------------------------------------ server
 
 @dataclass
+class _Preload:
+    at: float
+    done: threading.Event = field(default_factory=threading.Event)
+    mounted: Any = None
+
+
+@dataclass
 class _Mount:
     mountpoint: str
     request: dict[str, Any]
@@ -136,15 +147,72 @@ class Daemon:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
         self.mounts: dict[str, _Mount] = {}
+        self.preloads: dict[tuple[str, str, str], _Preload] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
     # -- mounts
 
-    def mount(self, req: dict[str, Any]) -> dict[str, Any]:
-        from soci_native.mount.image import MountOptions, open_mount
+    @staticmethod
+    def _options(req: dict[str, Any]) -> Any:
+        from soci_native.mount.image import MountOptions
         from soci_native.registry import RegistryOptions
 
+        reg = RegistryOptions(**(req.get("registry") or {}))
+        return MountOptions(str(req["image"]), Path(str(req["store"])), None,
+                            str(req["layer"]), str(req["index"]), Path(str(req["cache_dir"])),
+                            int(req.get("cache_size") or 1 << 30), False, reg,
+                            float(req.get("background_fetch") or 0.0))
+
+    @staticmethod
+    def _key(req: dict[str, Any]) -> tuple[str, str, str]:
+        return str(req["image"]), str(req["layer"]), str(req["index"])
+
+    def preload(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Loads a layer's zTOC and tree ahead of its mount request (the snapshotter asks for
+        the image's other layers while containerd prepares the first)."""
+        from soci_native.mount.image import open_mount
+
+        key = self._key(req)
+        self._expire_preloads()
+        with self.lock:
+            if key in self.preloads or len(self.preloads) >= MAX_PRELOADS:
+                return {"ok": True, "queued": False}
+            p = _Preload(time.monotonic())
+            self.preloads[key] = p
+
+        def load() -> None:
+            try:
+                p.mounted = open_mount(self._options(req))
+            except Exception as e:
+                shutil.rmtree(str(req["cache_dir"]), ignore_errors=True)
+                log.info("preloading %s failed: %s", req.get("layer"), e)
+            p.done.set()
+
+        threading.Thread(target=load, name="preload", daemon=True).start()
+        return {"ok": True, "queued": True}
+
+    def _expire_preloads(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            old = [k for k, p in self.preloads.items()
+                   if p.done.is_set() and now - p.at > PRELOAD_TTL]
+            gone = [self.preloads.pop(k) for k in old]
+        for p in gone:
+            if p.mounted is not None:
+                p.mounted.close()
+                shutil.rmtree(p.mounted.cache.root, ignore_errors=True)
+
+    def _open(self, req: dict[str, Any]) -> Any:
+        from soci_native.mount.image import open_mount
+
+        with self.lock:
+            p = self.preloads.pop(self._key(req), None)
+        if p is not None and p.done.wait(float(req.get("mount_timeout") or 30)) and p.mounted:
+            return p.mounted
+        return open_mount(self._options(req))
+
+    def mount(self, req: dict[str, Any]) -> dict[str, Any]:
         mp = os.path.abspath(str(req["mountpoint"]))
         with self.lock:
             if mp in self.mounts:
@@ -152,12 +220,8 @@ class Daemon:
             m = _Mount(mp, req, Path(str(req["cache_dir"])))
             self.mounts[mp] = m
         try:
-            reg = RegistryOptions(**(req.get("registry") or {}))
-            opts = MountOptions(str(req["image"]), Path(str(req["store"])), None,
-                                str(req["layer"]), str(req["index"]), m.cache_dir,
-                                int(req.get("cache_size") or 1 << 30), False, reg,
-                                float(req.get("background_fetch") or 0.0))
-            m.mounted = open_mount(opts)
+            m.mounted = self._open(req)
+            m.cache_dir = Path(m.mounted.cache.root)
         except Exception as e:
             with self.lock:
                 self.mounts.pop(mp, None)
@@ -233,8 +297,13 @@ class Daemon:
         self.stopping.set()
         with self.lock:
             mps = list(self.mounts)
+            for p in self.preloads.values():
+                p.at = -PRELOAD_TTL
         for mp in mps:
             self.unmount(mp)
+        for p in list(self.preloads.values()):
+            p.done.wait(30)
+        self._expire_preloads()
 
     # -- the socket
 
@@ -264,6 +333,8 @@ class Daemon:
             return {"ok": True, "pid": os.getpid()}
         if op == "mount":
             return self.mount(req)
+        if op == "preload":
+            return self.preload(req)
         if op == "unmount":
             return self.unmount(str(req["mountpoint"]))
         if op == "list":

@@ -121,21 +121,35 @@ class Resolver:
                     while len(self._cache) > CACHE_ENTRIES:
                         old, _ = self._cache.popitem(last=False)
                         self._key_locks.pop(old, None)
-        if t.layer not in info.layers:
-            log.info("layer %s is not in %s: normal unpack", t.layer, info.pinned)
+        return self._plan_for(info, t.layer)
+
+    def siblings(self, t: Target) -> list[Plan]:
+        """Plans for the image's other lazily mountable layers (after :meth:`plan`): the
+        mount daemon can load their zTOCs while containerd works through the chain."""
+        with self._lock:
+            info = self._cache.get((t.image_ref, t.manifest, t.index))
+        if info is None:
+            return []
+        plans = (self._plan_for(info, d, quiet=True) for d in info.ztocs if d != t.layer)
+        return [p for p in plans if p is not None]
+
+    def _plan_for(self, info: _ImageInfo, layer: str, quiet: bool = False) -> Plan | None:
+        """The plan, or None with the reason logged (unless ``quiet``)."""
+        why = ""
+        if layer not in info.layers:
+            why = f"layer {layer} is not in {info.pinned}"
+        elif not info.index:
             return None
-        if not info.index:
+        elif layer not in info.ztocs:
+            why = f"layer {layer} of {info.pinned} has no zTOC"
+        elif info.layers[layer] < self.min_layer_size:
+            why = f"layer {layer} ({info.layers[layer]} bytes) is below min_layer_size"
+        if why:
+            if not quiet:
+                log.info("%s: normal unpack", why)
             return None
-        ztoc = info.ztocs.get(t.layer)
-        if ztoc is None:
-            log.info("layer %s of %s has no zTOC: normal unpack", t.layer, info.pinned)
-            return None
-        size = info.layers[t.layer]
-        if size < self.min_layer_size:
-            log.info("layer %s (%d bytes) is below min_layer_size: normal unpack", t.layer,
-                     size)
-            return None
-        return Plan(info.pinned, info.manifest, info.index, t.layer, size, ztoc)
+        return Plan(info.pinned, info.manifest, info.index, layer, info.layers[layer],
+                    info.ztocs[layer])
 
     def _image_info(self, t: Target) -> _ImageInfo:
         from soci_native.images import ImageError, open_image, resolve

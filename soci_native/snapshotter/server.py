@@ -59,7 +59,8 @@ def serve(address: str, paths: Paths, cfg: Config, ready: threading.Event | None
     paths.root.mkdir(parents=True, exist_ok=True)
     svc = build_service(paths, cfg)
     remote = [(s, svc.fs(s)) for s in svc.meta.all() if s.remote]
-    if svc.lazy is not None and remote:
+    if svc.lazy is not None:
+        svc.lazy.mountd.ensure()  # up before the first pull needs it
         svc.lazy.adopt(remote)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(address)

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from soci_native.snapshotter.remote import REMOTE_LABEL, Plan, Resolver, Target,
 log = logging.getLogger("soci_native.snapshotter")
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
+PRELOAD_AGAIN = 60.0  # seconds before an image's other layers are preloaded again
 LIST_BATCH = 100
 
 
@@ -293,24 +297,54 @@ class LazyMounter:
         self.timeout = timeout
         self.background_fetch = background_fetch
         self._slots = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()
+        self._preloaded: OrderedDict[str, float] = OrderedDict()
 
     def mount(self, t: Target, fs: Path) -> Plan | None:
         with self._slots:
             plan = self.resolver.plan(t)
             if plan is None:
                 return None
+            self._preload_siblings(t, plan)
             self.mount_plan(plan, fs)
             return plan
+
+    def _request(self, plan: Plan, cache_dir: Path) -> dict[str, Any]:
+        return {"image": plan.image, "layer": plan.layer, "index": plan.index,
+                "store": str(self.store_root), "cache_dir": str(cache_dir),
+                "cache_size": self.cache_size, "mount_timeout": self.timeout,
+                "background_fetch": self.background_fetch,
+                "registry": self.resolver.registry_json()}
 
     def mount_plan(self, plan: Plan, fs: Path) -> None:
         self.mountd.ensure()
         self.mountd.call("mount", timeout=self.timeout + 30, mountpoint=str(fs),
-                         image=plan.image, layer=plan.layer, index=plan.index,
-                         store=str(self.store_root),
-                         cache_dir=str(self.cache_root / fs.parent.name),
-                         cache_size=self.cache_size, mount_timeout=self.timeout,
-                         background_fetch=self.background_fetch,
-                         registry=self.resolver.registry_json())
+                         **self._request(plan, self.cache_root / fs.parent.name))
+
+    def _preload_siblings(self, t: Target, plan: Plan) -> None:
+        """On the first layer of an image, asks the mount daemon to load the other layers'
+        zTOCs and trees now: containerd prepares the layers one after the other, so each
+        later mount then only has to start its FUSE loop."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._preloaded.get(plan.image, -PRELOAD_AGAIN) < PRELOAD_AGAIN:
+                return
+            self._preloaded[plan.image] = now
+            while len(self._preloaded) > 256:
+                self._preloaded.popitem(last=False)
+        siblings = self.resolver.siblings(t)
+
+        def send() -> None:
+            for p in siblings:
+                cache = self.cache_root / f"pre-{p.layer[-12:]}-{secrets.token_hex(4)}"
+                try:
+                    self.mountd.ensure()
+                    self.mountd.call("preload", timeout=30, **self._request(p, cache))
+                except (OSError, MountdError) as e:
+                    log.info("preloading %s: %s", p.layer, e)
+
+        if siblings:
+            threading.Thread(target=send, name="preload", daemon=True).start()
 
     def unmount(self, fs: Path) -> None:
         try:
