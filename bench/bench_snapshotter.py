@@ -227,7 +227,8 @@ def main() -> int:
     b.verbose = args.verbose
     rows: list[tuple[str, float, float, int, int]] = []
     try:
-        print(f"span size {args.span_size or 4 << 20}; image: {len(b.layer_sizes)} layers, {b.image_bytes / 1e6:.1f} MB compressed "
+        print(f"span size {args.span_size or 4 << 20}; image: {len(b.layer_sizes)} layers, "
+              f"{b.image_bytes / 1e6:.1f} MB compressed "
               f"({', '.join(f'{s / 1e6:.1f}' for s in b.layer_sizes)} MB); index build + "
               f"push {b.index_seconds:.1f} s", flush=True)
         variants = [("loopback", None)]
