@@ -484,7 +484,7 @@ nb::object checked(PyObject *o) {
     return nb::steal(o);
 }
 
-nb::object file_tuple(const sn_ztoc &z, const sn_ztoc_file &f) {
+nb::object file_tuple(sn_ztoc &z, const sn_ztoc_file &f) {
     sn_err e{};
     nb::object xattrs = checked(PyTuple_New(f.nxattrs));
     for (uint32_t j = 0; j < f.nxattrs; j++) {

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@ struct sn_indexer {
     size_t wpos;            /* write position in out, always >= SN_WINSIZE */
     uint64_t last_cp_out;
     uint32_t ncp;
+    uint64_t ncp_dropped;   /* block boundaries at out = 0 after checkpoint 0 (not recorded) */
     sn_buf blob;
     uint8_t last_in;        /* the most recently consumed compressed byte */
     span_hasher *hash;
@@ -92,7 +94,17 @@ static int gz_start(sn_indexer *ix, sn_err *err) {
 
 /* A checkpoint where the reference takes one: see soci-format 1.2. */
 static int gz_checkpoint(sn_indexer *ix, int bits, sn_err *err) {
-    if (ix->ncp == INT32_MAX) return sn_fail(err, SN_EFORMAT, "too many checkpoints");
+    /* Another boundary before any output (empty blocks or members up front): the reference
+     * would record a second out = 0 checkpoint, which its snapshotter refuses as
+     * non-monotonic. Recording none keeps the checkpoints valid for reading (the first one
+     * inflates through the empty blocks) and memory flat; the zTOC is refused (sn_indexer_no_ztoc). */
+    if (ix->ncp > 0 && ix->totout == ix->last_cp_out) {
+        ix->ncp_dropped++;
+        return SN_OK;
+    }
+    if (ix->ncp == INT32_MAX || ix->blob.len + SN_CHECKPOINT_SIZE > SN_ZTOC_MAX)
+        return sn_fail(err, SN_EFORMAT, "too many checkpoints (%u): the zTOC would exceed 2 GiB; use a larger span size",
+                       ix->ncp);
     /* the previous span ends at `in`; this one starts there, with the shared partial byte */
     int rc = sh_span_start(ix->hash, ix->totin, bits, ix->last_in, err);
     if (rc) return rc;
@@ -317,6 +329,15 @@ const uint8_t *sn_indexer_digests(const sn_indexer *ix) {
 }
 const tar_parser *sn_indexer_tar(const sn_indexer *ix) { return ix->tar; }
 const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix) { return sh_blob_digest(ix->hash); }
+
+const char *sn_indexer_no_ztoc(const sn_indexer *ix, char *buf, size_t n) {
+    if (!ix->ncp_dropped) return NULL;
+    snprintf(buf, n,
+             "gzip stream has %llu more deflate block boundaries before its first uncompressed byte "
+             "(empty blocks or members): the reference snapshotter refuses the zTOC's non-monotonic checkpoints",
+             (unsigned long long)ix->ncp_dropped);
+    return buf;
+}
 
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len) {
     *len = ix->blob.len;

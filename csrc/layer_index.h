@@ -16,6 +16,9 @@ enum { SN_MODE_AUTO = 0, SN_MODE_GZIP = 1, SN_MODE_TAR = 2 };
 #define SN_WINSIZE 32768
 #define SN_CHECKPOINT_SIZE (8 + 8 + 1 + SN_WINSIZE)
 #define SN_BLOB_HEADER 12
+/* The largest zTOC (FlatBuffers offsets are 32-bit signed): checkpoints beyond it are refused
+ * while indexing, before the memory is spent. */
+#define SN_ZTOC_MAX ((size_t)1 << 31)
 
 typedef struct sn_indexer sn_indexer;
 
@@ -41,6 +44,8 @@ size_t sn_indexer_num_spans(const sn_indexer *ix);
 const uint8_t *sn_indexer_digests(const sn_indexer *ix); /* 32 bytes per span */
 const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix); /* sha256 of the whole blob */
 const tar_parser *sn_indexer_tar(const sn_indexer *ix);
+/* Why no zTOC may be built from this layer's checkpoints (written into buf), or NULL. */
+const char *sn_indexer_no_ztoc(const sn_indexer *ix, char *buf, size_t n);
 
 /* Plain zlib-ng streaming inflate of a gzip file (multi-member), for benchmarks: bytes out. */
 int sn_raw_inflate_file(const char *path, uint64_t *out_bytes, sn_err *err);

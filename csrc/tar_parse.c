@@ -82,7 +82,9 @@ const char *sn_type_name(char typeflag) {
 
 size_t tar_entry_count(const tar_parser *tp) { return tp->nents; }
 const sn_entry *tar_entries(const tar_parser *tp) { return tp->ents; }
-const uint8_t *tar_pool(const tar_parser *tp) { return tp->pool.p; }
+/* Never NULL: when every string is empty the pool was never allocated, and callers add
+ * offsets (all 0 then) to it. */
+const uint8_t *tar_pool(const tar_parser *tp) { return tp->pool.p ? tp->pool.p : (const uint8_t *)""; }
 
 /* ---- number parsing (Go strconv / archive/tar semantics) ---- */
 
@@ -165,6 +167,7 @@ static int pool_add(tar_parser *tp, const void *p, size_t n, sn_str *s, sn_err *
 typedef struct {
     const uint8_t *k, *v;
     uint32_t kn, vn;
+    size_t seq; /* position in the stream: among equal keys the later one wins */
 } pax_rec;
 
 static int pax_next(const sn_buf *b, size_t *at, pax_rec *r) {
@@ -178,12 +181,18 @@ static int pax_next(const sn_buf *b, size_t *at, pax_rec *r) {
     return 1;
 }
 
-static int pax_keycmp(const void *a, const void *b) {
-    const pax_rec *x = a, *y = b;
+static int pax_keycmp(const pax_rec *x, const pax_rec *y) {
     size_t n = x->kn < y->kn ? x->kn : y->kn;
     int c = memcmp(x->k, y->k, n);
     if (c) return c;
     return (x->kn > y->kn) - (x->kn < y->kn);
+}
+
+/* By key, then stream order, so a run of equal keys ends with the one Go's map keeps. */
+static int pax_reccmp(const void *a, const void *b) {
+    const pax_rec *x = a, *y = b;
+    int c = pax_keycmp(x, y);
+    return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
 }
 
 /* Last value of key in the pending PAX records (a map: later records win). */
@@ -216,20 +225,17 @@ static int pax_store(tar_parser *tp, sn_entry *e, sn_err *err) {
     pax_rec *recs = malloc(n * sizeof *recs);
     if (!recs) return sn_fail(err, SN_ENOMEM, "out of memory");
     at = 0;
-    for (size_t i = 0; i < n; i++) pax_next(&tp->pax, &at, &recs[i]);
-    qsort(recs, n, sizeof *recs, pax_keycmp);
+    for (size_t i = 0; i < n; i++) {
+        pax_next(&tp->pax, &at, &recs[i]);
+        recs[i].seq = i;
+    }
+    qsort(recs, n, sizeof *recs, pax_reccmp); /* O(n log n): one header may hold ~100k records */
     int rc = SN_OK;
     uint64_t start = tp->pool.len;
     for (size_t i = 0; i < n && !rc; i++) {
-        if (i + 1 < n && pax_keycmp(&recs[i], &recs[i + 1]) == 0) continue; /* one per key */
-        const uint8_t *v = NULL;
-        size_t vn = 0, at2 = 0;
-        pax_rec q;
-        while (pax_next(&tp->pax, &at2, &q)) /* qsort is not stable: take the last in stream order */
-            if (pax_keycmp(&q, &recs[i]) == 0) {
-                v = q.v;
-                vn = q.vn;
-            }
+        if (i + 1 < n && pax_keycmp(&recs[i], &recs[i + 1]) == 0) continue; /* the last of each key */
+        const uint8_t *v = recs[i].v;
+        size_t vn = recs[i].vn;
         uint8_t len4[4];
         sn_str tmp;
         sn_put_le32(len4, recs[i].kn);

@@ -97,12 +97,24 @@ static int element(const sn_ztoc *z, size_t first, uint32_t i, size_t *out, sn_e
     return SN_OK;
 }
 
+/* Charges `n` decoded bytes (a string: its length, +4 for a digest; a file or xattr: +8). */
+static int charge(sn_ztoc *z, uint64_t n, sn_err *err) {
+    if (n > z->budget)
+        return sn_fail(err, SN_EFORMAT,
+                       "malformed zTOC: its entries decode to more than %d times its %zu bytes "
+                       "(strings shared between entries)",
+                       SN_ZTOC_DECODE_FACTOR, z->len);
+    z->budget -= n;
+    return SN_OK;
+}
+
 /* ---- the zTOC schema (soci-format 1.1) ---- */
 
 int sn_ztoc_parse(const uint8_t *buf, size_t len, sn_ztoc *z, sn_err *err) {
     memset(z, 0, sizeof *z);
     z->buf = buf;
     z->len = len;
+    z->budget = (uint64_t)SN_ZTOC_DECODE_FACTOR * len + SN_ZTOC_DECODE_SLACK;
     uint32_t root;
     int64_t v;
     size_t toc, info, at;
@@ -112,6 +124,9 @@ int sn_ztoc_parse(const uint8_t *buf, size_t len, sn_ztoc *z, sn_err *err) {
         ref(z, root, 4, &toc, err) || ref(z, root, 5, &info, err))
         return err->code;
     if (!info) return bad(err, "no compression_info", root);
+    if (z->compressed_size < 0 || z->uncompressed_size < 0)
+        return sn_fail(err, SN_EFORMAT, "malformed zTOC: negative archive size (compressed %lld, uncompressed %lld)",
+                       (long long)z->compressed_size, (long long)z->uncompressed_size);
     if (scalar(z, info, 0, 1, 1, &v, err)) return err->code;
     if (v != 1 && v != 2) return sn_fail(err, SN_EFORMAT, "zTOC: unknown compression algorithm %lld", (long long)v);
     z->algorithm = (int)v;
@@ -130,14 +145,14 @@ int sn_ztoc_parse(const uint8_t *buf, size_t len, sn_ztoc *z, sn_err *err) {
     return SN_OK;
 }
 
-int sn_ztoc_digest(const sn_ztoc *z, uint32_t i, sn_bytes *out, sn_err *err) {
+int sn_ztoc_digest(sn_ztoc *z, uint32_t i, sn_bytes *out, sn_err *err) {
     size_t at;
     if (i >= z->ndigests) return sn_fail(err, SN_EARG, "span digest %u out of range", i);
-    if (element(z, z->digests_at, i, &at, err)) return err->code;
-    return string_at(z, at, out, err);
+    if (element(z, z->digests_at, i, &at, err) || string_at(z, at, out, err)) return err->code;
+    return charge(z, (uint64_t)out->n + 4, err);
 }
 
-int sn_ztoc_file_at(const sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err) {
+int sn_ztoc_file_at(sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err) {
     size_t t, at;
     int64_t uid, gid;
     memset(f, 0, sizeof *f);
@@ -154,14 +169,18 @@ int sn_ztoc_file_at(const sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err) 
     f->uid = (uint32_t)uid;
     f->gid = (uint32_t)gid;
     if (at && vector(z, at, 4, &f->xattrs_at, &f->nxattrs, err)) return err->code;
-    return SN_OK;
+    if (f->offset < 0 || f->size < 0)
+        return sn_fail(err, SN_EFORMAT, "malformed zTOC: file %u has a negative offset or size", i);
+    uint64_t strings = (uint64_t)f->name.n + f->type.n + f->linkname.n + f->uname.n + f->gname.n + f->mod_time.n;
+    /* the xattr elements are charged here too: a caller walking only names pays for them */
+    return charge(z, 8 + strings + 8 * (uint64_t)f->nxattrs, err);
 }
 
-int sn_ztoc_xattr(const sn_ztoc *z, const sn_ztoc_file *f, uint32_t j, sn_bytes *key, sn_bytes *value,
+int sn_ztoc_xattr(sn_ztoc *z, const sn_ztoc_file *f, uint32_t j, sn_bytes *key, sn_bytes *value,
                   sn_err *err) {
     size_t t;
     if (j >= f->nxattrs) return sn_fail(err, SN_EARG, "xattr %u out of range", j);
     if (element(z, f->xattrs_at, j, &t, err)) return err->code;
     if (string_field(z, t, 0, key, err) || string_field(z, t, 1, value, err)) return err->code;
-    return SN_OK;
+    return charge(z, (uint64_t)key->n + value->n + 8, err);
 }

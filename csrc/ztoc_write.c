@@ -25,19 +25,18 @@ static uint32_t fb_off(const fbb *b) { return (uint32_t)(b->cap - b->head); }
 static int fb_grow(fbb *b, size_t need) {
     if (b->failed) return -1;
     size_t used = b->cap - b->head, cap = b->cap ? b->cap : 1024;
-    while (cap - used < need) {
-        if (cap > ((size_t)1 << 31)) {
-            b->failed = sn_fail(b->err, SN_EFORMAT, "zTOC larger than 2 GiB");
-            return -1;
-        }
-        cap *= 2;
+    if (need > SN_ZTOC_MAX - used) { /* checked before growing: the buffer never passes the limit */
+        b->failed = sn_fail(b->err, SN_EFORMAT, "zTOC larger than 2 GiB");
+        return -1;
     }
+    while (cap - used < need) cap = cap >= SN_ZTOC_MAX / 2 ? SN_ZTOC_MAX : cap * 2;
     uint8_t *p = malloc(cap);
     if (!p) {
         b->failed = sn_fail(b->err, SN_ENOMEM, "out of memory for a %zu-byte zTOC", cap);
         return -1;
     }
-    memset(p, 0, cap - used);
+    /* not zeroed: every output byte is written (fb_pad zeroes padding), and untouched pages
+     * of a generously sized buffer stay unallocated */
     if (used) memcpy(p + cap - used, b->buf + b->head, used);
     free(b->buf);
     b->buf = p;
@@ -158,16 +157,21 @@ static uint32_t fb_end(fbb *b) {
     return obj;
 }
 
+/* Hands the builder's buffer over (moved to its front, shrunk): no second copy. */
 static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
     if (!fb_prep(b, b->minalign, 4)) fb_uoffset(b, root);
-    if (!b->failed) {
-        size_t n = b->cap - b->head;
-        out->len = 0;
-        if (sn_buf_append(out, b->buf + b->head, n, b->err)) b->failed = b->err->code;
-    }
-    free(b->buf);
     free(b->vtables);
-    return b->failed ? b->err->code : SN_OK;
+    if (b->failed) {
+        free(b->buf);
+        return b->err->code;
+    }
+    size_t n = b->cap - b->head;
+    memmove(b->buf, b->buf + b->head, n);
+    uint8_t *p = realloc(b->buf, n ? n : 1);
+    sn_buf_free(out);
+    out->p = p ? p : b->buf;
+    out->len = out->cap = n;
+    return SN_OK;
 }
 
 /* ---- Go time text ---- */
@@ -261,47 +265,72 @@ int sn_tar_zinfo_build(int64_t span_size, int64_t size, sn_buf *out, sn_err *err
     return fb_finish(&b, fb_end(&b), out);
 }
 
-int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err) {
-    const tar_parser *tp = sn_indexer_tar(ix);
-    const sn_entry *ents = tar_entries(tp);
-    const uint8_t *pool = tar_pool(tp);
-    size_t n = tar_entry_count(tp), max_pax = 0;
-    for (size_t i = 0; i < n; i++) {
+/* Refuses entries a zTOC cannot describe or that readers would reject. */
+static int check_entries(const sn_ztoc_input *in, size_t *max_pax, sn_err *err) {
+    const sn_entry *ents = in->ents;
+    *max_pax = 0;
+    for (size_t i = 0; i < in->n; i++) {
         if (!toc_type(&ents[i]))
             return sn_fail(err, SN_EFORMAT,
                            "layer has %s at uncompressed offset %llu that a zTOC cannot describe",
                            ents[i].sparse ? "a sparse file" : ents[i].typeflag == 'g' ? "a PAX global header"
                                                                                       : "an entry of unknown type",
                            (unsigned long long)ents[i].header_offset);
-        if (ents[i].npax > max_pax) max_pax = ents[i].npax;
+        /* The reference's reader derives each entry's header offset from the previous entry's
+         * offset + size (rounded up to 512) and rejects the zTOC when that passes the entry's
+         * own offset; Go keeps the header's size for header-only types (a hard link or symlink
+         * carrying a size), whose data the archive does not hold. Such a zTOC would be
+         * refused at mount, ours and the reference's: build none. */
+        if (i > 0) {
+            const sn_entry *p = &ents[i - 1];
+            uint64_t end = p->offset + (uint64_t)p->size;
+            if (p->size < 0 || end < p->offset || end > UINT64_MAX - 511 ||
+                ((end + 511) & ~(uint64_t)511) > ents[i].offset)
+                return sn_fail(err, SN_EFORMAT,
+                               "the %s at uncompressed offset %llu has a size (%lld) that runs into the next entry "
+                               "(its data is not in the archive): readers reject such a zTOC",
+                               toc_type(p), (unsigned long long)p->header_offset, (long long)p->size);
+        }
+        if (ents[i].npax > *max_pax) *max_pax = ents[i].npax;
     }
-    sn_buf zinfo = {0};
-    const uint8_t *cp;
-    size_t cplen;
-    int gzip = sn_indexer_mode(ix) == SN_MODE_GZIP;
-    if (gzip) {
-        cp = sn_indexer_blob(ix, &cplen);
-    } else {
-        int rc = sn_tar_zinfo_build((int64_t)sn_indexer_span_size(ix), (int64_t)sn_indexer_compressed_size(ix),
-                                    &zinfo, err);
-        if (rc) return rc;
-        cp = zinfo.p;
-        cplen = zinfo.len;
+    return SN_OK;
+}
+
+/* An upper bound of the finished size (each string: bytes + NUL + length + alignment; each
+ * table: its fields, padding and a vtable of its own), so the builder allocates once; the
+ * pages it does not write are never touched. */
+static uint64_t size_bound(const sn_ztoc_input *in, const char *build_tool) {
+    uint64_t b = 1024 + strlen(build_tool) + in->cplen + 96 * (uint64_t)in->nspans;
+    for (size_t i = 0; i < in->n; i++) {
+        const sn_entry *e = &in->ents[i];
+        b += 512 + (uint64_t)e->name.len + e->linkname.len + e->uname.len + e->gname.len + e->pax.len +
+             96 * (uint64_t)e->npax;
     }
-    size_t nspans = sn_indexer_num_spans(ix), scratch_n = n > nspans ? n : nspans;
-    if (max_pax > scratch_n) scratch_n = max_pax;
+    return b;
+}
+
+int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, sn_err *err) {
+    const sn_entry *ents = in->ents;
+    const uint8_t *pool = in->pool ? in->pool : (const uint8_t *)"";
+    size_t n = in->n, max_pax, nspans = in->nspans;
+    int rc = check_entries(in, &max_pax, err);
+    if (rc) return rc;
+    if (nspans == 0 || nspans - 1 > INT32_MAX) return sn_fail(err, SN_EFORMAT, "a zTOC needs 1 to 2^31 spans");
+    size_t scratch_n = n > nspans ? n : nspans;
     uint32_t *offs = malloc((scratch_n + 1) * sizeof *offs), *scratch = malloc((max_pax + 1) * sizeof *scratch);
     fbb b = {0};
     b.err = err;
     if (!offs || !scratch) b.failed = sn_fail(err, SN_ENOMEM, "out of memory");
+    uint64_t bound = size_bound(in, build_tool);
+    if (!b.failed) fb_grow(&b, bound < SN_ZTOC_MAX ? (size_t)bound : SN_ZTOC_MAX);
     uint32_t version = fb_string(&b, "0.9", 3), tool = fb_string(&b, build_tool, strlen(build_tool));
     for (size_t i = n; i-- > 0 && !b.failed;) offs[i] = file_metadata(&b, pool, &ents[i], scratch);
     uint32_t metadata = fb_offset_vector(&b, offs, b.failed ? 0 : n);
     fb_start(&b, 1);
     fb_slot_ref(&b, 0, metadata);
     uint32_t toc = fb_end(&b);
-    uint32_t checkpoints = fb_bytes(&b, cp, cplen, 0);
-    const uint8_t *dg = sn_indexer_digests(ix);
+    uint32_t checkpoints = fb_bytes(&b, in->checkpoints, in->cplen, 0);
+    const uint8_t *dg = in->digests;
     static const char hexd[] = "0123456789abcdef";
     for (size_t i = 0; i < nspans && !b.failed; i++) {
         char s[7 + 64] = "sha256:";
@@ -316,18 +345,39 @@ int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_
     fb_slot_scalar(&b, 1, (uint32_t)(int32_t)(nspans - 1), 4, 0);
     fb_slot_ref(&b, 2, digests);
     fb_slot_ref(&b, 3, checkpoints);
-    fb_slot_scalar(&b, 0, gzip ? 1 : 2, 1, 1); /* gzip equals the default: omitted, as upstream */
+    fb_slot_scalar(&b, 0, in->gzip ? 1 : 2, 1, 1); /* gzip equals the default: omitted, as upstream */
     uint32_t info = fb_end(&b);
     fb_start(&b, 6);
     fb_slot_ref(&b, 0, version);
     fb_slot_ref(&b, 1, tool);
     fb_slot_ref(&b, 4, toc);
-    fb_slot_scalar(&b, 2, sn_indexer_compressed_size(ix), 8, 0);
-    fb_slot_scalar(&b, 3, sn_indexer_uncompressed_size(ix), 8, 0);
+    fb_slot_scalar(&b, 2, in->compressed_size, 8, 0);
+    fb_slot_scalar(&b, 3, in->uncompressed_size, 8, 0);
     fb_slot_ref(&b, 5, info);
-    int rc = fb_finish(&b, fb_end(&b), out);
+    rc = fb_finish(&b, fb_end(&b), out);
     free(offs);
     free(scratch);
+    return rc;
+}
+
+int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err) {
+    const tar_parser *tp = sn_indexer_tar(ix);
+    char why[256];
+    if (sn_indexer_no_ztoc(ix, why, sizeof why)) return sn_fail(err, SN_EFORMAT, "%s", why);
+    sn_ztoc_input in = {tar_entries(tp), tar_entry_count(tp), tar_pool(tp), NULL, 0,
+                        sn_indexer_mode(ix) == SN_MODE_GZIP, sn_indexer_digests(ix), sn_indexer_num_spans(ix),
+                        sn_indexer_compressed_size(ix), sn_indexer_uncompressed_size(ix)};
+    sn_buf zinfo = {0};
+    if (in.gzip) {
+        in.checkpoints = sn_indexer_blob(ix, &in.cplen);
+    } else {
+        int rc = sn_tar_zinfo_build((int64_t)sn_indexer_span_size(ix), (int64_t)sn_indexer_compressed_size(ix),
+                                    &zinfo, err);
+        if (rc) return rc;
+        in.checkpoints = zinfo.p;
+        in.cplen = zinfo.len;
+    }
+    int rc = sn_ztoc_write(&in, build_tool, out, err);
     sn_buf_free(&zinfo);
     return rc;
 }

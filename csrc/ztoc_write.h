@@ -11,9 +11,28 @@
 extern "C" {
 #endif
 
-/* Builds the zTOC of a finished indexer into *out (caller frees out->p). Fails with
- * SN_EFORMAT when the layer has entries a zTOC cannot describe (sparse files, PAX global
- * headers, unknown types). */
+/* What a zTOC is written from: the tar entries (strings in `pool`), the checkpoints blob
+ * (gzip) or TarZinfo (tar), one 32-byte digest per span and the sizes. */
+typedef struct sn_ztoc_input {
+    const sn_entry *ents;
+    size_t n;
+    const uint8_t *pool;
+    const uint8_t *checkpoints;
+    size_t cplen;
+    int gzip;
+    const uint8_t *digests;
+    size_t nspans;
+    uint64_t compressed_size, uncompressed_size;
+} sn_ztoc_input;
+
+/* Writes a zTOC into *out (replacing its contents; caller frees out->p). Fails with
+ * SN_EFORMAT when an entry cannot be described (sparse files, PAX global headers, unknown
+ * types), when readers would reject the result (an entry's size running into the next
+ * entry) or when it would pass 2 GiB. */
+int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, sn_err *err);
+
+/* The zTOC of a finished indexer (sn_ztoc_write over its results; also SN_EFORMAT when its
+ * checkpoints cannot make a zTOC, see sn_indexer_no_ztoc). */
 int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err);
 
 /* The TarZinfo FlatBuffer of a plain tar layer (soci-format 1.5). */

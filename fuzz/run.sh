@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs the libFuzzer targets of the C core (csrc/fuzz_{tar,index,blob}.c).
+# Builds and runs the libFuzzer targets of the C core (every csrc/fuzz_<target>.c).
 # Used by `make fuzz`. Everything goes under build/fuzz/ (gitignored):
 #   bin/       the fuzz binaries          seeds/<target>/   seeds from fuzz/make_seeds.py
 #   corpus/<target>/  the growing corpus (kept across runs)
@@ -7,7 +7,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS  seconds per target (default 30)
-#   FUZZ_TARGETS  which targets (default "tar index blob ztoc")
+#   FUZZ_TARGETS  which targets (default: every csrc/fuzz_<target>.c, e.g. "tar index blob ztoc ztoc_write")
 #   FUZZ_CC       clang to use (default clang; needs libFuzzer: Debian/Ubuntu packages
 #                 clang + libclang-rt-<ver>-dev)
 #   FUZZ_ARGS     extra libFuzzer flags, e.g. "-jobs=2" or "-dict=..."
@@ -23,7 +23,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/build/fuzz"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-tar index blob ztoc}"
+if [ -z "${FUZZ_TARGETS:-}" ]; then
+    FUZZ_TARGETS=""
+    for f in "$ROOT"/csrc/fuzz_*.c; do
+        t="$(basename "${f%.c}")"
+        FUZZ_TARGETS="$FUZZ_TARGETS ${t#fuzz_}"
+    done
+fi
 CC="${FUZZ_CC:-clang}"
 read -r -a EXTRA_ARGS <<< "${FUZZ_ARGS:-}"
 
@@ -105,7 +111,7 @@ for t in $FUZZ_TARGETS; do
     case "$t" in blob | ztoc) max_len=262144 ;; *) max_len=65536 ;; esac
     dict=()
     [ -f "$ROOT/fuzz/$t.dict" ] && dict=(-dict="$ROOT/fuzz/$t.dict")
-    mkdir -p "$OUT/corpus/$t"
+    mkdir -p "$OUT/corpus/$t" "$OUT/seeds/$t" # targets without seeds start from nothing
     log="$OUT/logs/$t.log"
     echo "fuzz: running fuzz_$t for ${FUZZ_SECONDS}s (log: ${log#"$ROOT"/})" >&2
     rc=0

@@ -3,6 +3,7 @@ then prefetch artifacts and the index manifest, all kept in the local store."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,12 +96,19 @@ def _index_blob(src: ImageSource, layer: Descriptor, opts: BuildOptions,
     entries = bool(opts.prefetch_paths)  # only prefetch needs the file list in Python
     path = src.blob_path(layer.digest) if progress is None else None
     if path is not None:  # read in C, no per-chunk round trip
+        _check_size(layer, os.stat(path).st_size)  # before reading it: it may be huge
         return index_layer(path, opts.span_size, mode=_mode(layer.media_type),
                            build_tool=opts.build_tool, entries=entries)
-    with src.open_blob(layer.digest) as f:
+    with src.open_blob(layer) as f:  # the Descriptor: open_blob checks its size
         reader: BinaryIO | _Counting = f if progress is None else _Counting(f, layer, progress)
         return index_layer(reader, opts.span_size, mode=_mode(layer.media_type),
                            chunk_size=_CHUNK, build_tool=opts.build_tool, entries=entries)
+
+
+def _check_size(layer: Descriptor, size: int) -> None:
+    if size != layer.size:
+        raise BuildError(f"layer {layer.digest}: the blob has {size} bytes, its descriptor "
+                         f"says {layer.size}")
 
 
 class _Counting:
@@ -150,6 +158,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
         ix = _index_blob(src, layer, opts, progress)
     except ValueError as e:
         raise BuildError(f"layer {layer.digest}: {e}") from None
+    _check_size(layer, ix.compressed_size)  # what was read, whatever the source claimed
     if ix.blob_digest != layer.digest:
         raise BuildError(f"layer {layer.digest}: content does not match its digest "
                          f"(read {ix.compressed_size} bytes with digest {ix.blob_digest})")
