@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the libFuzzer targets in csrc/fuzz_*.c (see fuzz/run.sh).
 
-    python fuzz/make_seeds.py OUT_DIR      -> OUT_DIR/{tar,index,blob}/<name>
+    python fuzz/make_seeds.py OUT_DIR      -> OUT_DIR/{tar,index,blob,ztoc,inflate}/<name>
 
 Seeds are made at run time, never committed. Each target's input format is described at the
 top of its C file:
@@ -323,7 +323,7 @@ def main() -> int:
         return 2
     out = Path(sys.argv[1])
     rng = random.Random(1234)
-    dirs = {t: out / t for t in ("tar", "index", "blob", "ztoc")}
+    dirs = {t: out / t for t in ("tar", "index", "blob", "ztoc", "inflate")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="soci-fuzz-seeds-") as td:
@@ -427,6 +427,8 @@ def main() -> int:
             MAX_BLOB,
         )
         n = blob_seeds(dirs["blob"], tmp, rng)
+        # fuzz_inflate reads fuzz_blob's input format: the same seeds
+        shutil.copytree(dirs["blob"], dirs["inflate"], dirs_exist_ok=True)
     counts = {t: len(os.listdir(d)) for t, d in dirs.items()}
     print(f"make_seeds: wrote {counts} under {out} ({n} from soci_native)")
     return 0
