@@ -471,6 +471,9 @@ class _Watchdog:
             self._closed = True
             self._cv.notify()
             t = self._thread
+            armed = [d for _, _, d in self._heap]
+        for d in armed:  # at once, not when the thread gets to it
+            d.fire()
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
 
@@ -808,6 +811,12 @@ class RegistryClient:
         self._watchdog.close()
         self._http.clear()
 
+    def shutdown(self) -> None:
+        """Ends every request running now (in any thread) and refuses new ones, with
+        TransientError; unlike :meth:`close` it may be called from any thread while others
+        use the client (a mount being unmounted while a registry hangs)."""
+        self._watchdog.close()
+
     @contextlib.contextmanager
     def _operation(self) -> Iterator[_Deadline]:
         """The deadline (``timeout``) of what runs inside: a new one, or the one of the
@@ -817,6 +826,9 @@ class RegistryClient:
             yield outer
             return
         d = self._watchdog.arm(self.options.timeout)
+        if d.fired:
+            raise TransientError(f"{self.base_url}: the registry client was shut down (the "
+                                 "mount is being unmounted)", url=self.base_url)
         _current.deadline = d
         try:
             yield d

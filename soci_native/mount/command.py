@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
         _fail(str(e) or type(e).__name__)
         return
     mounted.extra["log_file"] = log_file or None
+    _abort_fetches_on_signal(mounted)
     if ready_fd is not None:
         os.chdir("/")  # a daemon pins no directory; everything it keeps is absolute or open
     ready = False
@@ -303,6 +305,40 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
         click.echo(json.dumps(stats, indent=2))
 
 
+# `umount` sends this to a mount whose unmount is refused as busy: the fetches it is
+# waiting for end at once (EIO), so the readers holding files open let go.
+ABORT_SIGNAL = signal.SIGUSR1
+
+
+def _abort_fetches_on_signal(mounted: Any) -> None:
+    """Aborts the image source's running registry requests on :data:`ABORT_SIGNAL`.
+    libfuse's loop holds the main thread, so Python's own handler would not run; the
+    signal's wakeup fd (written by the C-level handler in any thread) wakes a thread here."""
+    import threading
+
+    from soci_native.registry import RegistrySource
+
+    src = mounted.source
+    if not isinstance(src, RegistrySource):
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.signal(ABORT_SIGNAL, lambda *_: None)  # never the default (terminate)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            got = os.read(r, 64)
+            if not got:
+                return
+            if ABORT_SIGNAL in got:
+                _log().warning("unmount requested while busy: ending registry fetches (reads "
+                            "that need the registry get EIO from now on)")
+                src.client.shutdown()
+
+    threading.Thread(target=watch, name="soci-abort-on-signal", daemon=True).start()
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
     try:
@@ -339,8 +375,19 @@ def umount_command(ctx: click.Context, mountpoint: str, lazy: bool, timeout: flo
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         pid = int(json.loads(pidfile.read_text())["pid"])  # before it goes with the mount
     p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0 and "busy" in p.stderr.lower() and pid is not None and _alive(pid):
+        # busy: perhaps only readers waiting on a hanging registry; make the mount end its
+        # fetches (they get EIO and let go of their files), then try again for a while
+        with contextlib.suppress(OSError):
+            os.kill(pid, ABORT_SIGNAL)
+        retry_until = time.monotonic() + min(timeout, 5.0)
+        while p.returncode != 0 and time.monotonic() < retry_until:
+            time.sleep(0.1)
+            p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        _fail(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.returncode}")
+        hint = " (files are open in it: close them, or detach it with --lazy)" \
+            if "busy" in p.stderr.lower() else ""
+        _fail(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.returncode}{hint}")
     if pid is None or pid == os.getpid():
         return
     deadline = time.monotonic() + timeout
