@@ -20,7 +20,8 @@ Progress = Callable[[Descriptor, int], None]
 
 _CHUNK = 4 << 20
 # zTOCs up to this size are never refused for outgrowing their layer: a small layer's zTOC
-# may well be larger than the layer, and costs nothing that matters.
+# may well be larger than the layer, and costs nothing that matters. Nor are zTOCs at the
+# default span size or above (a very compressible layer has a large zTOC; so be it).
 _SMALL_ZTOC = 1 << 20
 
 
@@ -61,6 +62,7 @@ class IndexResult:
     manifest: bytes
     layers: list[LayerResult]
     prefetch_digests: list[str]
+    warnings: list[str] = field(default_factory=list)  # e.g. prefetch paths found nowhere
 
 
 def _mode(media_type: str) -> str:
@@ -82,7 +84,8 @@ def _skip_reason(layer: Descriptor, opts: BuildOptions) -> str | None:
 def _check_span_size(layer: Descriptor, opts: BuildOptions) -> None:
     """Refuses before reading a gzip layer whose zTOC must outgrow it: every span keeps a
     32 KiB inflate window, and a layer has at least size/span_size spans."""
-    if opts.force or layer_compression(layer.media_type) != "gzip":
+    if opts.force or layer_compression(layer.media_type) != "gzip" \
+            or opts.span_size >= DEFAULT_SPAN_SIZE:  # only a lowered span size is refused
         return
     spans = -(-layer.size // opts.span_size)
     if spans * _core.WINDOW_SIZE > max(layer.size, _SMALL_ZTOC):
@@ -164,7 +167,8 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
                          f"(read {ix.compressed_size} bytes with digest {ix.blob_digest})")
     if ix.ztoc is None:
         return LayerResult(layer, "skipped", ix.ztoc_error or "no zTOC")
-    if len(ix.checkpoints) > max(layer.size, _SMALL_ZTOC) and not opts.force:
+    if (len(ix.checkpoints) > max(layer.size, _SMALL_ZTOC) and not opts.force
+            and opts.span_size < DEFAULT_SPAN_SIZE):
         # the windows alone outgrow the layer: the span size, not the file list, is at fault
         raise BuildError(f"layer {layer.digest}: its zTOC at --span-size {opts.span_size} "
                          f"would be {len(ix.ztoc)} bytes, larger than the layer "
@@ -215,21 +219,28 @@ def stop_indexing(on: bool = True) -> None:
     _core.request_stop(on)
 
 
-def _prefetch(results: Sequence[LayerResult], paths: Sequence[str]) -> dict[str, list[tuple[int,
-                                                                                           int]]]:
-    """Span ranges per layer digest for the prefetch paths: first match from the top layer."""
+def _prefetch(results: Sequence[LayerResult], paths: Sequence[str]
+              ) -> tuple[dict[str, list[tuple[int, int]]], list[str]]:
+    """Span ranges per layer digest for the prefetch paths (first match from the top layer,
+    names compared cleaned, as the snapshotter does: "./usr/bin/x" is "usr/bin/x"), and the
+    paths found in no layer."""
     spans: dict[str, list[tuple[int, int]]] = {}
+    missing: list[str] = []
+    cleaned = [{index.clean_prefetch_path(n): v for n, v in r.files.items()}
+               if r.ztoc_digest is not None else {} for r in results]
     for raw in paths:
         path = index.clean_prefetch_path(raw)
-        for r in reversed(results):
-            if r.ztoc_digest is None or path not in r.files:
+        for r, files in zip(reversed(results), reversed(cleaned), strict=True):
+            if path not in files:
                 continue
-            off, size = r.files[path]
+            off, size = files[path]
             first = span_range(r.checkpoints, off, 0, r.compressed_size)[0]
             last = span_range(r.checkpoints, off + size, 0, r.compressed_size)[0]
             spans.setdefault(r.layer.digest, []).append((first, max(first, last)))
             break
-    return spans
+        else:
+            missing.append(raw)
+    return spans, missing
 
 
 def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: BuildOptions,
@@ -243,7 +254,8 @@ def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: Buil
                                    xattr_opt and r.disable_xattrs)
              for r in results if r.ztoc_digest is not None]
     prefetch_digests = []
-    by_layer = _prefetch(results, opts.prefetch_paths) if opts.prefetch_paths else {}
+    by_layer, missing = _prefetch(results, opts.prefetch_paths) if opts.prefetch_paths \
+        else ({}, [])
     for r in results:  # prefetch artifacts follow the zTOCs, in layer order
         if r.layer.digest in by_layer:
             raw = index.prefetch_artifact(by_layer[r.layer.digest])
@@ -264,4 +276,7 @@ def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: Buil
     rec = store.add_index(manifest, image_ref=image.source_ref,
                           image_digest=image_digest or image.manifest.digest,
                           original_digest=image.manifest.digest, platform=str(image.platform))
-    return IndexResult(image, version, rec.digest, rec.size, manifest, results, prefetch_digests)
+    warnings = [f"{image.platform}: prefetch path {p} is in no layer with a zTOC"
+                for p in missing]
+    return IndexResult(image, version, rec.digest, rec.size, manifest, results, prefetch_digests,
+                       warnings)

@@ -5,6 +5,7 @@ errors print one line on stderr and exit 1 (usage errors exit 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -126,8 +127,8 @@ def build_flags(f: F) -> F:
     opts = [
         click.option("--span-size", type=ByteSize(min=1), default="4MiB", show_default=True,
                      help="Uncompressed bytes per span (suffixes K, M, G). A gzip zTOC keeps "
-                          "a 32 KiB window per span: a span size whose zTOC would outgrow "
-                          "the layer is refused unless --force."),
+                          "a 32 KiB window per span: a span size below the default whose "
+                          "zTOC would outgrow the layer (and 1 MiB) is refused unless --force."),
         click.option("--min-layer-size", type=ByteSize(), default="10MiB", show_default=True,
                      help="Layers smaller than this (compressed bytes; suffixes K, M, G) "
                           "get no zTOC."),
@@ -220,6 +221,8 @@ class Reporter:
         if self.drawn:  # the bars make way for the per-layer results
             click.echo(f"\033[{self.drawn}F\033[J", err=True, nl=False)
             self.drawn = 0
+        for w in r.warnings:  # even with --quiet/--json: a path found nowhere is a mistake
+            click.echo(f"warning: {w}", err=True)
         if self.quiet:
             return
         for lr in r.layers:
@@ -590,8 +593,7 @@ def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> t
 @ztoc_group.command("get-file")
 @click.argument("digest")
 @click.argument("path")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write here instead of stdout.")
+@click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout.")
 @click.option("--image", "image_ref",
               help="Image holding the layer (default: the image the zTOC was built from).")
 @click.option("-v", "--verbose", is_flag=True, help="Say how many layer bytes were read.")
@@ -599,38 +601,85 @@ def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> t
 @click.pass_context
 def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None,
                   image_ref: str | None, verbose: bool, **kw: Any) -> None:
-    """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs."""
-    from soci_native import index, ztoc
+    """Extract PATH from the layer of zTOC DIGEST, reading only the spans it needs.
+
+    Symbolic links on the way are followed as the image would (a link kept in another layer
+    of the same image included, e.g. bin -> usr/bin). The file is streamed in pieces of a
+    few spans, so memory stays bounded whatever its size.
+    """
+    from soci_native import getfile, ztoc
     from soci_native.images import open_image
+    from soci_native.ztoc_info import span_size
 
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
         raw = store.read_blob(digest)
         z = ztoc.from_bytes(raw, files=False)  # one lookup in C instead of every entry
-        want = index.clean_prefetch_path(path)
-        f = lookup_file(raw, want)
-        for _ in range(40):  # follow links within the layer, as the reference does
-            if f is None or f.type not in ("hardlink", "symlink"):
-                break
-            target = f.linkname if f.type == "hardlink" else posix_join(want, f.linkname)
-            want = index.clean_prefetch_path(target)
-            f = lookup_file(raw, want)
-        if f is None:
-            fail(f"{path}: no such file in zTOC {digest}")
-        if f.type != "reg":
-            fail(f"{path} is a {f.type}, not a regular file")
+        others = [getfile.lookup_in(store.read_blob(d)) for d in sibling_ztocs(store, digest)]
+        try:
+            f = getfile.resolve(path, getfile.lookup_in(raw), others)
+        except getfile.PathError as e:
+            fail(f"{e} (zTOC {digest})")
         ref, layer_digest = find_layer_source(store, rec, image_ref)
-        with open_image(ref, registry=local_or_registry_options(ref, kw)) as src:
-            data, fetched = read_file(src, layer_digest, z, f)
+        span = span_size(z.checkpoints, z.compression_algorithm)
+        with open_image(ref, registry=local_or_registry_options(ref, kw)) as src, \
+                open_output(output) as out:
+            try:
+                fetched = getfile.stream_file(src, layer_digest, z, f, span, out)
+            except getfile.SpanMismatch as e:
+                fail(str(e))
         if verbose:
             click.echo(f"read {fetched} of {z.compressed_archive_size} layer bytes "
                        f"({100 * fetched / max(1, z.compressed_archive_size):.1f}%)", err=True)
-    if output:
-        with open(output, "wb") as out:
-            out.write(data)
-    else:
-        sys.stdout.buffer.write(data)
+
+
+def sibling_ztocs(store: Store, digest: str) -> list[str]:
+    """The other zTOCs of every stored index that holds zTOC ``digest`` (its image's layers)."""
+    from soci_native.index import SociIndexError
+    from soci_native.store import StoreError
+
+    out: dict[str, None] = {}
+    for i in store.list_artifacts(type="soci_index"):
+        with contextlib.suppress(StoreError, SociIndexError):
+            zs = [z.digest for z in store.ztocs_for_index(i.digest) if z.type == "soci_layer"]
+            if digest in zs:
+                out.update(dict.fromkeys(d for d in reversed(zs) if d != digest))
+    return list(out)
+
+
+class _Output:
+    """A binary output whose write errors name the file (a full disk, /proc, a pipe gone)."""
+
+    def __init__(self, fh: Any, name: str) -> None:
+        self.fh, self.name = fh, name
+
+    def write(self, data: bytes) -> int:
+        try:
+            return int(self.fh.write(data))
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            fail(f"cannot write {self.name}: {e.strerror or e}")
+
+
+@contextmanager
+def open_output(output: str | None) -> Iterator[Any]:
+    """stdout, or the -o file; an unwritable path is a one-line error."""
+    if output is None:
+        yield _Output(sys.stdout.buffer, "stdout")
         sys.stdout.buffer.flush()
+        return
+    try:
+        fh = open(output, "wb")  # noqa: SIM115 (closed below, after the error check)
+    except OSError as e:
+        fail(f"cannot write {output}: {e.strerror or e}")
+    try:
+        yield _Output(fh, output)
+    finally:
+        try:
+            fh.close()
+        except OSError as e:
+            fail(f"cannot write {output}: {e.strerror or e}")
 
 
 def local_or_registry_options(ref: str, kw: dict[str, Any]) -> RegistryOptions | None:
@@ -640,68 +689,6 @@ def local_or_registry_options(ref: str, kw: dict[str, Any]) -> RegistryOptions |
     if ref.startswith(("oci:", "oci-archive:", "docker-archive:")) or os.path.exists(ref):
         return None
     return registry_options(kw)
-
-
-def lookup_file(raw: bytes, want: str) -> ztoc.FileMetadata | None:
-    """The entry whose cleaned name is ``want``: the C lookup handles the usual name forms;
-    odd ones ("a/./b", "a//b") fall back to cleaning every name."""
-    from soci_native import index, ztoc
-
-    f = ztoc.find_file(raw, want)
-    if f is None:
-        by_name = {index.clean_prefetch_path(x.name): x for x in ztoc.from_bytes(raw).files}
-        f = by_name.get(want)
-    return f
-
-
-def read_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata
-              ) -> tuple[bytes, int]:
-    """A file's bytes and how many layer bytes were read: only its spans (one range request
-    from a registry, pread of a local blob)."""
-    from soci_native.layer import extract, extract_span, span_range
-
-    # Only a registry source has a `client`; importing the registry module to ask would
-    # load urllib3 for every local read.
-    registry = sys.modules.get("soci_native.registry")
-    off, size = f.uncompressed_offset, f.uncompressed_size
-    first, start, end = span_range(z.checkpoints, off, size, z.compressed_archive_size)
-    if registry is not None and isinstance(src, registry.RegistrySource):
-        comp = verified_spans(src, layer_digest, z, off, size)
-        return extract_span(z.checkpoints, first, comp, off, size), len(comp)
-    blob = src.blob_path(layer_digest)
-    if blob is not None:
-        return extract(blob, z.checkpoints, off, size), end - start
-    with src.open_blob(layer_digest) as fh:
-        return extract(fh, z.checkpoints, off, size), end - start
-
-
-def verified_spans(src: Any, layer_digest: str, z: ztoc.Ztoc, off: int, size: int) -> bytes:
-    """The compressed bytes of the whole spans holding ``[off, off + size)`` from a
-    registry (one range request), each checked against its digest in the zTOC as a mount
-    checks them: a registry's bytes are not output unless they are the ones the zTOC was
-    built from."""
-    import hashlib
-
-    from soci_native.mount.spans import span_table
-
-    spans = span_table(z)
-    want = [(i, s) for i, s in enumerate(spans)
-            if s.ustart < off + max(size, 1) and s.uend > off] or [(0, spans[0])]
-    start, end = want[0][1].cstart, max(s.cend for _, s in want)
-    comp = src.client.read_range(src.repository, layer_digest, start, end - start)
-    for i, s in want:
-        got = "sha256:" + hashlib.sha256(comp[s.cstart - start:s.cend - start]).hexdigest()
-        if got != z.span_digests[i]:
-            fail(f"layer {layer_digest} span {i}: digest mismatch (bytes [{s.cstart}, "
-                 f"{s.cend}) hash to {got}, the zTOC says {z.span_digests[i]}): the registry "
-                 "sent other bytes than the zTOC was built from; refusing to output them")
-    return bytes(comp)
-
-
-def posix_join(link_path: str, target: str) -> str:
-    import posixpath
-    return target if target.startswith("/") else posixpath.join(posixpath.dirname(link_path),
-                                                                target)
 
 
 ztoc_group.add_command(ztoc_list, "ls")

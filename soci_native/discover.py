@@ -27,7 +27,7 @@ class FoundIndex:
     how: str  # "v2-annotation" | "referrers" | "image-index"
 
 
-def _is_registry(src: ImageSource) -> bool:
+def is_registry(src: ImageSource) -> bool:
     # A RegistrySource can only exist once soci_native.registry is imported: checking
     # sys.modules keeps urllib3 out of local-only runs.
     reg = sys.modules.get("soci_native.registry")
@@ -103,7 +103,7 @@ def pull_index(src: ImageSource, store: Store, image: ResolvedImage,
                image_digest: str | None = None) -> tuple[FoundIndex, ArtifactRecord]:
     """Finds ``image``'s SOCI index in its source (a registry or a local image) and stores it
     with its zTOCs and prefetch artifacts. Raises ImageError when there is none."""
-    if _is_registry(src):
+    if is_registry(src):
         from soci_native import remote
 
         found, rec = remote.pull_index(src, store, image, image_digest)  # type: ignore[arg-type]
