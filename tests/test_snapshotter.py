@@ -240,3 +240,42 @@ def test_config_default_round_trips_and_rejects_typos(tmp_path: Path) -> None:
                         str(bad), "--address", str(tmp_path / "s.sock"), "--root",
                         str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "at least 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_idle_memory_with_ten_images(env: Env) -> None:
+    from soci_native.snapshotter.mountd import MountdClient
+
+    refs = []
+    for i in range(10):
+        ref = f"{env.reg.host}/many{i}:v1"
+        lay = ce.build_image(env.base / f"many{i}", extra_file=f"image {i}\n")
+        ce.push(lay, ref)
+        ce.soci("create", f"docker://{ref}", *ce.CREATE_OPTS, root=env.store)
+        ce.soci("push", f"docker://{ref}", root=env.store)
+        shutil.rmtree(env.base / f"many{i}")
+        refs.append(ref)
+    for ref in refs:
+        env.ctrd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "soci", ref)
+    assert len(env.mounts()) == 20  # two lazy layers each
+    assert _run(env, refs[-1], "many9") == ce.EXPECTED
+    time.sleep(2)  # idle
+    pid = MountdClient(env.sn_root / "mountd").pid()
+    assert pid is not None
+    total = _rss(env.sn.proc.pid) + _rss(pid)
+    print(f"idle RSS with 10 images (20 lazy layers): {total / 2**20:.0f} MiB "
+          f"(snapshotter {_rss(env.sn.proc.pid) / 2**20:.0f}, mount daemon "
+          f"{_rss(pid) / 2**20:.0f})")
+    assert total <= 250 << 20
+    for ref in refs:
+        env.ctrd.ctr("images", "rm", "--sync", ref)
+    deadline = time.monotonic() + 30
+    while env.mounts() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert env.mounts() == []

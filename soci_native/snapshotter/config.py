@@ -23,7 +23,8 @@ store_root = ""
 # Layers smaller than this many bytes (compressed) are left to containerd's normal unpack.
 min_layer_size = 0
 
-# Seconds to find an image's index and mount one layer before falling back to a normal unpack.
+# Seconds each step of a lazy mount may take (a registry operation with its retries, the FUSE
+# mount coming up) before the layer falls back to containerd's normal unpack.
 mount_timeout = 30.0
 
 # Remote Prepares (index discovery + mount setup) handled at once; more wait their turn.

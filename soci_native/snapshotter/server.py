@@ -43,7 +43,8 @@ def build_service(paths: Paths, cfg: Config, lazy: bool = True) -> Any:
     if lazy:
         reg = RegistryOptions(insecure=cfg.registry_insecure,
                               auth_file=cfg.registry_auth_file or None,
-                              max_attempts=cfg.registry_retries)
+                              max_attempts=cfg.registry_retries,
+                              timeout=cfg.mount_timeout)
         resolver = Resolver(paths.store, reg, cfg.min_layer_size)
         mounter = LazyMounter(resolver, MountdClient(paths.mountd), paths.store, paths.cache,
                               cfg.cache_max_bytes_per_layer, cfg.mount_timeout,

@@ -355,10 +355,11 @@ class LazyMounter:
     def adopt(self, snaps: list[tuple[Snapshot, Path]]) -> None:
         """Makes sure every lazily mounted snapshot is served, mounting again what the mount
         daemon no longer serves (it was restarted, or the machine was)."""
-        if not snaps:
-            return
         self.mountd.ensure()
         live = {m["mountpoint"] for m in self.mountd.call("list")["mounts"]}
+        for orphan in live - {str(fs) for _, fs in snaps}:  # its snapshot is gone
+            log.info("unmounting %s: no snapshot owns it", orphan)
+            self.unmount(Path(orphan))
         for s, fs in snaps:
             if str(fs) in live and os.path.ismount(fs):
                 continue
