@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -132,17 +133,12 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
     `MOUNTPOINT/.soci-native/stats.json` (hidden) reports per-layer fetch statistics.
     Unmount with `soci-native umount`.
     """
-    import shutil
     from pathlib import Path
 
     root = _root(ctx)
     mp = os.path.abspath(mountpoint)
-    if not os.path.isdir(mp):
-        _fail(f"mountpoint {mp} is not a directory")
-    if os.path.ismount(mp) and ready_fd is None:
-        _fail(f"{mp} is already a mount point (unmount it with `soci-native umount {mp}`)")
-    if shutil.which("fusermount3") is None and os.geteuid() != 0:
-        _fail("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)")
+    if ready_fd is None:  # the child was spawned after these checks
+        _check_mountpoint(mp)
     pidfile, default_log = state_paths(root, mp)
     if secrets_fd is not None:
         kw.update(_read_secrets(secrets_fd))
@@ -180,6 +176,64 @@ def _secrets_pipe(values: dict[str, str]) -> int | None:
     return r
 
 
+def _check_mountpoint(mp: str) -> None:
+    """The failures libfuse would report only as a number, said up front and plainly."""
+    import shutil
+
+    if not os.path.lexists(mp):
+        _fail(f"mountpoint {mp} does not exist (create it: mkdir -p {mp})")
+    if not os.path.isdir(mp):
+        _fail(f"mountpoint {mp} is not a directory")
+    if is_mounted(mp):
+        _fail(f"{mp} is already a mount point (unmount it with `soci-native umount {mp}`)")
+    with contextlib.suppress(OSError):
+        if any(os.scandir(mp)):
+            _fail(f"mountpoint {mp} is not empty: the mount would hide what is in it; use an "
+                  "empty directory")
+    if shutil.which("fusermount3") is None and os.geteuid() != 0:
+        _fail("fusermount3 not found: install FUSE 3 (Debian/Ubuntu: apt-get install fuse3)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        why = "does not exist" if not os.path.exists("/dev/fuse") else "is not usable by you"
+        _fail(f"/dev/fuse {why}: FUSE needs it (load the fuse module; in a container, pass "
+              "--device /dev/fuse and CAP_SYS_ADMIN)")
+    if os.geteuid() != 0 and not os.access(mp, os.W_OK):
+        _fail(f"no write access to mountpoint {mp}: fusermount3 mounts only on directories "
+              "you may write to")
+
+
+def is_mounted(mp: str) -> bool:
+    """Whether ``mp`` is a mount point, by /proc/self/mountinfo: os.path.ismount cannot stat
+    a FUSE mount whose daemon died (ENOTCONN) and would call it unmounted."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 4 and _unescape(fields[4]) == mp:
+                    return True
+    except OSError:
+        return os.path.ismount(mp)
+    return False
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _fuse_lines(log_file: Path, since: int) -> str:
+    """What libfuse/fusermount3 wrote to the log since ``since`` (its lines carry no
+    timestamp, ours do): the cause of a failed mount, for the one-line error."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(since)
+            text = f.read(64 << 10).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in text.splitlines()
+             if x.strip() and not re.match(r"\d{4}-\d\d-\d\d |soci-native: ", x)]
+    return "; ".join(lines[-3:])
+
+
 def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
     """Runs this command again with --foreground in a detached child and waits for it to
     report the mount live (or fail)."""
@@ -210,6 +264,7 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
     if secrets is not None:
         args += ["--secrets-fd", str(secrets)]
     env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
+    since = log_file.stat().st_size if log_file.exists() else 0
     try:
         with open(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                           FILE_MODE), "ab") as logf:
@@ -231,7 +286,8 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
         proc.kill()
         proc.wait()
     if msg.startswith("ERR "):
-        _fail(msg[4:])
+        cause = _fuse_lines(log_file, since) if msg.startswith("ERR FUSE could not") else ""
+        _fail(f"{msg[4:]} ({cause})" if cause else msg[4:])
     tail = ""
     with contextlib.suppress(OSError):
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
@@ -290,7 +346,9 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
         if ready:
             log.info("FUSE loop ended (%s)", e)
         else:
-            failed = f"FUSE could not mount {mp}: {e}"
+            # mfusepy's error is only libfuse's return code; the cause is on stderr (the log)
+            failed = f"FUSE could not mount {mp}"
+            log.debug("fuse_main failed: %s", e)
     finally:
         with contextlib.suppress(OSError):
             pidfile.unlink()
@@ -367,6 +425,10 @@ def umount_command(ctx: click.Context, mountpoint: str, lazy: bool, timeout: flo
     import subprocess
 
     mp = os.path.abspath(mountpoint)
+    if not os.path.lexists(mp):
+        _fail(f"{mp} does not exist")
+    if not is_mounted(mp):
+        _fail(f"{mp} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp] if tool else \
         ["umount"] + (["-l"] if lazy else []) + [mp]

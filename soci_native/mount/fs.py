@@ -198,4 +198,6 @@ def serve(mounted: MountedImage, mountpoint: str, *, allow_other: bool = False,
     fs = SociFS(mounted, on_ready)
     mfusepy.FUSE(fs, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
                  fsname="soci-native", subtype="soci-native", default_permissions=True,
-                 allow_other=allow_other)
+                 allow_other=allow_other,
+                 # libfuse 3.14 warns about its own "unset" default (UINT_MAX) otherwise
+                 max_idle_threads=10)
