@@ -37,6 +37,18 @@ _FILE = ('    {\n      "filename": %s,\n      "offset": %d,\n      "size": %d,\n
          '      "type": %s,\n      "start_span": %d,\n      "end_span": %d\n    }')
 
 
+def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[int]:
+    """What :func:`~soci_native.ztoc.sorted_files` checks, for columns of entries already
+    by offset: each starts at or after the previous one's data padded to 512 (for offsets
+    >= 0, roundup512(end) > next ⟺ end > next rounded down to 512). Returns the ends."""
+    ends = list(map(operator.add, offs, sizes))
+    floors = map(operator.and_, offs[1:], itertools.repeat(~511))
+    bad = [i for i, x in enumerate(map(operator.gt, ends, floors)) if x]
+    if bad:
+        raise ZtocError(f"invalid TOC entry {names[bad[0] + 1]!r}: overlaps the previous entry")
+    return ends
+
+
 def _files_json(files: list[tuple[Any, ...]], starts: list[int], step: int
                 ) -> tuple[list[str], int]:
     """Each file's JSON and the number spanning more than one span, for ``files`` by offset.
@@ -46,13 +58,7 @@ def _files_json(files: list[tuple[Any, ...]], starts: list[int], step: int
     if not files:
         return [], 0
     names, types, offs, sizes = (list(map(operator.itemgetter(k), files)) for k in range(4))
-    ends = list(map(operator.add, offs, sizes))
-    # As sorted_files checks: each entry starts at or after the previous one's data padded
-    # to 512; for offsets >= 0, roundup512(end) > next ⟺ end > next rounded down to 512.
-    floors = map(operator.and_, offs[1:], itertools.repeat(~511))
-    bad = [i for i, x in enumerate(map(operator.gt, ends, floors)) if x]
-    if bad:
-        raise ZtocError(f"invalid TOC entry {names[bad[0] + 1]!r}: overlaps the previous entry")
+    ends = check_entries(names, offs, sizes)
     if step:
         first = list(map(operator.floordiv, offs, itertools.repeat(step)))
         last = list(map(operator.floordiv, ends, itertools.repeat(step)))

@@ -50,7 +50,7 @@ from soci_native.mount.spans import (
     ZtocLayer,
     fetch_blob,
 )
-from soci_native.mount.tree import Entry, Tree, build_tree
+from soci_native.mount.tree import Entry, Tree, build_tree, toc_entries
 from soci_native.store import Store, StoreError
 
 log = logging.getLogger("soci_native.mount")
@@ -277,8 +277,9 @@ def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexIn
     zd = info.ztocs.get(desc.digest)
     if zd is not None:
         try:
-            z = ztoc_mod.from_bytes(store.read_blob(zd))
-            ztoc_mod.sorted_files(z)
+            raw = store.read_blob(zd)
+            z = ztoc_mod.from_bytes(raw, files=False)  # the entries go straight to the tree
+            entries = toc_entries(raw)
         except (StoreError, ztoc_mod.ZtocError) as e:
             raise MountError(f"zTOC {zd} of layer {desc.digest}: {e}") from None
         reader = blob_reader(src, desc)
@@ -288,7 +289,7 @@ def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexIn
         except (ValueError, FormatError) as e:
             reader.close()
             raise MountError(f"zTOC {zd} of layer {desc.digest}: {e}") from None
-        return layer, [Entry.from_toc(f) for f in z.files]
+        return layer, entries
     return _local_layer(src, desc, scratch)
 
 

@@ -25,14 +25,19 @@ from __future__ import annotations
 import calendar
 import functools
 import logging
+import operator
 import posixpath
 import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from operator import itemgetter
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
+from soci_native import _core
 from soci_native.layer import TarEntry
-from soci_native.ztoc import FileMetadata
+from soci_native.ztoc import FileMetadata, ZtocError
+from soci_native.ztoc_info import check_entries
 
 log = logging.getLogger("soci_native.mount")
 
@@ -74,14 +79,20 @@ def parse_rfc3339_ns(text: str) -> int:
     return secs * 1_000_000_000 + int(frac)
 
 
-def _xattrs(pax: Mapping[str, str]) -> dict[str, bytes]:
-    return {k[len(XATTR_PAX_PREFIX):]: v.encode("utf-8", "surrogateescape")
-            for k, v in pax.items() if k.startswith(XATTR_PAX_PREFIX)}
+def _xattrs(pax: Iterable[tuple[str, str]]) -> Mapping[str, bytes]:
+    """The ``SCHILY.xattr.*`` PAX records as xattrs; most entries have none."""
+    out = {k[len(XATTR_PAX_PREFIX):]: v.encode("utf-8", "surrogateescape")
+           for k, v in pax if k.startswith(XATTR_PAX_PREFIX)}
+    return out or NO_XATTRS
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One tar member, from a zTOC or from a locally indexed layer."""
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
+
+
+class Entry(NamedTuple):
+    """One tar member, from a zTOC or from a locally indexed layer. A tuple: a mount makes
+    one per tar member (65k for a Python installation), and a frozen dataclass cost 5 µs
+    each."""
 
     name: str
     type: str  # reg dir symlink hardlink char block fifo (others are ignored)
@@ -94,7 +105,7 @@ class Entry:
     mtime_ns: int = 0
     devmajor: int = 0
     devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = NO_XATTRS
     sparse: bool = False  # GNU/PAX sparse file: its data is not one contiguous range
     header_offset: int = -1
 
@@ -102,14 +113,43 @@ class Entry:
     def from_toc(cls, f: FileMetadata) -> Entry:
         return cls(f.name, f.type, f.uncompressed_offset, f.uncompressed_size, f.linkname,
                    f.mode, f.uid, f.gid, parse_rfc3339_ns(f.mod_time), f.devmajor, f.devminor,
-                   _xattrs(f.xattrs))
+                   _xattrs(f.xattrs.items()) if f.xattrs else NO_XATTRS)
+
+    @classmethod
+    def from_toc_tuple(cls, f: tuple[Any, ...]) -> Entry:
+        """From one of ``_core.ztoc_parse``'s file tuples (name, type, offset, size, linkname,
+        mode, uid, gid, uname, gname, mod_time, devmajor, devminor, PAX records), skipping
+        the :class:`~soci_native.ztoc.FileMetadata` in between."""
+        return cls(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], parse_rfc3339_ns(f[10]),
+                   f[11], f[12], _xattrs(f[13]) if f[13] else NO_XATTRS)
 
     @classmethod
     def from_tar(cls, e: TarEntry) -> Entry:
         kind = "reg" if e.type == "sparse" else e.type  # old GNU sparse ('S'): a file
         return cls(e.name, kind, e.offset, e.size, e.linkname, e.mode, e.uid, e.gid,
                    e.mtime * 1_000_000_000 + e.mtime_ns, e.devmajor, e.devminor,
-                   _xattrs(e.pax), e.sparse, e.header_offset)
+                   _xattrs(e.pax.items()) if e.pax else NO_XATTRS, e.sparse, e.header_offset)
+
+
+def toc_entries(buf: bytes) -> list[Entry]:
+    """A zTOC's entries, in archive order, checked as
+    :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data). Built as
+    tuples straight from the C parser's (this is most of a mount's start-up)."""
+    try:
+        files = _core.ztoc_parse(buf, True)["files"]
+    except ValueError as e:
+        raise ZtocError(str(e)) from None
+    by_offset = files
+    offs = list(map(itemgetter(2), files))
+    if not all(map(operator.le, offs, offs[1:])):
+        by_offset = sorted(files, key=itemgetter(2))
+        offs = list(map(itemgetter(2), by_offset))
+    check_entries(list(map(itemgetter(0), by_offset)), offs,
+                  list(map(itemgetter(3), by_offset)))
+    new, ns = tuple.__new__, parse_rfc3339_ns
+    return [new(Entry, (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], ns(f[10]), f[11],
+                        f[12], _xattrs(f[13]) if f[13] else NO_XATTRS, False, -1))
+            for f in files]
 
 
 class Node:
@@ -129,10 +169,10 @@ class Node:
         self.size = 0
         self.target = ""  # symlink target
         self.rdev = 0
-        self.xattrs: dict[str, bytes] = {}
+        self.xattrs: Mapping[str, bytes] = NO_XATTRS  # replaced, never changed in place
         self.layer = -1  # index of the layer holding a regular file's bytes
         self.offset = 0  # their uncompressed offset in that layer
-        self.entry: Entry | None = None  # the tar member (sparse files need it)
+        self.entry: Entry | None = None  # the tar member of a sparse file
         self.children: dict[str, Node] | None = {} if kind == stat.S_IFDIR else None
         self.nlink = 1
         self._sorted: list[str] | None = None
@@ -154,9 +194,11 @@ class Node:
     @classmethod
     def from_entry(cls, e: Entry, layer: int) -> Node:
         n = cls(_KINDS[e.type], e.mode & 0o7777, e.uid, e.gid, e.mtime_ns)
-        n.xattrs = dict(e.xattrs)
+        n.xattrs = e.xattrs
         if e.type == "reg":
-            n.size, n.layer, n.offset, n.entry = e.size, layer, e.offset, e
+            n.size, n.layer, n.offset = e.size, layer, e.offset
+            if e.sparse:  # its data is not one range: reads need the member
+                n.entry = e
         elif e.type == "symlink":
             n.target = e.linkname
             n.size = len(e.linkname.encode("utf-8", "surrogateescape"))
@@ -180,23 +222,35 @@ _NEEDS_CLEANING = re.compile(r"(?:^|/)\.\.?(?:/|$)|//")
 
 def clean_path(name: str) -> str:
     """The snapshotter's ``Clean("/" + name)`` without the leading slash ("" is the root).
-    Most tar names only need their slashes trimmed; the rest go through normpath."""
+    Most tar names only need their slashes trimmed; the rest go through normpath (the
+    substring tests run first: cheaper than the regex, and most names have no "." after
+    a slash at all)."""
     trimmed = name.strip("/")
-    if _NEEDS_CLEANING.search(trimmed) is None:
+    if ("/." not in trimmed and "//" not in trimmed and not trimmed.startswith(".")) \
+            or _NEEDS_CLEANING.search(trimmed) is None:
         return trimmed
     return posixpath.normpath("/" + name).lstrip("/")
 
 
+def _is_whiteout(path: str) -> bool:
+    return path.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
+
+
 class Tree:
     """The merged tree. Build with :meth:`add_layer` (bottom layer first), then
-    :meth:`finish`, which numbers inodes, counts links and makes the path table."""
+    :meth:`finish`, which numbers inodes and counts links.
+
+    Memory is linear in the bytes of the names: a node holds its own name only (as its
+    parent's dict key), paths are resolved component by component (:meth:`get`), and the
+    build's directory cache is keyed by entries' parent paths, each a prefix of its entry's
+    name. (A table of every full path made a 40,000-deep name cost 1.8 GB.)"""
 
     def __init__(self, single_layer: bool = False) -> None:
         self.root = Node(stat.S_IFDIR, 0o755)
         self.single_layer = single_layer
-        self.paths: dict[str, Node] = {}
         self.inodes = 0
         self._layers = 0
+        self._dirs: dict[str, Node] = {}  # parent path -> its directory, while adding
 
     # -- building
 
@@ -223,17 +277,28 @@ class Tree:
             node = child
         return node
 
+    def _dir(self, parent: str) -> Node:
+        """The directory at the clean path ``parent`` ("" is the root), made where missing.
+        Cached: a layer lists a directory's entries together, so most entries find their
+        parent in one dict lookup instead of a walk from the root."""
+        node = self._dirs.get(parent)
+        if node is None:
+            node = self._parent([*parent.split("/"), ""]) if parent else self.root
+            self._dirs[parent] = node
+        return node
+
     def add_layer(self, entries: Iterable[Entry]) -> None:
         layer = self._layers
         self._layers += 1
         items = [(clean_path(e.name), e) for e in entries]
+        self._dirs.clear()
         if self.single_layer:
             self._add_single(layer, items)
             return
-        for path, _ in items:  # whiteouts first: they only hide what lower layers made
-            parts = path.split("/") if path else []
-            if not parts or not parts[-1].startswith(WHITEOUT_PREFIX):
-                continue
+        whiteouts = [path for path, _ in items
+                     if WHITEOUT_PREFIX in path and _is_whiteout(path)]
+        for path in whiteouts:  # whiteouts first: they only hide what lower layers made
+            parts = path.split("/")
             parent = self._lookup(parts[:-1])
             if parent is None or parent.children is None:
                 continue
@@ -241,88 +306,112 @@ class Tree:
                 parent.children.clear()
             else:
                 parent.children.pop(parts[-1][len(WHITEOUT_PREFIX):], None)
+        add = self._add
         for path, e in items:
-            if not path.rsplit("/", 1)[-1].startswith(WHITEOUT_PREFIX):
-                self._add(layer, path, e)
+            if not (whiteouts and WHITEOUT_PREFIX in path and _is_whiteout(path)):
+                add(layer, path, e)
+        self._dirs.clear()
 
     def _add_single(self, layer: int, items: list[tuple[str, Entry]]) -> None:
         whiteouts: list[tuple[str, Entry]] = []
         for path, e in items:
-            base = path.rsplit("/", 1)[-1]
+            base = path.rpartition("/")[2]
             if base.startswith(WHITEOUT_PREFIX):
                 whiteouts.append((path, e))
             else:
                 self._add(layer, path, e)
+        self._dirs.clear()
         for path, e in whiteouts:
             parts = path.split("/")
             parent = self._parent(parts)
             assert parent.children is not None
             if parts[-1] == OPAQUE_MARKER:
-                parent.xattrs[OPAQUE_XATTR] = b"y"
+                parent.xattrs = {**parent.xattrs, OPAQUE_XATTR: b"y"}
                 continue
             name = parts[-1][len(WHITEOUT_PREFIX):]
             if name and name not in parent.children:
                 parent.children[name] = Node(stat.S_IFCHR, 0, e.uid, e.gid, e.mtime_ns)
 
     def _add(self, layer: int, path: str, e: Entry) -> None:
-        if e.type == "pax_global":
-            return
-        if e.type not in _KINDS and e.type != "hardlink":
-            log.warning("skipping %r: unsupported tar entry type %r", e.name, e.type)
+        kind = e.type
+        if kind not in _KINDS and kind != "hardlink":
+            if kind != "pax_global":
+                log.warning("skipping %r: unsupported tar entry type %r", e.name, kind)
             return
         if not path:  # the root directory itself ("./")
-            if e.type == "dir":
+            if kind == "dir":
                 self._set_dir_meta(self.root, e)
             return
-        parts = path.split("/")
-        parent = self._parent(parts)
+        dirname, _, name = path.rpartition("/")
+        parent = self._dir(dirname)
         assert parent.children is not None
-        name = parts[-1]
         old = parent.children.get(name)
-        if e.type == "hardlink":
+        if kind == "dir" and old is not None and old.children is not None:
+            self._set_dir_meta(old, e)
+            return
+        if kind == "hardlink":
             target = self._lookup(clean_path(e.linkname).split("/"))
             if target is None or target.is_dir or not clean_path(e.linkname):
                 log.warning("skipping hard link %r: its target %r is missing or a directory",
                             e.name, e.linkname)
                 return
-            parent.children[name] = target
-            return
-        if e.type == "dir" and old is not None and old.is_dir:
-            self._set_dir_meta(old, e)
-            return
-        parent.children[name] = Node.from_entry(e, layer)
+            new = target
+        else:
+            new = Node.from_entry(e, layer)
+        if old is not None and old.children is not None:
+            self._dirs.clear()  # a directory (maybe cached, maybe holding cached ones) goes
+        parent.children[name] = new
 
     @staticmethod
     def _set_dir_meta(node: Node, e: Entry) -> None:
         node.perm, node.uid, node.gid = e.mode & 0o7777, e.uid, e.gid
-        node.mtime_ns, node.xattrs = e.mtime_ns, dict(e.xattrs)
+        node.mtime_ns, node.xattrs = e.mtime_ns, e.xattrs
 
     # -- finishing
 
     def finish(self) -> Tree:
-        """Numbers inodes (root is 1, hard links share one), sets link counts and builds the
-        path table ("/" and "/a/b" keys, as FUSE hands paths over)."""
-        links: dict[int, int] = {}
-        seen: set[int] = set()
-        ino = 0
-        for path, node in self._walk():
-            self.paths[path] = node
-            key = id(node)
-            links[key] = links.get(key, 0) + 1
-            if key not in seen:
-                seen.add(key)
-                ino += 1
-                node.ino = ino
-        for node in self.paths.values():
-            if node.is_dir:
-                assert node.children is not None
-                node.nlink = 2 + sum(1 for c in node.children.values() if c.is_dir)
-            else:
-                node.nlink = links[id(node)]
+        """Numbers inodes (root is 1, hard links share one) and sets link counts, in one
+        walk over the nodes (no paths made)."""
+        root = self.root
+        root.ino = ino = 1
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            assert d.children is not None
+            subdirs = 0
+            for c in d.children.values():
+                if c.children is not None:  # a directory has one name: it is new
+                    subdirs += 1
+                    ino += 1
+                    c.ino = ino
+                    stack.append(c)
+                elif c.ino == 0:
+                    ino += 1
+                    c.ino, c.nlink = ino, 1
+                else:  # another name of a hard-linked node
+                    c.nlink += 1
+            d.nlink = 2 + subdirs
         self.inodes = ino
         return self
 
-    def _walk(self) -> Iterator[tuple[str, Node]]:
+    def get(self, path: str) -> Node | None:
+        """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
+        node = self.root
+        if path == "/":
+            return node
+        for part in path[1:].split("/"):
+            children = node.children
+            if children is None:
+                return None
+            child = children.get(part)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """(path, node) for every name, parents first. Makes every path: for tests and
+        tools, not for the mount."""
         stack: list[tuple[str, Node]] = [("/", self.root)]
         while stack:
             path, node = stack.pop()
@@ -332,8 +421,10 @@ class Tree:
                 for name in reversed(node.names()):
                     stack.append((prefix + name, node.children[name]))
 
-    def get(self, path: str) -> Node | None:
-        return self.paths.get(path)
+    @property
+    def paths(self) -> dict[str, Node]:
+        """Every path's node (see :meth:`walk`)."""
+        return dict(self.walk())
 
 
 def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> Tree:
