@@ -69,6 +69,7 @@ bench: install
 	$(VPY) bench/bench_create.py
 	$(VPY) bench/bench_registry.py
 	$(VPY) bench/bench_mount.py
+	$(VPY) bench/bench_spans.py
 
 # Needs clang with libFuzzer (Debian/Ubuntu: clang libclang-rt-14-dev) and the zlib-ng that
 # `make install` builds under build/<tag>/_deps/ (fuzz/run.sh runs `make install` if it is missing).
