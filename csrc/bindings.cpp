@@ -112,6 +112,42 @@ nb::object entry_tuple(const uint8_t *pool, const sn_entry &e) {
     return nb::steal(t);
 }
 
+// The tar entries of a finished indexer, owned here: a sequence of entry tuples made on access.
+class EntryTable {
+  public:
+    explicit EntryTable(tar_parser *tp) : tp_(tp) {}
+    ~EntryTable() { tar_parser_free(tp_); }
+    EntryTable(const EntryTable &) = delete;
+    EntryTable &operator=(const EntryTable &) = delete;
+    size_t size() const { return tar_entry_count(tp_); }
+    nb::object get(Py_ssize_t i) const {
+        Py_ssize_t n = static_cast<Py_ssize_t>(size());
+        if (i < 0) i += n;
+        if (i < 0 || i >= n) throw nb::index_error("entry index out of range");
+        return entry_tuple(tar_pool(tp_), tar_entries(tp_)[i]);
+    }
+    // Equal to any sequence of equal tuples (another table, a list of them).
+    bool eq(nb::handle other) const {
+        Py_ssize_t n = PyObject_Length(other.ptr());
+        if (n < 0) {
+            PyErr_Clear();
+            return false;
+        }
+        if (static_cast<size_t>(n) != size()) return false;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            nb::object o = nb::steal(PySequence_GetItem(other.ptr(), i));
+            if (!o.is_valid()) throw nb::python_error();
+            int same = PyObject_RichCompareBool(get(i).ptr(), o.ptr(), Py_EQ);
+            if (same < 0) throw nb::python_error();
+            if (!same) return false;
+        }
+        return true;
+    }
+
+  private:
+    tar_parser *tp_;
+};
+
 std::string hex_digest(const uint8_t *d) {
     static const char hexd[] = "0123456789abcdef";
     std::string s = "sha256:";
@@ -120,6 +156,18 @@ std::string hex_digest(const uint8_t *d) {
         s += hexd[d[i] & 15];
     }
     return s;
+}
+
+// A bytes copy of a C buffer about to be freed, its pages released as they are copied (the
+// GIL released): peak memory one copy, not two.
+nb::bytes move_to_bytes(uint8_t *p, size_t n) {
+    nb::object b = nb::steal(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n)));
+    if (!b.is_valid()) throw nb::python_error();
+    {
+        nb::gil_scoped_release unlocked;
+        sn_copy_release(reinterpret_cast<uint8_t *>(PyBytes_AS_STRING(b.ptr())), p, n);
+    }
+    return nb::borrow<nb::bytes>(b);
 }
 
 // The zTOC is serialised while the C entries still exist: no Python objects in between.
@@ -139,7 +187,7 @@ void add_ztoc(nb::dict &r, const sn_indexer *ix, const std::optional<std::string
         sn_buf_free(&out);
         raise(e);
     } else {
-        r["ztoc"] = nb::bytes(reinterpret_cast<const char *>(out.p), out.len);
+        r["ztoc"] = move_to_bytes(out.p, out.len);
         r["ztoc_error"] = nb::none();
     }
     sn_buf_free(&out);
@@ -174,7 +222,7 @@ bool xattr_free(const tar_parser *tp) {
     return true;
 }
 
-nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool,
+nb::dict result(sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool,
                 bool with_entries) {
     nb::dict r;
     add_ztoc(r, ix, build_tool);
@@ -183,10 +231,11 @@ nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<st
     r["span_size"] = span_size;
     r["compressed_size"] = sn_indexer_compressed_size(ix);
     r["uncompressed_size"] = sn_indexer_uncompressed_size(ix);
-    if (gz) {
+    if (gz) { // the last use of the C blob: moved out, not copied
         size_t n;
         const uint8_t *p = sn_indexer_blob(ix, &n);
-        r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(p), n);
+        r["checkpoints"] = move_to_bytes(const_cast<uint8_t *>(p), n);
+        sn_indexer_free_blob(ix);
     } else {
         r["checkpoints"] = tar_zinfo(static_cast<int64_t>(span_size),
                                      static_cast<int64_t>(sn_indexer_compressed_size(ix)));
@@ -197,14 +246,11 @@ nb::dict result(const sn_indexer *ix, uint64_t span_size, const std::optional<st
     r["span_digests"] = digests;
     r["blob_digest"] = hex_digest(sn_indexer_blob_digest(ix));
     const tar_parser *tp = sn_indexer_tar(ix);
-    const sn_entry *ents = tar_entries(tp);
-    const uint8_t *pool = tar_pool(tp);
-    nb::list entries;
-    if (with_entries) // building Python objects for every entry is most of the Python-side cost
-        for (size_t i = 0; i < tar_entry_count(tp); i++) entries.append(entry_tuple(pool, ents[i]));
-    r["entries"] = entries;
     r["num_entries"] = tar_entry_count(tp);
     r["xattr_free"] = xattr_free(tp);
+    // Entries stay in C: a Python tuple is made per entry only when it is looked at.
+    if (with_entries) r["entries"] = nb::cast(new EntryTable(sn_indexer_take_tar(ix)), nb::rv_policy::take_ownership);
+    else r["entries"] = nb::list();
     return r;
 }
 
@@ -245,6 +291,7 @@ class Indexer {
             rc = sn_indexer_finish(ix_, &e);
         }
         if (rc) fail(e);
+        finished_ = true; // result() moves the C results out: one finish per Indexer
         return result(ix_, span_size_, build_tool, with_entries);
     }
 
@@ -259,6 +306,7 @@ class Indexer {
     };
     void check_usable() {
         if (failed_) throw nb::value_error("Indexer failed earlier; start a new one");
+        if (finished_) throw nb::value_error("Indexer already finished; start a new one");
     }
     [[noreturn]] void fail(const sn_err &e) {
         failed_ = true;
@@ -268,6 +316,7 @@ class Indexer {
     uint64_t span_size_;
     std::atomic<bool> busy_{false};
     bool failed_ = false;
+    bool finished_ = false;
 };
 
 nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
@@ -448,6 +497,7 @@ class SpanInflater {
 nb::tuple span_range(nb::handle blob_obj, uint64_t offset, uint64_t length, uint64_t compressed_size) {
     Buffer bb(blob_obj);
     sn_blob blob = parse_blob(bb);
+    if (offset + length < offset) throw nb::value_error("offset + length overflows");
     int32_t first = sn_blob_find(&blob, offset);
     if (first < 0) throw FormatErrorEx("no checkpoint at or before the offset");
     uint64_t last_byte = length ? offset + length - 1 : offset;
@@ -580,6 +630,11 @@ NB_MODULE(_core, m) {
     m.attr("ENTRY_FIELDS") = fields;
     m.attr("WINDOW_SIZE") = SN_WINSIZE;
     m.attr("CHECKPOINT_SIZE") = SN_CHECKPOINT_SIZE;
+
+    nb::class_<EntryTable>(m, "EntryTable", "The tar entries of an index, as tuples made on access (ENTRY_FIELDS).")
+        .def("__len__", &EntryTable::size)
+        .def("__getitem__", &EntryTable::get, nb::arg("i"))
+        .def("__eq__", &EntryTable::eq, nb::arg("other"));
 
     nb::class_<Indexer>(m, "Indexer", "Streaming layer indexer: feed() compressed chunks, then finish().")
         .def(nb::init<uint64_t, const std::string &>(), nb::arg("span_size"), nb::arg("mode") = "auto")

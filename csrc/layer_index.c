@@ -328,6 +328,12 @@ const uint8_t *sn_indexer_digests(const sn_indexer *ix) {
     return sh_digests(ix->hash, &n);
 }
 const tar_parser *sn_indexer_tar(const sn_indexer *ix) { return ix->tar; }
+
+tar_parser *sn_indexer_take_tar(sn_indexer *ix) {
+    tar_parser *tp = ix->tar;
+    ix->tar = NULL;
+    return tp;
+}
 const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix) { return sh_blob_digest(ix->hash); }
 
 const char *sn_indexer_no_ztoc(const sn_indexer *ix, char *buf, size_t n) {
@@ -338,6 +344,8 @@ const char *sn_indexer_no_ztoc(const sn_indexer *ix, char *buf, size_t n) {
              (unsigned long long)ix->ncp_dropped);
     return buf;
 }
+
+void sn_indexer_free_blob(sn_indexer *ix) { sn_buf_free(&ix->blob); }
 
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len) {
     *len = ix->blob.len;

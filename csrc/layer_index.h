@@ -40,6 +40,11 @@ uint64_t sn_indexer_span_size(const sn_indexer *ix);
 uint64_t sn_indexer_compressed_size(const sn_indexer *ix);
 uint64_t sn_indexer_uncompressed_size(const sn_indexer *ix);
 const uint8_t *sn_indexer_blob(const sn_indexer *ix, size_t *len); /* gzip only */
+/* Hands the tar entries over (the caller frees them with tar_parser_free); afterwards the
+ * indexer has none. */
+tar_parser *sn_indexer_take_tar(sn_indexer *ix);
+/* Frees the checkpoint blob once the caller has moved it out (sn_copy_release). */
+void sn_indexer_free_blob(sn_indexer *ix);
 size_t sn_indexer_num_spans(const sn_indexer *ix);
 const uint8_t *sn_indexer_digests(const sn_indexer *ix); /* 32 bytes per span */
 const uint8_t *sn_indexer_blob_digest(const sn_indexer *ix); /* sha256 of the whole blob */

@@ -1,4 +1,8 @@
+#define _DEFAULT_SOURCE /* madvise */
 #include "sn_common.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -41,4 +45,22 @@ void sn_buf_free(sn_buf *b) {
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
+}
+
+void sn_copy_release(uint8_t *dst, uint8_t *src, size_t n) {
+    const size_t chunk = (size_t)1 << 20;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t page = pg > 0 ? (uintptr_t)pg : 4096, released = ((uintptr_t)src + page - 1) & ~(page - 1);
+    for (size_t off = 0; off < n;) {
+        size_t k = n - off < chunk ? n - off : chunk;
+        memcpy(dst + off, src + off, k);
+        off += k;
+#ifdef MADV_DONTNEED
+        uintptr_t upto = ((uintptr_t)src + off) & ~(page - 1); /* whole pages copied so far */
+        if (upto > released + chunk / 2 || (off == n && upto > released)) {
+            madvise((void *)released, upto - released, MADV_DONTNEED);
+            released = upto;
+        }
+#endif
+    }
 }

@@ -39,6 +39,10 @@ typedef struct sn_buf {
 int sn_buf_reserve(sn_buf *b, size_t extra, sn_err *err);
 int sn_buf_append(sn_buf *b, const void *data, size_t n, sn_err *err);
 void sn_buf_free(sn_buf *b);
+/* memcpy that gives the source's pages back to the system as it goes (madvise DONTNEED on
+ * whole pages already copied): moving a large buffer costs its size once, not twice. The
+ * source's contents are undefined afterwards; it must only be freed. */
+void sn_copy_release(uint8_t *dst, uint8_t *src, size_t n);
 
 /* Little-endian stores/loads, independent of host byte order. */
 static inline void sn_put_le64(uint8_t *p, uint64_t v) {

@@ -157,7 +157,8 @@ static uint32_t fb_end(fbb *b) {
     return obj;
 }
 
-/* Hands the builder's buffer over (moved to its front, shrunk): no second copy. */
+/* Moves the result out of the builder's buffer (written back to front, so it sits at the
+ * end) into one of its exact size, the builder's memory released as it goes. */
 static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
     if (!fb_prep(b, b->minalign, 4)) fb_uoffset(b, root);
     free(b->vtables);
@@ -166,10 +167,14 @@ static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
         return b->err->code;
     }
     size_t n = b->cap - b->head;
-    memmove(b->buf, b->buf + b->head, n);
-    uint8_t *p = realloc(b->buf, n ? n : 1);
     sn_buf_free(out);
-    out->p = p ? p : b->buf;
+    out->p = malloc(n ? n : 1);
+    if (!out->p) {
+        free(b->buf);
+        return sn_fail(b->err, SN_ENOMEM, "out of memory for a %zu-byte zTOC", n);
+    }
+    sn_copy_release(out->p, b->buf + b->head, n); /* the builder's pages go as they are copied */
+    free(b->buf);
     out->len = out->cap = n;
     return SN_OK;
 }

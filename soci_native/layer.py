@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple, Protocol, Union
+from typing import Any, BinaryIO, NamedTuple, Protocol, Union, overload
 
 from soci_native import _core, tarzinfo
 
@@ -52,6 +52,46 @@ class TarEntry(NamedTuple):
     sparse: bool
 
 
+class Entries(Sequence[TarEntry]):
+    """The tar entries of an index, left in the C core's table: a :class:`TarEntry` is made
+    when an entry is looked at (building one per member up front cost a tenth of a
+    large layer's indexing time). Equal to any sequence of equal entries."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @overload
+    def __getitem__(self, i: int) -> TarEntry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[TarEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> TarEntry | list[TarEntry]:
+        if isinstance(i, slice):
+            return [TarEntry._make(self._table[k]) for k in range(*i.indices(len(self)))]
+        return TarEntry._make(self._table[i])
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        t = self._table
+        return (TarEntry._make(t[k]) for k in range(len(t)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Entries):
+            return bool(self._table == other._table)
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} tar entries>"
+
+
 @dataclass(frozen=True)
 class LayerIndex:
     """Everything a zTOC needs from one layer."""
@@ -62,7 +102,7 @@ class LayerIndex:
     uncompressed_size: int
     checkpoints: bytes  # gzip: v2 checkpoint blob; uncompressed: TarZinfo FlatBuffer
     span_digests: list[str]
-    entries: list[TarEntry]
+    entries: Sequence[TarEntry]  # an :class:`Entries` (made on access), or [] if not asked for
     blob_digest: str = ""  # "sha256:<hex>" of the whole layer blob as read
     num_entries: int = 0  # tar members, also when entries were not asked for
     xattr_free: bool = True  # no SCHILY.xattr record, no opaque-dir whiteout (soci-format 3.5)
@@ -77,7 +117,7 @@ class LayerIndex:
 def _layer_index(r: dict[str, Any]) -> LayerIndex:
     return LayerIndex(r["compression"], r["span_size"], r["compressed_size"],
                       r["uncompressed_size"], r["checkpoints"], list(r["span_digests"]),
-                      [TarEntry._make(t) for t in r["entries"]], r["blob_digest"],
+                      Entries(r["entries"]) if r["entries"] else [], r["blob_digest"],
                       r["num_entries"],
                       r["xattr_free"], r.get("ztoc"), r.get("ztoc_error"))
 
@@ -91,8 +131,8 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
     pieces, e.g. an HTTP body). ``mode`` is "auto" (sniff the gzip magic), "gzip" or "tar".
     With ``build_tool`` (the zTOC's build_tool_identifier) the zTOC is serialised in C as
     well: ``.ztoc``, or ``.ztoc_error`` when the layer has entries a zTOC cannot describe.
-    ``entries=False`` leaves ``.entries`` empty (``.num_entries`` still counts them): making
-    a Python object per tar member is most of the cost when only the zTOC is wanted.
+    ``entries=False`` leaves ``.entries`` empty (``.num_entries`` still counts them) and
+    frees the C table at once; otherwise it is an :class:`Entries` over that table.
     Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
     """
     if span_size <= 0:

@@ -1,0 +1,59 @@
+"""How index results leave the C core: entries as a sequence made on access (checked against
+tarfile), checkpoints and zTOC moved out once, one finish per Indexer."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import layers as L
+import pytest
+
+import soci_native as sn
+from soci_native import _core
+from soci_native.layer import Entries, span_range
+
+
+def test_entries_are_a_lazy_sequence_equal_to_tarfile(catalog) -> None:  # type: ignore[no-untyped-def]
+    layer = L.need(catalog, "stdlib-pax.gz6")
+    ix = sn.index_layer(io.BytesIO(layer.blob), 1 << 20)
+    assert isinstance(ix.entries, Entries)
+    with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tf:
+        members = tf.getmembers()
+    names = [m.name for m in members]
+    assert len(ix.entries) == ix.num_entries == len(members)
+    assert [e.name.rstrip("/") for e in ix.entries] == names  # tarfile strips dirs' "/"
+    assert ix.entries[-1] == ix.entries[len(ix.entries) - 1]
+    assert ix.entries[1:4] == [ix.entries[1], ix.entries[2], ix.entries[3]]
+    assert ix.entries[::-1][0] == ix.entries[-1]
+    with pytest.raises(IndexError):
+        ix.entries[len(ix.entries)]
+    # equal to a list of the same entries, to another index's, not to a different list
+    as_list = list(ix.entries)
+    assert ix.entries == as_list and as_list == list(ix.entries)
+    again = sn.index_layer(io.BytesIO(layer.blob), 1 << 20)
+    assert ix == again and ix.entries == again.entries
+    assert ix.entries != as_list[:-1] and ix.entries != as_list[::-1]
+    assert sn.index_layer(io.BytesIO(layer.blob), 1 << 20, entries=False).entries == []
+    # entries outlive everything else of the index
+    e0 = ix.entries[0]
+    del ix, again
+    assert e0.name == names[0] or e0.name.rstrip("/") == names[0]
+
+
+def test_indexer_finishes_once(catalog) -> None:  # type: ignore[no-untyped-def]
+    layer = L.need(catalog, "ustar.gz")
+    ind = _core.Indexer(64 << 10)
+    ind.feed(layer.blob)
+    first = ind.finish("t")
+    assert first["ztoc"] is not None and len(first["checkpoints"]) > 12
+    with pytest.raises(ValueError, match="already finished"):
+        ind.finish("t")
+
+
+def test_span_range_refuses_a_wrapping_range(catalog) -> None:  # type: ignore[no-untyped-def]
+    layer = L.need(catalog, "ustar.gz")
+    ix = sn.index_layer(io.BytesIO(layer.blob), 64 << 10)
+    with pytest.raises(ValueError, match="overflows"):
+        _core.span_range(ix.checkpoints, 2**64 - 10, 100, len(layer.blob))
+    assert span_range(ix.checkpoints, 0, 10, len(layer.blob))[0] == 0
