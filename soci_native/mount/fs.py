@@ -1,17 +1,26 @@
 """The FUSE filesystem (libfuse 3's high-level API through mfusepy, multithreaded loop).
 
 Read-only. Metadata (lookup, getattr, readdir, readlink, xattrs, statfs) is answered from
-the in-memory tree; only ``read`` of a regular file touches layer bytes. Files are opened
-with ``keep_cache`` (their content never changes), and the kernel may cache entries and
-attributes for :data:`ATTR_TIMEOUT` seconds.
+the in-memory tree; only ``read`` of a regular file touches layer bytes.
+
+The image never changes, so the kernel keeps what it learns (each FUSE request is tens of
+microseconds of Python): entries and attributes for :data:`ATTR_TIMEOUT`, negative lookups
+too, and file pages across opens. ``open`` of a regular file answers ENOSYS, which puts the
+kernel in no-open mode: later opens, closes (release, flush) never reach us and the page
+cache is kept (FOPEN_KEEP_CACHE is implied), so a warm open+read+close costs what it costs
+on a local disk. ``readdir`` answers READDIRPLUS with every child's attributes, so listing
+a directory also makes its lookups (no getattr round trip per file).
 
 ``/.soci-native/stats.json`` is a virtual file (not listed by ``readdir`` of ``/``, but
-``stat``/``open`` work) holding :meth:`MountedImage.stats` as JSON, rendered at each open and
-read with direct I/O. It hides an image's own ``/.soci-native``, if it has one.
+``stat``/``open`` work) holding :meth:`MountedImage.stats` as JSON, rendered when read. In
+no-open mode its pages would stay cached, so after it is read its inode is invalidated
+(:func:`fuse_invalidate_path`) at the next data read and at least every
+:data:`STATS_REFRESH` seconds. It hides an image's own ``/.soci-native``, if it has one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -33,8 +42,11 @@ STATS_DIR = ".soci-native"
 STATS_FILE = "stats.json"
 STATS_DIR_PATH = "/" + STATS_DIR
 STATS_PATH = f"{STATS_DIR_PATH}/{STATS_FILE}"
-ATTR_TIMEOUT = 60.0
+ATTR_TIMEOUT = 86400.0  # nothing in a mounted image changes; stats.json is invalidated
+STATS_REFRESH = 0.25
 BLOCK = 4096
+FUSE_READDIR_PLUS = 1  # libfuse 3: readdir's flags bit; the filler's is FUSE_FILL_DIR_PLUS
+FUSE_FILL_DIR_PLUS = 2
 
 
 def _err(code: int) -> mfusepy.FuseOSError:
@@ -54,6 +66,11 @@ class SociFS(mfusepy.Operations):
         self._lock = threading.Lock()
         self._stats_dir_ino = self.tree.inodes + 1
         self._stats_ino = self.tree.inodes + 2
+        self._fuse: Any = None  # libfuse's struct fuse *, for fuse_invalidate_path
+        self._stats_cached = False  # the kernel may hold stats.json pages
+        self._stats_snapshot = b""  # the render the last read from offset 0 got
+        self._stats_size = 0
+        self._done = threading.Event()
 
     # -- lifecycle
 
@@ -64,11 +81,26 @@ class SociFS(mfusepy.Operations):
             config.entry_timeout = ATTR_TIMEOUT
             config.attr_timeout = ATTR_TIMEOUT
             config.negative_timeout = ATTR_TIMEOUT
+        self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+        threading.Thread(target=self._refresh_stats, name="soci-stats-refresh",
+                         daemon=True).start()
         if self.on_ready is not None:
             self.on_ready()
 
     def destroy(self, path: str) -> None:
-        return None
+        self._done.set()
+
+    def _refresh_stats(self) -> None:
+        while not self._done.wait(STATS_REFRESH):
+            self._invalidate_stats()
+
+    def _invalidate_stats(self) -> None:
+        """Drops the kernel's pages and attributes of stats.json if it may hold them (a
+        notification to the kernel; never from stats.json's own read, whose page is
+        locked while we answer)."""
+        if self._stats_cached and self._fuse is not None:
+            self._stats_cached = False
+            mfusepy._libfuse.fuse_invalidate_path(self._fuse, STATS_PATH.encode())
 
     # -- metadata
 
@@ -87,7 +119,12 @@ class SociFS(mfusepy.Operations):
                 "st_mtime": t, "st_atime": t, "st_ctime": t}
 
     def _stats_bytes(self) -> bytes:
-        return (json.dumps(self.m.stats(), indent=2) + "\n").encode()
+        """The stats as JSON, padded with spaces to a size that only grows in 4 KiB steps: a
+        cached read stops at the size the kernel last got from getattr, so a render a few
+        digits longer than that one must not lose its end."""
+        text = (json.dumps(self.m.stats(), indent=2) + "\n").encode()
+        size = self._stats_size = max(self._stats_size, -(-(len(text) + 1024) // 4096) * 4096)
+        return text[:-1] + b" " * (size - len(text)) + b"\n"
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == STATS_DIR_PATH:
@@ -102,14 +139,29 @@ class SociFS(mfusepy.Operations):
         if path == STATS_DIR_PATH:
             return [".", "..", (STATS_FILE, {"st_mode": stat.S_IFREG | 0o444,
                                              "st_ino": self._stats_ino}, 0)]
-        node = self._node(path)
-        if node.children is None:
-            raise _err(errno.ENOTDIR)
+        node = self._dir_node(path)
         out: list[Any] = [(".", {"st_mode": node.mode, "st_ino": node.ino}, 0), ".."]
+        assert node.children is not None
         for name in node.names():
             c = node.children[name]
             out.append((name, {"st_mode": c.mode, "st_ino": c.ino}, 0))
         return out
+
+    def readdir_plus(self, path: str) -> list[tuple[str, dict[str, int]]]:
+        """(name, full attributes) of a directory's children, for READDIRPLUS."""
+        dots = [(".", self.getattr(path)), ("..", {"st_mode": stat.S_IFDIR | 0o755})]
+        if path == STATS_DIR_PATH:
+            return [*dots, (STATS_FILE, self.getattr(STATS_PATH))]
+        node = self._dir_node(path)
+        assert node.children is not None
+        children = node.children
+        return dots + [(n, self._attrs(children[n])) for n in node.names()]
+
+    def _dir_node(self, path: str) -> Node:
+        node = self._node(path)
+        if node.children is None:
+            raise _err(errno.ENOTDIR)
+        return node
 
     def readlink(self, path: str) -> str:
         node = self._node(path)
@@ -141,14 +193,18 @@ class SociFS(mfusepy.Operations):
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & os.O_ACCMODE != os.O_RDONLY:
             raise _err(errno.EROFS)
-        if path == STATS_PATH:
-            with self._lock:
-                fh = self._next_fh
-                self._next_fh += 1
-                self._handles[fh] = self._stats_bytes()
-            fi.fh = fh
-            fi.direct_io = 1
-            return 0
+        if path != STATS_PATH:
+            node = self._node(path)
+            if node.kind == stat.S_IFDIR:
+                raise _err(errno.EISDIR)
+            raise _err(errno.ENOSYS)  # no-open mode from now on (see the module docstring)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = self._stats_bytes()
+        fi.fh = fh
+        fi.direct_io = 1
+        return 0
         node = self._node(path)
         if node.kind == stat.S_IFDIR:
             raise _err(errno.EISDIR)
@@ -157,10 +213,22 @@ class SociFS(mfusepy.Operations):
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        if fi.fh:
+        if fi.fh:  # stats.json opened before no-open mode: direct I/O, one render per open
             with self._lock:
                 data = self._handles.get(fi.fh, b"")
             return data[offset:offset + size]
+        if path == STATS_PATH:  # a fresh render from offset 0; later pieces of the same one
+            self._stats_cached = True
+            if offset == 0 or not self._stats_snapshot:
+                self._stats_snapshot = self._stats_bytes()
+            return self._stats_snapshot[offset:offset + size]
+        try:
+            return self._read_file(path, size, offset)
+        finally:
+            if self._stats_cached:
+                self._invalidate_stats()  # this read changed the counters
+
+    def _read_file(self, path: str, size: int, offset: int) -> bytes:
         node = self._node(path)
         if node.kind != stat.S_IFREG:
             raise _err(errno.EINVAL)
@@ -190,13 +258,32 @@ class SociFS(mfusepy.Operations):
         return 0
 
 
+class _FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with READDIRPLUS answered (mfusepy ignores the flag and sends names
+    alone, so the kernel then looks every child up: one Python getattr per file)."""
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                       fip: Any, flags: int) -> int:
+        ops = self.operations
+        if not flags & FUSE_READDIR_PLUS or path is None or not isinstance(ops, SociFS):
+            return int(super().readdir_fuse_3(path, buf, filler, offset, fip, flags))
+        st = mfusepy.c_stat()
+        for name, attrs in ops.readdir_plus(path.decode(self.encoding, self.errors)):
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), st, 0,
+                      FUSE_FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+
 def serve(mounted: MountedImage, mountpoint: str, *, allow_other: bool = False,
           debug: bool = False, on_ready: Callable[[], None] | None = None) -> None:
     """Mounts and runs the FUSE loop in this process until unmounted (``fusermount3 -u``) or
     sent SIGINT/SIGTERM/SIGHUP (libfuse then unmounts and the loop returns)."""
     mounted.mountpoint = mountpoint
     fs = SociFS(mounted, on_ready)
-    mfusepy.FUSE(fs, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
+    _FUSE(fs, mountpoint, raw_fi=True, foreground=True, debug=debug, ro=True,
                  fsname="soci-native", subtype="soci-native", default_permissions=True,
                  allow_other=allow_other,
                  # libfuse 3.14 warns about its own "unset" default (UINT_MAX) otherwise
