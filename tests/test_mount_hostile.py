@@ -166,8 +166,17 @@ def test_sequential_and_concurrent_reads_inflate_each_span_once(
 
 # ------------------------------------------------------------------ §2 one huge span
 
-_HUGE_CHILD = r"""
-import json, os, resource, sys, time
+# The child's own peak: VmHWM belongs to its address space, while ru_maxrss carries over
+# the parent's across the vfork + exec that starts it.
+_HWM = r"""
+def hwm_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+"""
+
+_HUGE_CHILD = _HWM + r"""
+import json, os, sys, time
 from soci_native import ztoc
 from soci_native.mount.spans import FileBlobReader, LayerStats, SpanCache, ZtocLayer
 blob, zpath, cache, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -187,7 +196,7 @@ written = sum(f.stat().st_blocks * 512 for f in __import__("pathlib").Path(cache
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
 print(json.dumps({"one": one.hex(), "t_one": t_one, "nonzero": seq, "written": written,
                   "wchar": int(io["wchar"]),
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "maxrss_kb": hwm_kb(),
                   "stats": st.to_json()}))
 """
 
@@ -217,8 +226,8 @@ def test_one_huge_span_is_served_in_bounded_memory_and_never_cached(tmp_path: Pa
 
 # --------------------------------------------------------------------- §2 sparse files
 
-_SPARSE_CHILD = r"""
-import json, os, resource, sys
+_SPARSE_CHILD = _HWM + r"""
+import json, os, sys
 import soci_native as sn
 from soci_native.mount.spans import LayerStats, LocalLayer
 layer, scratch, want_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -233,7 +242,7 @@ used = sum(f.stat().st_blocks * 512 for f in __import__("pathlib").Path(scratch)
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
 print(json.dumps({"size": e.size, "hole": hole.count(0), "data": data.hex(), "tail": tail.hex(),
                   "used": used, "wchar": int(io["wchar"]),
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_kb": hwm_kb()}))
 """
 
 
