@@ -2,7 +2,8 @@
 #   make venv     create .venv with the build tools (scikit-build-core, nanobind, cmake, ninja, pip)
 #   make install  build the C extension and install the package (+ test/dev extras) into .venv;
 #                 the CMake tree in build/<wheel tag>/ is kept, so rebuilds are incremental
-#   make run      install, then build the index of the built-in sample layer
+#   make run      install what running needs (no test/dev extras; skipped when nothing changed
+#                 since the last install), then index the built-in sample layer
 #   make test     install, then pytest
 #   make lint     ruff + mypy
 #   make bench    install, then bench/bench_index.py
@@ -46,8 +47,17 @@ $(VENV)/.build-deps: pyproject.toml
 # which has no _core). Python edits need no reinstall; C edits need `make install`.
 build install: venv
 	$(PIP) install --no-build-isolation $(PIP_INSTALL_FLAGS) -e ".[$(EXTRAS)]"
+	@touch $(RUN_STAMP)
 
-run: install
+# What the package is built from: `make run` reinstalls only when one of these changed.
+BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard cmake/* csrc/*.c csrc/*.h csrc/*.cpp)
+RUN_STAMP    := $(VENV)/.installed
+
+$(RUN_STAMP): $(VENV)/.build-deps $(BUILD_INPUTS)
+	$(PIP) install --no-build-isolation $(PIP_INSTALL_FLAGS) -e .
+	@touch $@
+
+run: $(RUN_STAMP)
 	$(VPY) -m soci_native.sample
 
 # PYTEST_EXIT_FILE=path: also write pytest's own exit code there (make itself can only

@@ -625,7 +625,7 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
         with open_image(ref, registry=local_or_registry_options(ref, kw)) as src, \
                 open_output(output) as out:
             try:
-                fetched = getfile.stream_file(src, layer_digest, z, f, span, out)
+                fetched = getfile.stream_file(src, layer_digest, z, f, out, span)
             except getfile.SpanMismatch as e:
                 fail(str(e))
         if verbose:

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from soci_native import ztoc
 from soci_native.index import clean_prefetch_path
 from soci_native.layer import extract, extract_span, span_range
 
+if TYPE_CHECKING:
+    from soci_native.images import ImageSource
+
 MAX_LINKS = 40  # as Linux's path walk
 PIECE = 16 << 20  # uncompressed bytes per piece: the memory bound, whatever the file size
 
 Lookup = Callable[[str], "ztoc.FileMetadata | None"]
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 class PathError(Exception):
@@ -89,11 +96,17 @@ def pieces(offset: int, size: int, span_size: int) -> Iterator[tuple[int, int]]:
         offset += n
 
 
-def stream_file(src: Any, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata,
-                span_size: int, out: BinaryIO) -> int:
-    """Writes the file to ``out`` piece by piece; returns how many layer bytes were read
-    (compressed spans: ranges of a registry blob, or preads of a local one)."""
+def stream_file(src: ImageSource, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata,
+                out: Writable, span_size: int | None = None) -> int:
+    """Writes file ``f`` of zTOC ``z`` (its layer ``layer_digest`` in ``src``) to ``out`` in
+    pieces of a few spans, so memory stays bounded; returns how many layer bytes were read
+    (compressed spans: range requests to a registry, or preads of a local blob). Spans read
+    from a registry are checked against the zTOC's digests (:class:`SpanMismatch`)."""
     from soci_native.discover import is_registry
+    from soci_native.ztoc_info import span_size as span_size_of
+
+    if span_size is None:
+        span_size = span_size_of(z.checkpoints, z.compression_algorithm)
 
     fetched = 0
     if is_registry(src):

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--span-size", type=int, default=DEFAULT_SPAN_SIZE)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
-    if not args.json:
+    if not args.json and not (Path(args.dir) / "stdlib-layer.tar.gz").exists():
         print("building the sample layer from the Python standard library...", file=sys.stderr)
     layer = build_sample_layer(Path(args.dir))
     t0 = time.perf_counter()

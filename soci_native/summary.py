@@ -33,15 +33,23 @@ def verify_sample(layer: str, ix: LayerIndex, tar_path: str | None, count: int =
     with Python's tarfile reading the same layer; returns how many matched (raises on a
     mismatch)."""
     files = [e for e in ix.entries if e.type == "reg" and not e.sparse]
-    picked = random.Random(seed).sample(files, min(count, len(files)))
-    with tarfile.open(tar_path or layer) as tf:
-        for e in picked:
-            want = tf.extractfile(e.name.rstrip("/"))
+    picked = {e.offset: e for e in random.Random(seed).sample(files, min(count, len(files)))}
+    checked = 0
+    # one streaming pass ("r|*"): seeking in a gzip stream re-inflates from the start each time
+    with tarfile.open(tar_path or layer, "r|*") as tf:
+        for m in tf:
+            e = picked.get(m.offset_data)
+            if e is None or not m.isfile():
+                continue
+            want = tf.extractfile(m)
             assert want is not None
             got = extract(layer, ix.checkpoints, e.offset, e.size)
-            if got != want.read():
+            if m.name != e.name.rstrip("/") or got != want.read():
                 raise AssertionError(f"extracted bytes of {e.name} differ from tarfile's")
-    return len(picked)
+            checked += 1
+    if checked != len(picked):
+        raise AssertionError(f"tarfile found {checked} of the {len(picked)} sampled files")
+    return checked
 
 
 def render(summary: dict[str, Any]) -> str:

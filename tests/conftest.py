@@ -10,6 +10,8 @@ if HERE not in sys.path:
 import layers  # noqa: E402
 import pytest  # noqa: E402
 
+pytest_plugins = ["ci_strict"]  # under CI=true a skip (a missing prerequisite) is a failure
+
 
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
