@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import subprocess
@@ -271,3 +272,36 @@ def test_sparse_file_holes_are_never_written(tmp_path: Path, fmt: str) -> None:
     assert bytes.fromhex(r["data"]) == b"\0\0\0payload!\0\0\0\0\0"
     assert bytes.fromhex(r["tail"]) == bytes(5)  # clipped at the end of the file
     assert r["used"] == 0 and r["wchar"] < 1 << 20 and r["maxrss_kb"] < 120_000, r
+
+
+# --------------------------------------------------------------------- §5 device numbers
+
+def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> None:
+    """A tar device whose major/minor (base-256 numbers) exceed C int: the tree is built from
+    both a local index and a zTOC, the numbers wrapped as the snapshotter's Mkdev does."""
+    import gzip
+    import io
+    import tarfile
+
+    from soci_native.layer import index_layer
+    from soci_native.mount.tree import Entry, build_tree, mkdev, toc_entries
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, major, minor in (("big", 1 << 40, 3), ("neg", -1, -2), ("null", 1, 3)):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, major, minor
+            tf.addfile(ti)
+        ti = tarfile.TarInfo("pad")
+        ti.size = 20000
+        tf.addfile(ti, io.BytesIO(b"x" * 20000))
+    layer = tmp_path / "dev.tar.gz"
+    layer.write_bytes(gzip.compress(buf.getvalue()))
+    ix = index_layer(str(layer), 1 << 20, entries=True)
+    assert {e.name: e.devmajor for e in ix.entries}["big"] == 1 << 40
+    local = build_tree([[Entry.from_tar(e) for e in ix.entries]])
+    fromtoc = build_tree([toc_entries(ztoc.build(str(layer), span_size=1 << 20)[1])])
+    for tree in (local, fromtoc):
+        assert tree.get("/big").rdev == mkdev(1 << 40, 3) == 3  # the high bits wrap away
+        assert tree.get("/neg").rdev == mkdev(0xFFFFFFFF, 0xFFFFFFFE)
+        assert tree.get("/null").rdev == os.makedev(1, 3)
