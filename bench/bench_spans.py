@@ -67,7 +67,8 @@ def run_layer(z: ztoc.Ztoc, blob: Path, cache: Path, threads: int) -> tuple[floa
         th.start()
     for th in ts:
         th.join()
-    zl.close()  # waits for the background fills: every span cached
+    zl.drain()  # waits for the background fills: every span cached
+    zl.close()
     return time.perf_counter() - t, stats
 
 

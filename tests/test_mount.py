@@ -730,7 +730,7 @@ def test_first_read_inflates_only_what_it_needs_then_caches_the_span(tmp_path: P
     assert s0.uend - s0.ustart > 1 << 20
     assert zl.read(0, 4096) == tar[:4096]
     assert zl.read(100_000, 4096) == tar[100_000:104_096]  # while filling: no second fetch
-    zl.close()  # waits for the background fill
+    zl.drain()  # waits for the background fill
     assert cache.total == sum(s.uend - s.ustart for s in zl.spans[:1])
     assert zl.read(500_000, 4096) == tar[500_000:504_096]
     assert stats.spans_fetched == stats.cache_misses == 1 and stats.cache_hits >= 1

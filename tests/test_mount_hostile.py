@@ -74,7 +74,8 @@ def test_forged_window_cannot_change_what_another_image_serves(
     try:
         got = b.read(s.ustart, s.uend - s.ustart)
         assert got != tar[s.ustart:s.uend]  # the forgery does change span j's bytes
-        b.close()  # waits for the background fill
+        b.drain()  # waits for the background fill
+        b.close()
         assert list(cache.rglob("*+*")), "B cached nothing: the replay proves nothing"
     except SpanError:
         assert which == "middle"  # the window chain caught it (span j+1's window)
@@ -83,6 +84,7 @@ def test_forged_window_cannot_change_what_another_image_serves(
     a = _layer(z, blob, cache)
     assert a.read(0, len(tar)) == tar
     assert a.stats.errors == 0
+    a.drain()
     a.close()
 
 
@@ -109,6 +111,7 @@ def test_window_chain_mismatch_makes_the_layer_eio(
     cache = tmp_path / "cache2"
     a = _layer(z, blob, cache)
     assert a.read(prev.ustart, prev.uend - prev.ustart) == tar[prev.ustart:prev.uend]
+    a.drain()
     a.close()
     b2 = _layer(_forge_window(z, j), blob, cache)
     with pytest.raises(SpanError):
@@ -135,6 +138,7 @@ def test_sequential_and_concurrent_reads_inflate_each_span_once(
     got = bytearray()
     for off in range(0, len(tar), 128 << 10):  # what FUSE hands over for `cat`
         got += seq.read(off, 128 << 10)
+    seq.drain()
     seq.close()
     assert got == tar
     st = seq.stats.to_json()
@@ -158,6 +162,7 @@ def test_sequential_and_concurrent_reads_inflate_each_span_once(
         t.start()
     for t in threads:
         t.join(timeout=120)
+    par.drain()
     par.close()
     assert errors == []
     st = par.stats.to_json()

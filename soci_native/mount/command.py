@@ -96,7 +96,8 @@ def _write_fd(fd: int, text: str) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Uncompressed span cache. Default: <root>/cache/spans.")
 @click.option("--cache-size", type=ByteSize(), default="1GiB", show_default=True,
-              help="Span cache bound (least recently used spans are evicted).")
+              help="Span cache bound (least recently used spans are evicted; a span larger "
+                   "than half of it is never cached, its reads are inflated on demand).")
 @click.option("--stats", "print_stats", is_flag=True,
               help="Print .soci-native/stats.json at unmount (foreground; else to the log).")
 @click.option("--prefetch", is_flag=True,

@@ -463,6 +463,7 @@ class ZtocLayer:
         self._filler: ThreadPoolExecutor | None = None
         self._filler_lock = threading.Lock()
         self._untrusted: str | None = None
+        self._closing = False
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
         if self.gzip and self.spans and self.spans[0].ustart == 0 and any(
@@ -724,7 +725,7 @@ class ZtocLayer:
     def _complete(self, fill: _Fill) -> None:
         """Inflates the rest of a span into the cache, a step at a time, so readers of the
         span (who continue the same inflate) get the lock in between."""
-        while True:
+        while not self._closing:
             with fill.lock:
                 if fill.state != "filling":
                     return
@@ -769,9 +770,21 @@ class ZtocLayer:
                                     f"{got}, the zTOC says {want}): refusing to serve them")
         return comp
 
+    def drain(self) -> None:
+        """Waits until every span whose fill is under way is in the cache (or failed)."""
+        with self._filler_lock:
+            filler, self._filler = self._filler, None
+        if filler is not None:
+            filler.shutdown(wait=True)
+
     def close(self) -> None:
-        if self._filler is not None:
-            self._filler.shutdown(wait=True)
+        """Stops the background fills (unmount does not wait for spans nobody reads any
+        more: their temp files and reservations are dropped) and closes the blob."""
+        self._closing = True
+        with self._filler_lock:
+            filler, self._filler = self._filler, None
+        if filler is not None:
+            filler.shutdown(wait=True, cancel_futures=True)
         for fill in list(self._fills.values()):
             with fill.lock:
                 if fill.fd >= 0:
