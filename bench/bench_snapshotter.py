@@ -15,8 +15,9 @@ The command is ``python3 -c "import numpy; print(numpy.__version__)"``.
 
 Setup: docker-registry on 127.0.0.1 (tests/reg_server.py), the image pushed with skopeo, a
 SOCI index built (`soci-native create`, default 4 MiB spans and 10 MiB minimum layer size) and
-pushed (referrers tag); every pull then goes through tests/fault_proxy.py, which counts the
-bytes it forwards and, in the throttled variant, paces each response body to 50 MB/s.
+pushed (referrers tag); every pull then goes through a TCP relay on 127.0.0.1 that counts the
+bytes the registry sends (HTTP headers included) and, in the throttled variant, paces them to
+50 MB/s in all (one token bucket across connections: a realistic pull rate).
 Each round, in alternating order, with a fresh containerd (private root/state) and, for the
 lazy path, a fresh snapshotter root:
 
@@ -32,12 +33,15 @@ Usage: python bench/bench_snapshotter.py [--rounds 3] [--no-throttle]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,13 +50,73 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import ctr_env as ce  # noqa: E402
-import fault_proxy  # noqa: E402
 import reg_server  # noqa: E402
 
 DATA = HERE / "data" / "image-snapshotter"
 REPO = "bench/sci"
 CMD = "import numpy; print(numpy.__version__)"
-THROTTLE = 50e6  # bytes per second per response
+THROTTLE = 50e6  # bytes per second, all connections together
+
+
+class TcpProxy:
+    """A TCP relay from 127.0.0.1:port to the registry that counts the bytes sent back and,
+    with ``rate`` set, paces them with one token bucket shared by every connection: the
+    whole pull, however many layers containerd fetches at once, gets ``rate`` bytes/s."""
+
+    CHUNK = 64 << 10
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.rate: float | None = None
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._next = time.monotonic()  # when the bucket allows the next chunk
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                c, _ = self._srv.accept()
+            except OSError:
+                return
+            u = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(c, u, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, True), daemon=True).start()
+
+    def _pace(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+            if not self.rate:
+                return
+            now = time.monotonic()
+            self._next = max(self._next, now) + n / self.rate
+            wait = self._next - now - n / self.rate
+        if wait > 0:
+            time.sleep(wait)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while True:
+                data = src.recv(self.CHUNK)
+                if not data:
+                    break
+                if count:
+                    self._pace(len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._srv.close()
 
 
 def _ldd(path: str) -> set[str]:
@@ -143,7 +207,7 @@ class Bench:
             check=True, capture_output=True).stdout)
         self.image_bytes = sum(int(d["size"]) for d in manifest["layers"])
         self.layer_sizes = [int(d["size"]) for d in manifest["layers"]]
-        self.proxy = fault_proxy.FaultProxy("127.0.0.1", self.reg.port)
+        self.proxy = TcpProxy(self.reg.port)
         self.ref = f"127.0.0.1:{self.proxy.port}/{REPO}:v1"
         self.log_dir: Path | None = None
         self.verbose = False
@@ -160,7 +224,7 @@ class Bench:
             if mode == "lazy":
                 sn = ce.Snapshotter.start(d / "sn", sock)
             ctrd = ce.Containerd.start(d / "ctrd", sock)
-            before = self.proxy.stats.total_bytes()
+            before = self.proxy.bytes
             t0 = time.perf_counter()
             if mode == "lazy":
                 ctrd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "soci",
@@ -187,7 +251,7 @@ class Bench:
                     print(f"    layer {m['layer'][7:19]}: spans {tot.get('spans_fetched')}/"
                           f"{tot.get('spans_total')}, {tot.get('bytes_fetched', 0) / 1e6:.1f} "
                           f"MB fetched", flush=True)
-            return elapsed, self.proxy.stats.total_bytes() - before
+            return elapsed, self.proxy.bytes - before
         finally:
             if ctrd is not None:
                 ctrd.stop()
@@ -235,10 +299,7 @@ def main() -> int:
         if not args.no_throttle:
             variants.append(("50 MB/s", THROTTLE))
         for name, rate in variants:
-            b.proxy.clear_faults()
-            if rate:
-                b.proxy.add_fault(fault_proxy.trickle(rate, max_seconds=3600),
-                                  match=fault_proxy.on("GET", "/blobs/"))
+            b.proxy.rate = rate
             res: dict[str, list[tuple[float, int]]] = {"overlayfs": [], "lazy": []}
             for i in range(args.rounds):
                 order = ["overlayfs", "lazy"] if i % 2 == 0 else ["lazy", "overlayfs"]

@@ -91,6 +91,8 @@ class Snapshots:
         self.root = root
         self.dir = root / "snapshots"
         self.dir.mkdir(parents=True, exist_ok=True)
+        for d in (root, self.dir):  # container files and span caches: root's alone
+            os.chmod(d, 0o700)
         self.meta = Metadata(root / "metadata.db")
         self.lazy = lazy
 
