@@ -310,3 +310,80 @@ def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> No
         assert tree.get("/big").rdev == mkdev(1 << 40, 3) == 3  # the high bits wrap away
         assert tree.get("/neg").rdev == mkdev(0xFFFFFFFF, 0xFFFFFFFE)
         assert tree.get("/null").rdev == os.makedev(1, 3)
+
+
+# ------------------------------------------------- §2 one huge span, through a real mount
+
+def _bomb_image(tmp: Path, file_size: int) -> Path:
+    """An OCI layout (hand-written JSON) whose one layer is :func:`hl.one_block_layer`."""
+    import gzip
+    import hashlib
+
+    import img_build as ib
+
+    lay = tmp / "bomb-layout"
+    lay.mkdir()
+    blob = tmp / "bomb.tar.gz"
+    hl.one_block_layer(blob, file_size)
+    data = blob.read_bytes()
+    diff = hashlib.sha256()
+    with gzip.open(blob) as g:
+        while chunk := g.read(1 << 20):
+            diff.update(chunk)
+    config = json.dumps({"architecture": os.uname().machine.replace("x86_64", "amd64")
+                         .replace("aarch64", "arm64"), "os": "linux",
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": ["sha256:" + diff.hexdigest()]}}).encode()
+    ib.put_blob(lay, data)
+    ib.put_blob(lay, config)
+    manifest = json.dumps({"schemaVersion": 2,
+                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": ib.desc("application/vnd.oci.image.config.v1+json", config),
+                           "layers": [ib.desc("application/vnd.oci.image.layer.v1.tar+gzip",
+                                              data)]}).encode()
+    ib.put_blob(lay, manifest)
+    (lay / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        ib.desc("application/vnd.oci.image.manifest.v1+json", manifest,
+                annotations={"org.opencontainers.image.ref.name": "t"})]}))
+    return lay
+
+
+def test_one_huge_span_through_a_mount(tmp_path: Path) -> None:
+    """The issue's replay end to end: a layer that is one deflate block of zeros, mounted
+    with a small cache; reading 1 byte and then 32 MiB keeps the mount process small and
+    writes nothing to the cache."""
+    import mnt_image as mi
+
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI: needs /dev/fuse and fusermount3")
+        pytest.skip("needs /dev/fuse and fusermount3")
+    lay = _bomb_image(tmp_path, 256 << 20)
+    root, cache, mp = tmp_path / "store", tmp_path / "cache", tmp_path / "mnt"
+    mp.mkdir()
+    mi.cli("create", f"oci:{lay}:t", "--min-layer-size", "0", "--span-size", "1048576",
+           root=root)
+    mi.mount_cmd(f"oci:{lay}:t", str(mp), "--cache-dir", str(cache), "--cache-size", "32M",
+                 root=root)
+    try:
+        with open(mp / "zeros.bin", "rb", buffering=0) as f:
+            assert f.read(1) == b"\0"
+            got = 0
+            while got < 32 << 20:
+                chunk = f.read(1 << 20)
+                assert chunk.count(0) == len(chunk) > 0
+                got += len(chunk)
+        s = mi.stats(mp)
+        (layer,) = s["layers"]
+        assert layer["mode"] == "lazy" and layer["spans_total"] == 1 and layer["errors"] == 0
+        assert layer["inflate_ratio"] == 1.0
+        assert layer["bytes_inflated"] < 40 << 20  # what was read, plus the kernel's readahead
+        with open(f"/proc/{s['pid']}/status") as st:
+            hwm = next(int(x.split()[1]) for x in st if x.startswith("VmHWM:"))
+        assert hwm < 150_000, hwm  # the mount daemon, interpreter and libfuse included
+        assert s["cache_bytes"] == 0
+        assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) == 0
+    finally:
+        mi.umount_cmd(mp, root)
+        mi.force_unmount(mp)

@@ -648,9 +648,10 @@ class ZtocLayer:
             assert fill.inf is not None
             before = fill.inf.inflated
             try:
-                if rel > fill.done:
+                if rel - fill.done > RECENT:  # far ahead: drop the bytes in between
                     fill.inf.skip(rel - fill.done)
                     fill.done, fill.recent, fill.recent_start = rel, [], rel
+                # (a short gap is kept: FUSE threads hand over readahead out of order)
                 fill.recent.append(fill.inf.read(need - fill.done))
             except (ValueError, OSError) as e:
                 self._fail(fill, self._fail_msg(fill.i, f"cannot inflate: {e}"))
