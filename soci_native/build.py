@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from soci_native import _core, index, ztoc
+from soci_native.imageref import normalize
 from soci_native.images import Descriptor, ImageSource, ResolvedImage, layer_compression
 from soci_native.layer import DEFAULT_SPAN_SIZE, LayerIndex, index_layer, span_range
 from soci_native.store import ArtifactRecord, Store
@@ -176,7 +177,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
     dgst, size = store.put_blob(ix.ztoc)
     store.add_artifact(ArtifactRecord(dgst, size, "soci_layer", index.ZTOC_MEDIA_TYPE,
                                       original_digest=layer.digest, span_size=opts.span_size,
-                                      image_ref=src.ref))
+                                      image_ref=normalize(src.ref)))
     return LayerResult(
         layer, "built", ztoc_digest=dgst, ztoc_size=size,
         disable_xattrs=ix.xattr_free,

@@ -387,11 +387,12 @@ def push(ctx: click.Context, image: str, existing_index: str, max_concurrent_upl
 
 # ------------------------------------------------------------------------------ index ...
 
-def records_json(recs: Sequence[ArtifactRecord]) -> list[dict[str, Any]]:
-    return [{k: getattr(r, k) for k in ("digest", "size", "type", "media_type",
-                                        "artifact_type", "original_digest", "image_digest",
-                                        "image_ref", "platform", "span_size",
-                                        "manifest_version", "created")}
+def records_json(recs: Sequence[ArtifactRecord], store: Store) -> list[dict[str, Any]]:
+    return [{**{k: getattr(r, k) for k in ("digest", "size", "type", "media_type",
+                                           "artifact_type", "original_digest", "image_digest",
+                                           "image_ref", "platform", "span_size",
+                                           "manifest_version", "created")},
+             "image_refs": store.image_refs(r.digest)}
             for r in recs]
 
 
@@ -406,7 +407,8 @@ def index_group() -> None:
 
 
 @index_group.command("list")
-@click.option("--ref", help="Only indexes built from this image reference.")
+@click.option("--ref", help="Only indexes built from this image reference (any of them, "
+              "compared normalized: local paths absolute, docker://HOST/R:T = HOST/R:T).")
 @click.option("-p", "--platform", help="Only indexes for this platform (os/arch[/variant]).")
 @click.option("-q", "--quiet", is_flag=True, help="Digests only.")
 @click.option("--json", "as_json", is_flag=True)
@@ -419,8 +421,9 @@ def index_list(ctx: click.Context, ref: str | None, platform: str | None, quiet:
     with user_errors(), store_of(ctx) as store:
         plat = str(Platform.parse(platform)) if platform else None
         recs = index_records(store, ref, plat)
+        as_records = records_json(recs, store) if as_json else []
     if as_json:
-        emit_json(records_json(recs))
+        emit_json(as_records)
     elif quiet:
         for r in recs:
             click.echo(r.digest)

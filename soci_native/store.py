@@ -77,7 +77,7 @@ ArtifactKind = Literal["soci_index", "soci_layer", "soci_prefetch"]
 ManifestVersion = Literal["v1", "v2"]
 ARTIFACT_TYPES: tuple[ArtifactKind, ...] = ("soci_index", "soci_layer", "soci_prefetch")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Blobs at least this large are never SOCI index manifests (rebuild_db skips them unread).
 MAX_MANIFEST_SIZE = 4 << 20
 TEMP_PREFIX = ".tmp-"
@@ -440,6 +440,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         " ON artifacts (type, original_digest, span_size)",
         "CREATE INDEX IF NOT EXISTS artifacts_by_created ON artifacts (created, digest)",
     ),
+    # every image reference an artifact was built or pulled for (artifacts.image_ref is the
+    # latest one): an index built for several references is found by each
+    1: (
+        """CREATE TABLE IF NOT EXISTS artifact_refs (
+            digest TEXT NOT NULL,
+            image_ref TEXT NOT NULL,
+            PRIMARY KEY (digest, image_ref)
+        )""",
+        "INSERT OR IGNORE INTO artifact_refs (digest, image_ref)"
+        " SELECT digest, image_ref FROM artifacts WHERE image_ref IS NOT NULL",
+    ),
 }
 assert sorted(_MIGRATIONS) == list(range(SCHEMA_VERSION))
 
@@ -688,13 +699,20 @@ class Store:
         params: list[Any] = []
         for column, value in (
             ("type", type),
-            ("image_ref", image_ref),
             ("platform", platform),
             ("original_digest", original_digest),
         ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if image_ref is not None:  # any reference it was stored for, not only the latest
+            from soci_native.imageref import normalize
+
+            forms = sorted({image_ref, normalize(image_ref)})  # rows older than normalizing
+            marks = ", ".join("?" for _ in forms)
+            where.append(f"(image_ref IN ({marks}) OR digest IN "
+                         f"(SELECT digest FROM artifact_refs WHERE image_ref IN ({marks})))")
+            params += forms + forms
         sql = f"SELECT {', '.join(_COLUMNS)} FROM artifacts"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -705,7 +723,17 @@ class Store:
         """Delete the row for ``digest`` (not its blob); True if there was one."""
         _check_digest(digest)
         with self._write_txn() as conn:
+            conn.execute("DELETE FROM artifact_refs WHERE digest = ?", (digest,))
             return conn.execute("DELETE FROM artifacts WHERE digest = ?", (digest,)).rowcount > 0
+
+    def image_refs(self, digest: str) -> list[str]:
+        """Every image reference ``digest`` was stored for, latest first."""
+        _check_digest(digest)
+        rec = self.get_artifact(digest)
+        refs = [rec.image_ref] if rec is not None and rec.image_ref else []
+        rows = self._query("SELECT image_ref FROM artifact_refs WHERE digest = ? "
+                           "ORDER BY image_ref", [digest])
+        return refs + [str(r[0]) for r in rows if r[0] not in refs]
 
     def find_ztoc(self, layer_digest: str, span_size: int) -> ArtifactRecord | None:
         """A stored zTOC for this layer and span size whose blob is present (newest first)."""
@@ -985,6 +1013,10 @@ class Store:
         created = _normalize_time(created) if created else utc_now()
         if platform is not None:
             _platform_to_oci(platform)
+        if image_ref is not None:
+            from soci_native.imageref import normalize
+
+            image_ref = normalize(image_ref)  # absolute paths, full registry names
         with self.lock():
             missing = [d for d in info.layer_digests() if not self.has_blob(d)]
             if missing:
@@ -1013,6 +1045,9 @@ class Store:
             with self._write_txn() as conn:
                 conn.executemany(self._INSERT_MISSING, [self._values(r) for r in layer_recs])
                 conn.execute(self._UPSERT, self._values(rec))
+                if image_ref:
+                    conn.execute("INSERT OR IGNORE INTO artifact_refs (digest, image_ref) "
+                                 "VALUES (?, ?)", (digest, image_ref))
             self.add_index_entry(
                 digest,
                 size,
@@ -1103,6 +1138,8 @@ class Store:
                         "DELETE FROM artifacts WHERE digest = ? AND type != 'soci_index'",
                         [(d,) for d in gone],
                     )
+                    conn.executemany("DELETE FROM artifact_refs WHERE digest = ?",
+                                     [(d,) for d in gone])
                 if delete_blobs:
                     for d in gone:
                         self.delete_blob(d)

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import SMALL, cli, cli_json, image, layers_of, root  # noqa: F401 (fixtures)
+from test_cli import SMALL, STDLIB, cli, cli_json, image, layers_of, root  # noqa: F401 (fixtures)
 
 
 def one_line_error(p: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -214,3 +214,66 @@ def test_rebuild_db_recovers_from_a_corrupt_database(image: Path, root: Path) ->
     assert cli("index", "list", "-q", root=root).stdout.split() == [digest]
     again = cli_json("create", f"oci:{image}:t", *SMALL, root=root)[0]  # type: ignore[index]
     assert [x["status"] for x in again["layers"]] == ["reused"] * 3
+
+
+def test_references_are_stored_absolute_and_compared_normalized(image: Path,
+                                                               tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "lay").symlink_to(image)
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{image}:t", f"oci-archive:{a / 'img.tar'}:t"],
+                   check=True)
+
+    def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            return cli(*args, root=root, ok=ok)
+        finally:
+            os.chdir(old)
+
+    first = run(a, "create", "oci:lay:t", *SMALL, "-q").stdout.strip()
+    second = run(a, "create", "img.tar:t", *SMALL, "-q").stdout.strip()
+    assert first == second  # the same image, named two ways: one index, found by each name
+    recs = json.loads(run(b, "index", "list", "--json").stdout)
+    assert len(recs) == 1
+    assert set(recs[0]["image_refs"]) == {f"oci:{a / 'lay'}:t", f"{a / 'img.tar'}:t"}
+    for ref in (f"oci:{a / 'lay'}:t", f"{a / 'img.tar'}:t"):
+        assert run(b, "index", "list", "-q", "--ref", ref).stdout.split() == [first], ref
+    assert run(a, "index", "list", "-q", "--ref", "oci:lay:t").stdout.split() == [first]
+    assert run(a, "index", "list", "-q", "--ref", "oci:other:t").stdout.split() == []
+    ztocs = run(b, "ztoc", "list", "-q", "--image-ref", f"oci:{a / 'lay'}:t").stdout.split()
+    assert len(ztocs) == 3
+    # get-file from another directory finds the layer through the stored absolute path
+    by_layer = {z["layer_digest"]: z["digest"]
+                for z in json.loads(run(b, "ztoc", "list", "--json").stdout)}
+    z0 = by_layer[layers_of(image)[0]["digest"]]  # the layer with json/
+    got = run(b, "ztoc", "get-file", z0, "usr/lib/python/json/__init__.py")
+    assert got.stdout == (STDLIB / "json/__init__.py").read_text()
+
+
+def test_registry_references_compare_normalized(tmp_path: Path) -> None:
+    from soci_native import index as sindex
+    from soci_native.store import Store
+
+    with Store(tmp_path / "store") as store:
+        zd, zsize = store.put_blob(b"not really a zTOC")  # the index only names it
+        desc = sindex.ztoc_descriptor(zd, zsize, "application/vnd.oci.image.layer.v1.tar+gzip",
+                                      "sha256:" + "2" * 64, 4 << 20, False)
+        manifest = sindex.index_manifest(2, [desc], None, sindex.BUILD_TOOL)
+        rec = store.add_index(manifest, image_ref="127.0.0.1:5000/app:v1",
+                              original_digest="sha256:" + "1" * 64, platform="linux/amd64")
+        assert rec.image_ref == "docker://127.0.0.1:5000/app:v1"
+        for q in ("docker://127.0.0.1:5000/app:v1", "127.0.0.1:5000/app:v1"):
+            assert [r.digest for r in store.list_artifacts(type="soci_index", image_ref=q)] \
+                == [rec.digest], q
+        assert store.list_artifacts(type="soci_index", image_ref="127.0.0.1:5000/app:v2") == []
+        store.add_index(manifest, image_ref="docker://alpine",
+                        original_digest="sha256:" + "1" * 64, platform="linux/amd64")
+        for q in ("docker://docker.io/library/alpine:latest", "docker://alpine:latest",
+                  "docker://127.0.0.1:5000/app:v1"):
+            assert len(store.list_artifacts(type="soci_index", image_ref=q)) == 1, q
+        assert store.image_refs(rec.digest) == ["docker://docker.io/library/alpine:latest",
+                                                "docker://127.0.0.1:5000/app:v1"]

@@ -657,7 +657,7 @@ def test_rebuild_db(tmp_path: Path) -> None:
     assert rr is not None
     assert (rr.original_digest, rr.image_ref, rr.platform, rr.image_digest, rr.created) == (
         image_manifest,
-        "example.com/reg:1",
+        "docker://example.com/reg:1",  # stored normalized (imageref.normalize)
         "linux/amd64",
         reg.image_digest,
         "2024-05-05T05:05:05.000000Z",
