@@ -307,7 +307,17 @@ def main() -> int:
     ap.add_argument("--big-set", nargs="+", default=["scipy", "scipy.libs"],
                     help="directories under the image's site-packages read as the big set")
     ap.add_argument("--tmp", help="work directory (default: a temporary one)")
+    ap.add_argument("--table", action="store_true",
+                    help="instead: issue 10's table for the big layer, mounted locally, against "
+                         "ratarmount and a plain directory (bench/mount_table.py)")
     args = ap.parse_args()
+    if args.table:
+        import mount_table
+
+        if not (DATA / "big.tar.gz").exists():
+            subprocess.run([sys.executable, str(HERE / "make_layers.py"), "--layers", "big"],
+                           check=True)
+        return mount_table.run_table(make_layout(["big"]), args.repeat, args.tmp)
     missing = [t for t in ("docker-registry", "skopeo", "fusermount3", "tar") if not
                shutil.which(t)] + (["umoci"] if args.extract == "umoci" and
                                    not shutil.which("umoci") else [])

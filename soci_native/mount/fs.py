@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import json
 import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mfusepy  # type: ignore[import-untyped]
@@ -147,15 +148,21 @@ class SociFS(mfusepy.Operations):
             out.append((name, {"st_mode": c.mode, "st_ino": c.ino}, 0))
         return out
 
-    def readdir_plus(self, path: str) -> list[tuple[str, dict[str, int]]]:
-        """(name, full attributes) of a directory's children, for READDIRPLUS."""
-        dots = [(".", self.getattr(path)), ("..", {"st_mode": stat.S_IFDIR | 0o755})]
+    def readdir_plus(self, path: str, start: int) -> Iterator[tuple[str, dict[str, int]]]:
+        """(name, full attributes) of a directory's entries from index ``start`` on, for
+        READDIRPLUS: made as the reply buffer takes them (a few dozen per request), so a
+        huge directory is not rendered whole for each piece."""
         if path == STATS_DIR_PATH:
-            return [*dots, (STATS_FILE, self.getattr(STATS_PATH))]
-        node = self._dir_node(path)
-        assert node.children is not None
-        children = node.children
-        return dots + [(n, self._attrs(children[n])) for n in node.names()]
+            names, children = [STATS_FILE], {}
+        else:
+            node = self._dir_node(path)
+            assert node.children is not None
+            names, children = node.names(), node.children
+        dots = [(".", self.getattr(path)), ("..", {"st_mode": stat.S_IFDIR | 0o755})]
+        yield from dots[start:]
+        for name in itertools.islice(names, max(start - 2, 0), None):
+            node_ = children.get(name)
+            yield name, self._attrs(node_) if node_ is not None else self.getattr(STATS_PATH)
 
     def _dir_node(self, path: str) -> Node:
         node = self._node(path)
@@ -268,10 +275,15 @@ class _FUSE(mfusepy.FUSE):
         if not flags & FUSE_READDIR_PLUS or path is None or not isinstance(ops, SociFS):
             return int(super().readdir_fuse_3(path, buf, filler, offset, fip, flags))
         st = mfusepy.c_stat()
-        for name, attrs in ops.readdir_plus(path.decode(self.encoding, self.errors)):
+        # Each entry carries its index + 1 as its offset: libfuse then replies with every
+        # entry's attributes (with offset 0 its cached-listing path drops them), and a
+        # listing that does not fit one reply resumes at ``offset``.
+        start = max(offset, 0)
+        for i, (name, attrs) in enumerate(ops.readdir_plus(
+                path.decode(self.encoding, self.errors), start), start):
             ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
             mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            if filler(buf, name.encode(self.encoding, self.errors), st, 0,
+            if filler(buf, name.encode(self.encoding, self.errors), st, i + 1,
                       FUSE_FILL_DIR_PLUS) != 0:
                 break
         return 0

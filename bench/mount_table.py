@@ -1,0 +1,245 @@
+"""`bench_mount.py --table`: issue 10's table. The big layer (bench/make_layers.py: the
+pip-installed numpy/scipy/pandas tree first, then system files) read through `soci-native
+mount` of a local OCI layout, through ratarmount on the same .tar.gz, and as a plain
+directory (`tar -xzf`), in the same run:
+
+* one big file (the largest under the scipy.libs directory, ~25 MB), cold, MB/s: a fresh
+  mount (and, for soci-native, an empty span cache); ratarmount's gzip index is built
+  before, at mount time, as soci-native's zTOC is;
+* the tree (every file under site-packages read whole), cold: likewise;
+* the tree on a fresh mount with the span cache already warm (soci-native only);
+* a small file's open+read+close, warm, p50 (microseconds; files under 8 KiB, each read once
+  before timing).
+
+Plus one core's raw inflate of the layer (zlib-ng in the C core) as the ceiling for cold
+reads. Each round runs the three in a rotating order; medians over --repeat rounds and
+ratios are printed. The big file read through each mount is checked (sha256) against the
+plain directory's; a mismatch stops the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+SITE = "opt/venv/lib/python3/site-packages"
+BUF = 1 << 20
+SMALL = 8192
+
+
+def read_all(path: str) -> int:
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(BUF):
+            n += len(chunk)
+    return n
+
+
+def files_under(root: Path) -> list[str]:
+    out = []
+    for dp, _dirs, names in os.walk(root):
+        for n in sorted(names):
+            p = os.path.join(dp, n)
+            if not os.path.islink(p) and os.path.isfile(p):
+                out.append(p)
+    return out
+
+
+def read_tree(root: Path) -> float:
+    t = time.perf_counter()
+    for p in files_under(root):
+        read_all(p)
+    return time.perf_counter() - t
+
+
+def big_file(root: Path) -> str:
+    libs = root / SITE / "scipy.libs"
+    return max(files_under(libs), key=os.path.getsize)
+
+
+def cold_big(root: Path, rel: str) -> tuple[float, str]:
+    """(MB/s, sha256) of reading ``rel`` under ``root`` once."""
+    h = hashlib.sha256()
+    t = time.perf_counter()
+    n = 0
+    with open(root / rel, "rb", buffering=0) as f:
+        while chunk := f.read(BUF):
+            h.update(chunk)
+            n += len(chunk)
+    return n / 1e6 / (time.perf_counter() - t), h.hexdigest()
+
+
+def small_p50(root: Path) -> float:
+    """Median µs of open+read+close of small files, warm (each read once before)."""
+    files = [p for p in files_under(root / SITE / "numpy") if os.path.getsize(p) < SMALL][:300]
+    for p in files:
+        read_all(p)
+    ts = []
+    for _ in range(5):
+        for p in files:
+            t = time.perf_counter_ns()
+            fd = os.open(p, os.O_RDONLY)
+            os.read(fd, SMALL)
+            os.close(fd)
+            ts.append(time.perf_counter_ns() - t)
+    return statistics.median(ts) / 1000
+
+
+class Setup:
+    """The layer as a soci-native store, a ratarmount index and an extracted directory."""
+
+    def __init__(self, td: Path, layout: Path) -> None:
+        self.td, self.layout = td, layout
+        self.blob = DATA / "big.tar.gz"
+        self.store = td / "store"
+        self.env = dict(os.environ, SOCI_NATIVE_ROOT=str(self.store))
+        self.cli = [sys.executable, "-m", "soci_native.cli"]
+        self.plain = td / "plain"
+        self.rat_index = td / "rat-index.sqlite"
+        self.mp = td / "mp"
+        self.mp.mkdir()
+
+    def prepare(self) -> None:
+        self.plain.mkdir()
+        subprocess.run(["tar", "-xzf", str(self.blob), "-C", str(self.plain)], check=True)
+        subprocess.run([*self.cli, "create", f"oci:{self.layout}", "-q"], env=self.env,
+                       check=True, capture_output=True)
+        with self.ratarmount():  # builds its index once
+            pass
+
+    def mount_soci(self, fresh_cache: bool) -> float:
+        if fresh_cache:
+            shutil.rmtree(self.store / "cache", ignore_errors=True)
+        t = time.perf_counter()
+        subprocess.run([*self.cli, "mount", f"oci:{self.layout}", str(self.mp)], env=self.env,
+                       check=True, capture_output=True)
+        return time.perf_counter() - t
+
+    def umount_soci(self) -> None:
+        p = subprocess.run([*self.cli, "umount", str(self.mp)], env=self.env,
+                           capture_output=True)
+        if p.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
+
+    @contextlib.contextmanager
+    def soci(self, fresh_cache: bool) -> Iterator[Path]:
+        self.mount_soci(fresh_cache)
+        try:
+            yield self.mp
+        finally:
+            self.umount_soci()
+
+    @contextlib.contextmanager
+    def ratarmount(self) -> Iterator[Path]:
+        exe = shutil.which("ratarmount") or str(Path(sys.executable).parent / "ratarmount")
+        subprocess.run([exe, "--index-file", str(self.rat_index), str(self.blob),
+                        str(self.mp)], check=True, capture_output=True)
+        try:
+            yield self.mp
+        finally:
+            subprocess.run(["fusermount3", "-u", str(self.mp)], capture_output=True)
+            for _ in range(100):
+                if not os.path.ismount(self.mp):
+                    break
+                time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def plain_dir(self) -> Iterator[Path]:
+        yield self.plain
+
+
+def raw_inflate_mbs(blob: Path) -> float:
+    from soci_native import _core
+
+    t = time.perf_counter()
+    n = _core.raw_inflate_file(str(blob))
+    return n / 1e6 / (time.perf_counter() - t)
+
+
+def one_round(s: Setup, rel: str, want: str, order: list[str],
+              res: dict[str, dict[str, list[float]]]) -> None:
+    tree = Path(SITE)
+    kinds: dict[str, Callable[[], contextlib.AbstractContextManager[Path]]] = {
+        "soci": lambda: s.soci(True), "ratarmount": s.ratarmount, "plain": s.plain_dir}
+    for name in order:
+        r = res[name]
+        with kinds[name]() as root:  # cold big file
+            mbs, got = cold_big(root, rel)
+            if got != want:
+                raise SystemExit(f"CHECK FAILED: {name} read {rel} as sha256 {got}")
+            r["big"].append(mbs)
+        with kinds[name]() as root:  # cold tree, then warm small files on the same mount
+            r["tree"].append(read_tree(root / tree))
+            r["small"].append(small_p50(root))
+        if name == "soci":
+            with s.soci(False) as root:
+                r["tree_warm_cache"].append(read_tree(root / tree))
+        elif name == "plain":
+            r["tree_warm_cache"].append(read_tree(s.plain / tree))
+
+
+def run_table(layout: Path, repeat: int, tmp: str | None) -> int:
+    missing = [t for t in ("fusermount3", "tar") if not shutil.which(t)]
+    if not (shutil.which("ratarmount") or (Path(sys.executable).parent / "ratarmount").exists()):
+        missing.append("ratarmount (pip install -r bench/requirements.txt)")
+    if missing:
+        print(f"needs {', '.join(missing)}")
+        return 1
+    names = ["soci", "ratarmount", "plain"]
+    res: dict[str, dict[str, list[float]]] = {
+        n: {"big": [], "tree": [], "tree_warm_cache": [], "small": []} for n in names}
+    with tempfile.TemporaryDirectory(prefix="bench-mount-table-", dir=tmp) as tds:
+        s = Setup(Path(tds), layout)
+        s.prepare()
+        rel = os.path.relpath(big_file(s.plain), s.plain)
+        want = cold_big(s.plain, rel)[1]
+        mount_s = []
+        for r in range(repeat):
+            order = names[r % 3:] + names[:r % 3]
+            print(f"round {r + 1}/{repeat}: {' '.join(order)}", file=sys.stderr)
+            one_round(s, rel, want, order, res)
+            mount_s.append(s.mount_soci(False))
+            s.umount_soci()
+        inflate = statistics.median(raw_inflate_mbs(s.blob) for _ in range(3))
+    print_table(res, rel, inflate, statistics.median(mount_s), repeat)
+    return 0
+
+
+def print_table(res: dict[str, dict[str, list[float]]], rel: str, inflate: float,
+                mount_s: float, repeat: int) -> None:
+    def m(name: str, key: str) -> float:
+        xs = res[name][key]
+        return statistics.median(xs) if xs else float("nan")
+
+    size = os.path.basename(rel)
+    rows = [
+        (f"one big file ({size}), cold, MB/s", "big", "{:.0f}"),
+        ("the tree (every site-packages file), cold, s", "tree", "{:.2f}"),
+        ("the tree, fresh mount, span cache warm, s", "tree_warm_cache", "{:.2f}"),
+        ("small file open+read+close, warm, p50, µs", "small", "{:.1f}"),
+    ]
+    print(f"\nmedians of {repeat} rounds; one core's raw inflate of the layer: {inflate:.0f} "
+          f"MB/s; soci-native mount (span cache warm) ready in {mount_s:.2f} s\n")
+    head = f"{'':48} {'soci-native':>12} {'ratarmount':>11} {'plain dir':>10} " \
+           f"{'soci/rat':>9} {'soci/plain':>10}"
+    print(head)
+    for label, key, fmt in rows:
+        vals = [m(n, key) for n in ("soci", "ratarmount", "plain")]
+        cells = ["" if v != v else fmt.format(v) for v in vals]
+        ratios = ["" if b != b or not b else f"{vals[0] / b:.2f}" for b in vals[1:]]
+        print(f"{label:48} {cells[0]:>12} {cells[1]:>11} {cells[2]:>10} "
+              f"{ratios[0]:>9} {ratios[1]:>10}")
+    big = m("soci", "big")
+    print(f"\ncold big file: soci-native at {big / inflate:.2f}x one core's raw inflate "
+          f"(goal >= 0.7x) and {big / m('ratarmount', 'big'):.2f}x ratarmount (goal >= 2x)")
