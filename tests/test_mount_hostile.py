@@ -120,6 +120,27 @@ def test_window_chain_mismatch_makes_the_layer_eio(
     b2.close()
 
 
+def test_background_fetch_finds_a_forged_window_and_stops(
+        text: tuple[Path, bytes, ztoc.Ztoc], tmp_path: Path) -> None:
+    """Fetching spans in order behind the reads checks every window of the chain."""
+    import time
+
+    from soci_native.mount.image import BackgroundFetcher
+
+    blob, _, z = text
+    j = z.num_spans // 2
+    b = _layer(_forge_window(z, j), blob, tmp_path / "cache")
+    fetcher = BackgroundFetcher([b], 1000.0, b.cache)
+    fetcher.start()
+    deadline = time.monotonic() + 60
+    while fetcher._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fetcher.stop()
+    assert b.untrusted and f"checkpoint {j}" in (b.stats.last_error or "")
+    assert b.stats.spans_fetched == j  # spans 0..j-1, then it stopped
+    b.close()
+
+
 def test_unkeyed_cache_files_are_dropped(tmp_path: Path) -> None:
     old = tmp_path / DIGEST.split(":")[1] / "0+100"  # a name from before keys
     old.parent.mkdir(parents=True)

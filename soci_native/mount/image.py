@@ -362,7 +362,7 @@ class BackgroundFetcher:
         while cursors and not self._stop.is_set():
             for layer in list(cursors):
                 i = cursors[layer]
-                if i >= len(layer.spans):
+                if i >= len(layer.spans) or layer.untrusted:  # done, or every read EIO
                     del cursors[layer]
                     continue
                 cursors[layer] = i + 1

@@ -483,6 +483,11 @@ class ZtocLayer:
             self.stats.error(self._untrusted or why)
             log.error("%s", self._untrusted)
 
+    @property
+    def untrusted(self) -> bool:
+        """Whether a check found the zTOC lying (every read of the layer is an EIO)."""
+        return self._untrusted is not None
+
     def _check_trusted(self) -> None:
         if self._untrusted is not None:
             raise SpanError(self._untrusted)
