@@ -31,3 +31,13 @@ def split_peak(stderr: str) -> tuple[str, int]:
     m = _PEAK.search(stderr)
     assert m, f"no peak reported: {stderr[-500:]!r}"
     return stderr[:m.start()], int(m.group(1))
+
+
+# For a Python child that reports its own peak: VmHWM is the peak of the address space made
+# at exec, so nothing of the parent's carries over. Prepend to the child's code.
+HWM_KB = r"""
+def hwm_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+"""

@@ -12,6 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from peak_rss import HWM_KB
 from test_ztoc import SUPPORTED, built
 
 from soci_native import ztoc
@@ -19,8 +20,8 @@ from soci_native.mount.tree import Entry, build_tree, toc_entries
 
 DEPTH = 40_000
 
-_DEEP_CHILD = r"""
-import json, resource, sys, time
+_DEEP_CHILD = HWM_KB + r"""
+import json, sys, time
 from soci_native.layer import index_layer
 from soci_native.mount.tree import Entry, build_tree
 t = time.monotonic()
@@ -33,7 +34,7 @@ while node.children:
 deep = tree.get("/" + "/".join(["d"] * (int(sys.argv[2]))) + "/f")
 print(json.dumps({"depth": depth, "inodes": tree.inodes, "found": deep is not None and
                   deep.size == 3, "secs": time.monotonic() - t,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_kb": hwm_kb()}))
 """
 
 
