@@ -3,10 +3,11 @@ then prefetch artifacts and the index manifest, all kept in the local store."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -186,7 +187,8 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
 
 
 def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
-                 opts: BuildOptions, progress: Progress | None = None) -> list[LayerResult]:
+                 opts: BuildOptions, progress: Progress | None = None,
+                 on_layer: Callable[[Descriptor], None] | None = None) -> list[LayerResult]:
     """zTOCs for each distinct layer, ``opts.jobs`` at a time, results in layer order.
 
     The layers run on worker threads even with one job, so the calling thread stays free to
@@ -204,6 +206,14 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
     pool = ThreadPoolExecutor(max(1, min(opts.jobs, len(layers))))
     try:
         futures = [pool.submit(build_layer, src, store, layer, opts, safe) for layer in layers]
+        if on_layer is not None:
+            done = on_layer
+
+            def finished(layer: Descriptor, f: Future[LayerResult]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    done(layer)
+            for fut, layer in zip(futures, layers, strict=True):
+                fut.add_done_callback(functools.partial(finished, layer))
         return [f.result() for f in futures]
     except BaseException:
         stop_indexing()
@@ -246,9 +256,12 @@ def _prefetch(results: Sequence[LayerResult], paths: Sequence[str]
 
 def build_index(src: ImageSource, store: Store, image: ResolvedImage, opts: BuildOptions,
                 version: int = 1, image_digest: str | None = None,
-                progress: Progress | None = None) -> IndexResult:
-    """Builds (or reuses) the zTOCs of one platform image and writes its SOCI index."""
-    results = build_layers(src, store, image.layers, opts, progress)
+                progress: Progress | None = None,
+                on_layer: Callable[[Descriptor], None] | None = None) -> IndexResult:
+    """Builds (or reuses) the zTOCs of one platform image and writes its SOCI index.
+    ``progress(layer, n)``: n more compressed bytes of a layer were read (asking for it makes
+    layers stream through Python); ``on_layer(layer)``: a layer is done."""
+    results = build_layers(src, store, image.layers, opts, progress, on_layer)
     xattr_opt = "xattr" in opts.optimizations
     blobs = [index.ztoc_descriptor(r.ztoc_digest, r.ztoc_size, r.layer.media_type,
                                    r.layer.digest, opts.span_size,

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -18,6 +17,7 @@ import click
 
 from soci_native import __version__
 from soci_native.cliopts import ByteSize, RootGroup, registry_flags, registry_options
+from soci_native.progress import Reporter, Uploads
 
 # The modules behind the commands are imported by the commands that use them: `--help` and a
 # local `ztoc get-file` then load neither sqlite, the C core, nor the registry client
@@ -25,7 +25,7 @@ from soci_native.cliopts import ByteSize, RootGroup, registry_flags, registry_op
 if TYPE_CHECKING:
     from soci_native import ztoc
     from soci_native.build import BuildOptions, IndexResult
-    from soci_native.images import Descriptor, Platform
+    from soci_native.images import Platform
     from soci_native.registry import RegistryOptions
     from soci_native.store import ArtifactRecord, Store
 
@@ -69,14 +69,6 @@ def store_of(ctx: click.Context) -> Store:
     from soci_native.store import Store
 
     return Store(ctx.obj["root"])
-
-
-def size_text(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> None:
@@ -181,57 +173,6 @@ def platforms_of(kw: dict[str, Any]) -> list[Platform] | None:
         fail(str(e))
 
 
-class Reporter:
-    """Per-layer result lines on stderr; on a terminal also a live progress bar per layer."""
-
-    BAR = 24
-
-    def __init__(self, layers: Sequence[Descriptor], quiet: bool) -> None:
-        self.sizes = {d.digest: d.size for d in layers}  # each distinct layer once
-        self.done = dict.fromkeys(self.sizes, 0)
-        self.quiet = quiet
-        self.live = sys.stderr.isatty() and not quiet
-        self.last = 0.0
-        self.drawn = 0  # bar lines on the screen now
-
-    def callback(self) -> Callable[[Descriptor, int], None] | None:
-        """Only a live display needs byte counts; without one layers are read in C."""
-        return self.progress if self.live else None
-
-    def progress(self, layer: Descriptor, n: int) -> None:
-        self.done[layer.digest] = self.done.get(layer.digest, 0) + n
-        now = time.monotonic()
-        if self.live and now - self.last > 0.1:
-            self.last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        lines = []
-        for digest, size in self.sizes.items():
-            got = min(self.done.get(digest, 0), size)
-            frac = got / size if size else 1.0
-            bar = "#" * int(frac * self.BAR)
-            lines.append(f"{digest[7:19]}  [{bar:<{self.BAR}}] {frac:4.0%}  "
-                         f"{size_text(got)} / {size_text(size)}\033[K")
-        up = f"\033[{self.drawn}F" if self.drawn else ""  # back to the first bar line
-        click.echo(up + "\n".join(lines), err=True)
-        self.drawn = len(lines)
-
-    def result(self, r: IndexResult) -> None:
-        if self.drawn:  # the bars make way for the per-layer results
-            click.echo(f"\033[{self.drawn}F\033[J", err=True, nl=False)
-            self.drawn = 0
-        for w in r.warnings:  # even with --quiet/--json: a path found nowhere is a mistake
-            click.echo(f"warning: {w}", err=True)
-        if self.quiet:
-            return
-        for lr in r.layers:
-            what = {"built": f"ztoc {lr.ztoc_digest}",
-                    "reused": f"ztoc {lr.ztoc_digest} (already exists)",
-                    "skipped": f"ztoc skipped: {lr.reason}"}[lr.status]
-            click.echo(f"layer {lr.layer.digest} -> {what}", err=True)
-
-
 def index_json(r: IndexResult) -> dict[str, Any]:
     return {
         "digest": r.digest, "size": r.size, "manifest_version": f"v{r.version}",
@@ -256,8 +197,12 @@ def run_builds(ctx: click.Context, ref: str, kw: dict[str, Any], version: int
         images = resolve(src, platforms_of(kw), kw["all_platforms"])
         for image in images:
             rep = Reporter(image.layers, kw["quiet"] or kw["as_json"])
-            r = build_index(src, store, image, opts, version=version,
-                            image_digest=root_desc.digest, progress=rep.callback())
+            try:
+                r = build_index(src, store, image, opts, version=version,
+                                image_digest=root_desc.digest, progress=rep.callback(),
+                                on_layer=rep.layer_done)
+            finally:
+                rep.close()
             rep.result(r)
             results.append(r)
     return results
@@ -309,9 +254,18 @@ def convert(ctx: click.Context, src: str, dst: str, fmt: str | None, standalone:
     reg = registry_options(kw)
     with user_errors(), open_image(src, registry=reg) as source, store_of(ctx) as store:
         images = resolve(source, platforms_of(kw), kw["all_platforms"])
-        rep = Reporter([d for i in images for d in i.layers], kw["quiet"] or kw["as_json"])
-        r = do_convert(source, store, dst, fmt, opts, platforms_of(kw), kw["all_platforms"],
-                       progress=rep.callback(), registry=reg)
+        quiet = kw["quiet"] or kw["as_json"]
+        rep = Reporter([d for i in images for d in i.layers], quiet)
+
+        def uploads(sizes: Sequence[int]) -> Uploads:
+            rep.close()  # indexing is over: its live lines make way
+            return Uploads(sizes, quiet)
+        try:
+            r = do_convert(source, store, dst, fmt, opts, platforms_of(kw),
+                           kw["all_platforms"], progress=rep.callback(), registry=reg,
+                           on_layer=rep.layer_done, uploads=uploads)
+        finally:
+            rep.close()
         for ir in r.soci_indexes:
             rep.result(ir)
     if kw["as_json"]:
@@ -371,7 +325,8 @@ def push(ctx: click.Context, image: str, existing_index: str, max_concurrent_upl
     with user_errors(), registry_source(image, kw) as src, store_of(ctx) as store:
         for img in resolve(src, platforms_of(kw), kw["all_platforms"]):
             r = push_index(src, store, img, existing_index, max_concurrent_uploads,
-                           log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+                           log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)),
+                           uploads=lambda sizes: Uploads(sizes, quiet or as_json))
             out.append(r)
     if as_json:
         emit_json([vars(r) for r in out])

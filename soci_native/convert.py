@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,6 +28,7 @@ from soci_native.images import (
 from soci_native.store import Store
 
 if TYPE_CHECKING:
+    from soci_native.progress import UploadSink
     from soci_native.registry import RegistryOptions
 from soci_native.ztoc import digest as sha256_digest
 
@@ -190,7 +191,9 @@ def _soci_entries(blobs: _Blobs, entries: list[dict[str, Any]], results: list[In
 
 def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: BuildOptions,
             platforms: list[Platform] | None = None, all_platforms: bool = False,
-            progress: Any = None, registry: RegistryOptions | None = None) -> ConvertResult:
+            progress: Any = None, registry: RegistryOptions | None = None,
+            on_layer: Any = None,
+            uploads: Callable[[Sequence[int]], UploadSink] | None = None) -> ConvertResult:
     kind, path, tag = parse_destination(dst, fmt)
     images = resolve(src, platforms, all_platforms)
     root_desc, _ = src.root()
@@ -199,7 +202,8 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
     for image in images:
         try:
             results.append(build_index(src, store, image, opts, version=2,
-                                       image_digest=root_desc.digest, progress=progress))
+                                       image_digest=root_desc.digest, progress=progress,
+                                       on_layer=on_layer))
         except BuildError as e:
             if "every layer was skipped" not in str(e):
                 raise
@@ -213,7 +217,7 @@ def convert(src: ImageSource, store: Store, dst: str, fmt: str | None, opts: Bui
     final = _soci_entries(blobs, annotated, results, manifest_of)
     raw_index = gojson.marshal(_go_index(final, doc))
     if kind == "registry":
-        pushed = _push(src, blobs, dst, raw_index, opts.jobs, registry)
+        pushed = _push(src, blobs, dst, raw_index, opts.jobs, registry, uploads)
         return ConvertResult(pushed.digest, pushed.size, results, dst)
     index_digest = blobs.add_bytes(raw_index)
     top: dict[str, Any] = {"mediaType": index.OCI_INDEX, "digest": index_digest,
@@ -234,7 +238,8 @@ def _layout_index(entries: list[dict[str, Any]], base: dict[str, Any] | None = N
 
 
 def _push(src: ImageSource, blobs: _Blobs, dst: str, raw_index: bytes, jobs: int,
-          registry: RegistryOptions | None) -> Descriptor:
+          registry: RegistryOptions | None,
+          uploads: Callable[[Sequence[int]], UploadSink] | None = None) -> Descriptor:
     """Pushes the converted image: blobs (layers mounted across repositories when the source
     is the same registry), the manifests by digest, then the image index under DST's tag."""
     from soci_native.refs import Reference
@@ -251,15 +256,23 @@ def _push(src: ImageSource, blobs: _Blobs, dst: str, raw_index: bytes, jobs: int
     manifest_digests = {sha256_digest(raw) for _, raw in blobs.manifests}
     todo = [d for d in sorted(blobs.items) if d not in manifest_digests]
 
+    sink = uploads([blobs.items[d][0] for d in todo]) if uploads else None
+
     def one(d: str) -> None:
         size, data, where = blobs.items[d]
         with blobs.open(d) as f:
             client.push_blob(ref.repository, data if data is not None else f, digest=d,
                              size=size, mount_from=mount_from if where == "src" else None)
+        if sink is not None:
+            sink.sent(d, size)
 
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max(1, min(jobs, 4))) as pool:
-        list(pool.map(one, todo))
+    try:
+        with ThreadPoolExecutor(max(1, min(jobs, 4))) as pool:
+            list(pool.map(one, todo))
+    finally:
+        if sink is not None:
+            sink.close()
     for media_type, raw in blobs.manifests:
         client.put_manifest(ref.repository, raw, media_type)
     return client.put_manifest(ref.repository, raw_index, index.OCI_INDEX, ref.tag)

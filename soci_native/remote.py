@@ -8,11 +8,15 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from soci_native import index
 from soci_native.images import Descriptor, ImageError, ResolvedImage
 from soci_native.registry import NotFound, RegistryClient, RegistrySource
 from soci_native.store import ArtifactRecord, Store
+
+if TYPE_CHECKING:
+    from soci_native.progress import UploadSink
 
 Log = Callable[[str], None]
 # The largest zTOC or prefetch artifact fetched (zTOCs are refused past 2 GiB when built).
@@ -43,9 +47,11 @@ def local_index_for(store: Store, manifest_digest: str, version: int = 1) -> Art
 
 
 def _push_blobs(client: RegistryClient, repo: str, store: Store, digests: Sequence[str],
-                jobs: int) -> None:
+                jobs: int, uploads: UploadSink | None = None) -> None:
     def one(d: str) -> None:
         client.push_blob(repo, str(store.blob_path(d)), digest=d)
+        if uploads is not None:
+            uploads.sent(d, store.blob_path(d).stat().st_size)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(one, digests))
@@ -60,7 +66,8 @@ def referrer_descriptor(raw: bytes, digest: str) -> Descriptor:
 
 
 def push_index(src: RegistrySource, store: Store, image: ResolvedImage, existing: str = "warn",
-               jobs: int = 3, log: Log = _stderr) -> PushedIndex:
+               jobs: int = 3, log: Log = _stderr,
+               uploads: Callable[[Sequence[int]], UploadSink] | None = None) -> PushedIndex:
     """Pushes the v1 SOCI index of one platform image and its zTOCs, then makes it
     discoverable: the registry's referrers API indexes the subject itself; without that API
     the referrers tag (``sha256-<hex>``) is updated, keeping the referrers listed there."""
@@ -80,7 +87,12 @@ def push_index(src: RegistrySource, store: Store, image: ResolvedImage, existing
     soci = index.parse_index_manifest(raw)
     blobs = [index.EMPTY_CONFIG_DIGEST] + [d["digest"] for d in soci.ztocs + soci.prefetches]
     store.put_blob(index.EMPTY_CONFIG)
-    _push_blobs(client, repo, store, blobs, jobs)
+    sink = uploads([store.blob_path(d).stat().st_size for d in blobs]) if uploads else None
+    try:
+        _push_blobs(client, repo, store, blobs, jobs, sink)
+    finally:
+        if sink is not None:
+            sink.close()
     client.put_manifest(repo, raw, index.OCI_MANIFEST)
     if client.referrers_api(repo, subject) is not None:
         return PushedIndex(plat, rec.digest, "pushed", discovery="referrers-api")
