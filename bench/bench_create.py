@@ -79,14 +79,21 @@ def make_image(names: list[str]) -> Path:
     return lay
 
 
-def create(lay: Path, jobs: int) -> tuple[float, list[dict]]:
-    with tempfile.TemporaryDirectory() as root:
+def create(lay: Path, jobs: int) -> tuple[float, int, list[dict]]:
+    """One `create` run: wall time, the process's peak RSS (bytes), its layer results."""
+    with tempfile.TemporaryDirectory() as root, tempfile.TemporaryFile() as out:
         env = dict(os.environ, SOCI_NATIVE_ROOT=root)
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "soci_native.cli", "create", f"oci:{lay}:bench",
-                              "--jobs", str(jobs), "--force", "--json"], env=env, check=True,
-                             capture_output=True, text=True).stdout
-        return time.perf_counter() - t, json.loads(out)[0]["layers"]
+        p = subprocess.Popen([sys.executable, "-m", "soci_native.cli", "create", f"oci:{lay}:bench",
+                              "--jobs", str(jobs), "--force", "--json"], env=env, stdout=out,
+                             stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)  # this child's own rusage (peak RSS)
+        dt = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            raise SystemExit(f"create failed ({p.returncode})")
+        out.seek(0)
+        return dt, ru.ru_maxrss * 1024, json.loads(out.read())[0]["layers"]
 
 
 def main() -> int:
@@ -102,6 +109,7 @@ def main() -> int:
     paths = [DATA / f"{n}.tar.gz" for n in args.layers]
     times: dict[str, list[float]] = {"raw zlib-ng inflate (sum)": [], "create --jobs 1": [],
                                      "create --jobs 2": []}
+    rss: dict[str, list[int]] = {k: [] for k in times}
     unc = 0
     results: list[dict] = []
     for _ in range(args.repeat):
@@ -109,16 +117,20 @@ def main() -> int:
         unc = sum(_core.raw_inflate_file(str(p)) for p in paths)
         times["raw zlib-ng inflate (sum)"].append(time.perf_counter() - t)
         for jobs in (1, 2):
-            dt, results = create(lay, jobs)
+            dt, peak, results = create(lay, jobs)
             times[f"create --jobs {jobs}"].append(dt)
+            rss[f"create --jobs {jobs}"].append(peak)
     base = statistics.median(times["raw zlib-ng inflate (sum)"])
     comp = sum(p.stat().st_size for p in paths)
     print(f"== create on {len(paths)} layers: {comp / 1e6:.0f} MB compressed, "
           f"{unc / 1e6:.0f} MB uncompressed ({args.repeat} rounds, interleaved)")
-    print(f"{'method':28} {'median s':>9} {'MB/s':>7} {'vs inflate sum':>15}")
+    print(f"{'method':28} {'median s':>9} {'MB/s':>7} {'vs inflate sum':>15} {'peak RSS MiB':>13}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:28} {med:9.2f} {unc / med / 1e6:7.0f} {base / med:15.2f}")
+        peak = f"{statistics.median(rss[name]) / 2**20:13.0f}" if rss[name] else f"{'':13}"
+        print(f"{name:28} {med:9.2f} {unc / med / 1e6:7.0f} {base / med:15.2f} {peak}")
+    j1, j2 = (statistics.median(times[f"create --jobs {j}"]) for j in (1, 2))
+    print(f"  --jobs 2 vs --jobs 1: {j1 / j2:.2f}x")
     print("  create includes the interpreter start, image resolution, zTOC writes and the"
           " store; vs inflate sum > 1: faster than inflating every layer on one core")
     print(f"\n{'layer':12} {'layer MB':>9} {'zTOC KB':>8} {'zTOC / layer':>13}")

@@ -286,16 +286,20 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
 #ifdef POSIX_FADV_SEQUENTIAL
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
-    /* Two buffers: the hasher may still be on one while the other is read and inflated. */
-    uint8_t *bufs[2] = {malloc(FILE_CHUNK), malloc(FILE_CHUNK)};
-    uint64_t ends[2] = {0, 0}; /* stream position after the chunk each buffer last held */
-    int rc = bufs[0] && bufs[1] ? SN_OK : sn_fail(err, SN_ENOMEM, "out of memory");
-    for (int i = 0; !rc; i ^= 1) {
+    /* FILE_BUFS buffers in turn: the hasher may lag behind the inflater by up to three of
+     * them (it waits only when it falls that far behind, e.g. on a busy second core). */
+    enum { FILE_BUFS = 4 }; /* at most span_hash's SEGMENTS */
+    uint8_t *bufs[FILE_BUFS] = {0};
+    uint64_t ends[FILE_BUFS] = {0}; /* stream position after the chunk each buffer last held */
+    int rc = SN_OK;
+    for (int k = 0; k < FILE_BUFS; k++)
+        if (!(bufs[k] = malloc(FILE_CHUNK))) rc = sn_fail(err, SN_ENOMEM, "out of memory");
+    for (int i = 0; !rc; i = (i + 1) % FILE_BUFS) {
         if (ends[i] && ix->hash) rc = sh_sync_to(ix->hash, ends[i], err);
         if (rc) break;
         ssize_t got = read(fd, bufs[i], FILE_CHUNK);
         if (got < 0 && errno == EINTR) {
-            i ^= 1;
+            i = (i + FILE_BUFS - 1) % FILE_BUFS;
             continue;
         }
         if (got < 0) {
@@ -308,8 +312,7 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
     }
     int src = sync_all(ix, err);
     if (!rc) rc = src;
-    free(bufs[0]);
-    free(bufs[1]);
+    for (int k = 0; k < FILE_BUFS; k++) free(bufs[k]);
     close(fd);
     return rc;
 }

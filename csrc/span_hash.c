@@ -1,7 +1,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "span_hash.h"
 
-#include <openssl/evp.h>
+#include "sha256_dual.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,8 @@ struct span_hasher {
     uint64_t pos;
     size_t next_start;
     int hashing;
-    EVP_MD_CTX *md;
-    EVP_MD_CTX *whole;   /* the whole blob, to check it against its digest */
+    sn_sha256 md;        /* the current span */
+    sn_sha256 whole;     /* the whole blob, to check it against its digest */
     uint8_t whole_digest[32];
     sn_buf digests;
     sn_err err;
@@ -38,16 +39,15 @@ struct span_hasher {
 
 static int end_span(span_hasher *h) {
     uint8_t d[32];
-    unsigned n = 0;
     h->hashing = 0;
-    if (EVP_DigestFinal_ex(h->md, d, &n) != 1 || n != 32) return sn_fail(&h->err, SN_ENOMEM, "sha256 failed");
+    if (sn_sha256_final(&h->md, d)) return sn_fail(&h->err, SN_ENOMEM, "sha256 failed");
     return sn_buf_append(&h->digests, d, 32, &h->err);
 }
 
 static int begin_span(span_hasher *h, const span_start *s) {
-    if (EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1) return sn_fail(&h->err, SN_ENOMEM, "sha256 init failed");
+    if (sn_sha256_init(&h->md)) return sn_fail(&h->err, SN_ENOMEM, "sha256 init failed");
     h->hashing = 1;
-    if (s->bits) EVP_DigestUpdate(h->md, &s->prev, 1); /* the shared partial byte */
+    if (s->bits) sn_sha256_update(&h->md, &s->prev, 1); /* the shared partial byte */
     return SN_OK;
 }
 
@@ -70,8 +70,8 @@ static int step(span_hasher *h) {
     size_t n = (size_t)(end - h->pos);
     int hashing = h->hashing;
     if (h->threaded) pthread_mutex_unlock(&h->mu);
-    if (hashing) EVP_DigestUpdate(h->md, p, n);
-    EVP_DigestUpdate(h->whole, p, n);
+    if (hashing) sn_sha256_update2(&h->md, &h->whole, p, n); /* both digests in one pass */
+    else sn_sha256_update(&h->whole, p, n);
     if (h->threaded) pthread_mutex_lock(&h->mu);
     h->pos = end;
     return 0;
@@ -92,8 +92,7 @@ static void *run(void *arg) {
 
 span_hasher *sh_new(int threaded, sn_err *err) {
     span_hasher *h = calloc(1, sizeof *h);
-    if (!h || !(h->md = EVP_MD_CTX_new()) || !(h->whole = EVP_MD_CTX_new()) ||
-        EVP_DigestInit_ex(h->whole, EVP_sha256(), NULL) != 1) {
+    if (!h || sn_sha256_init(&h->whole)) {
         sh_free(h);
         sn_fail(err, SN_ENOMEM, "out of memory");
         return NULL;
@@ -119,8 +118,8 @@ void sh_free(span_hasher *h) {
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->work);
     pthread_cond_destroy(&h->done);
-    EVP_MD_CTX_free(h->md);
-    EVP_MD_CTX_free(h->whole);
+    sn_sha256_free(&h->md);
+    sn_sha256_free(&h->whole);
     sn_buf_free(&h->digests);
     free(h->starts);
     free(h);
@@ -227,8 +226,7 @@ int sh_finish(span_hasher *h, sn_err *err) {
     if (rc) return rc;
     lock(h);
     if (h->hashing && end_span(h)) h->failed = 1;
-    unsigned wn = 0;
-    if (!h->failed && (EVP_DigestFinal_ex(h->whole, h->whole_digest, &wn) != 1 || wn != 32))
+    if (!h->failed && sn_sha256_final(&h->whole, h->whole_digest))
         h->failed = sn_fail(&h->err, SN_ENOMEM, "sha256 failed");
     rc = h->failed ? h->err.code : SN_OK;
     if (rc) *err = h->err;

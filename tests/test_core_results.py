@@ -57,3 +57,36 @@ def test_span_range_refuses_a_wrapping_range(catalog) -> None:  # type: ignore[n
     with pytest.raises(ValueError, match="overflows"):
         _core.span_range(ix.checkpoints, 2**64 - 10, 100, len(layer.blob))
     assert span_range(ix.checkpoints, 0, 10, len(layer.blob))[0] == 0
+
+
+def test_both_sha256_paths_give_hashlib_digests(catalog, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the interleaved SHA-extension loop (when the CPU has it) and the OpenSSL fallback
+    # (SOCI_NATIVE_SHA=openssl) against hashlib, on a multi-member layer with many spans
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    layer = L.need(catalog, "stdlib-pax.multi")
+    path = tmp_path / "layer.gz"
+    path.write_bytes(layer.blob)
+    code = ("import json, sys, soci_native as sn\n"
+            "ix = sn.index_layer(sys.argv[1], 32 << 10, entries=False)\n"
+            "print(json.dumps([ix.blob_digest, ix.span_digests, list(ix.checkpoints[:16])]))")
+    got = {}
+    for mode in ("", "openssl"):
+        env = dict(os.environ, SOCI_NATIVE_SHA=mode)
+        out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        got[mode] = json.loads(out)
+    assert got[""] == got["openssl"]
+    blob_digest, spans, _ = got[""]
+    assert blob_digest == "sha256:" + hashlib.sha256(layer.blob).hexdigest()
+    ix = sn.index_layer(str(path), 32 << 10, entries=False)
+    table = sn.layer.checkpoint_table(ix.checkpoints)
+    assert len(spans) == len(table) > 10
+    for i, (cin, _, bits) in enumerate(table):
+        start = cin - (1 if bits else 0)
+        end = table[i + 1][0] if i + 1 < len(table) else len(layer.blob)
+        assert spans[i] == "sha256:" + hashlib.sha256(layer.blob[start:end]).hexdigest()
