@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,3 +136,75 @@ def test_remote_labels_without_an_index_fall_back(api: Any) -> None:
             assert prep.mounts[0].type == "bind"  # an ordinary snapshot: containerd unpacks
             c.call("Remove", sp.RemoveSnapshotRequest(key=f"ns/9/x{i}"), empty_pb2.Empty)
     assert "falling back" in sn.log.read_text() or "normal unpack" in sn.log.read_text()
+
+
+def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
+    """The remote path through gRPC alone: ALREADY_EXISTS, the committed snapshot under the
+    target name with its labels and parent (what containerd lists next), the configured
+    background fetch within the configured cache bound, and after Remove no mount, no
+    cache and no further registry traffic for that layer."""
+    import fault_proxy
+
+    if os.geteuid() != 0 or ce.missing_tools():
+        why = f"needs root and {', '.join(ce.missing_tools()) or 'nothing else'}"
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    base = ce.short_tempdir()
+    limit = 192 << 10
+    cfg = base / "c.toml"
+    cfg.write_text(f"[background_fetch]\nspans_per_second = 40.0\n"
+                   f"[cache]\nmax_bytes_per_layer = {limit}\n")
+    reg = reg_server.Registry.start(base / "reg")
+    proxy = fault_proxy.FaultProxy("127.0.0.1", reg.port)
+    sn = None
+    try:
+        ref = f"127.0.0.1:{proxy.port}/bg:v1"
+        ce.push(ce.build_image(base / "img"), ref)
+        ce.soci("create", f"docker://{ref}", *ce.CREATE_OPTS, root=base / "store")
+        ce.soci("push", f"docker://{ref}", root=base / "store")
+        manifest = json.loads(subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+            check=True, capture_output=True).stdout)
+        layer = manifest["layers"][0]["digest"]
+        sn = ce.Snapshotter.start(base / "sn", base / "sn.sock", config=cfg)
+        c = Client(base / "sn.sock")
+        labels = {"containerd.io/snapshot.ref": "sha256:" + "ab" * 32,
+                  "containerd.io/snapshot/remote/stargz.reference": ref,
+                  "containerd.io/snapshot/remote/stargz.digest": layer}
+        assert c.code("Prepare", sp.PrepareSnapshotRequest(key="ns/1/extract x",
+                                                           labels=labels),
+                      sp.PrepareSnapshotResponse) == grpc.StatusCode.ALREADY_EXISTS
+        target = labels["containerd.io/snapshot.ref"]
+        found = c.list(f'labels."containerd.io/snapshot.ref"=={target},parent==""')
+        assert [i.name for i in found] == [target]
+        assert found[0].kind == sp.COMMITTED and found[0].parent == ""
+        assert c.list("name==ns/1/extract x") == []  # the active key became the committed one
+
+        def mounts() -> list[dict[str, Any]]:
+            p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter",
+                                "--root", str(base / "sn"), "mounts"], capture_output=True,
+                               text=True, check=True)
+            return list(json.loads(p.stdout))
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (m,) = mounts()
+            if m["totals"]["spans_fetched"] >= 2:
+                break
+            time.sleep(0.2)
+        assert m["totals"]["spans_fetched"] >= 2  # nobody read: the background fetch did
+        assert 0 < m["cache_bytes"] <= limit
+        c.call("Remove", sp.RemoveSnapshotRequest(key=target), empty_pb2.Empty)
+        assert mounts() == []
+        assert not Path(m["cache_dir"]).exists() and not os.path.ismount(m["mountpoint"])
+        blob_gets = proxy.stats.total_requests("GET", f"/blobs/{layer}")
+        time.sleep(1.0)  # 40 spans/s would have asked for more by now
+        assert proxy.stats.total_requests("GET", f"/blobs/{layer}") == blob_gets
+    finally:
+        if sn is not None:
+            sn.stop()
+            sn.stop_mounts()
+        proxy.close()
+        reg.stop()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
