@@ -74,7 +74,7 @@ def _mode(media_type: str) -> str:
 
 def _skip_reason(layer: Descriptor, opts: BuildOptions) -> str | None:
     if layer.size < opts.min_layer_size:
-        return f"size {layer.size} is less than min-layer-size {opts.min_layer_size}"
+        return f"size {layer.size} is less than --min-layer-size {opts.min_layer_size}"
     kind = layer_compression(layer.media_type)
     if kind == "zstd":
         return "zstd-compressed: no zTOC format exists for zstd (pulled whole at runtime)"

@@ -171,8 +171,9 @@ class Transport:
             except _U3SSLError as e:
                 text = str(e)
                 if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
-                    hint = " (use insecure to skip verification)" \
-                        if "CERTIFICATE" in text else " (is it plain HTTP? use plain_http)"
+                    # the CLI's flags: what a user can act on
+                    hint = " (to skip verification: --no-tls-verify or -k)" \
+                        if "CERTIFICATE" in text else " (is it plain HTTP? use --plain-http)"
                     raise TLSError(f"{cur_method} {cur_url}: TLS error: {e}{hint}",
                                    url=cur_url) from None
                 if not retry:
