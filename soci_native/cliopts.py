@@ -68,14 +68,24 @@ class RootGroup(click.Group):
 def registry_flags(f: F) -> F:
     opts = [
         click.option("--plain-http", is_flag=True, default=None,
-                     help="Talk HTTP, not HTTPS (the default for localhost/127.0.0.1)."),
+                     help="Talk plain HTTP, not HTTPS. Default: HTTPS; for localhost and "
+                          "127.0.0.1 plain HTTP when the registry does not speak TLS."),
+        click.option("--cert-dir", type=click.Path(file_okay=False, exists=True),
+                     help="CA certificates (*.crt) and client certificates (NAME.cert + "
+                          "NAME.key) for the registry. Default: certs.d/HOST[:PORT] under "
+                          "~/.config/containers, /etc/containers or /etc/docker; "
+                          "SSL_CERT_FILE replaces the system's CAs."),
         click.option("--tls-verify/--no-tls-verify", "tls_verify", default=True,
                      help="Verify registry TLS certificates (default: on)."),
         click.option("-k", "--insecure", "--skip-verify", "insecure", is_flag=True,
                      help="Same as --no-tls-verify (--skip-verify: upstream's name)."),
-        click.option("-u", "--creds", "--user", "creds", metavar="USER:PASS",
-                     help="Registry credentials (default: the Docker/Podman auth files); "
-                          "--user is upstream's name."),
+        click.option("-u", "--creds", "--user", "creds", metavar="USER[:PASS]",
+                     help="Registry credentials; with USER alone the password is asked on "
+                          "the terminal (or read with --password-stdin). Default: the "
+                          "Docker/Podman auth files and their credential helpers. --user is "
+                          "upstream's name."),
+        click.option("--password-stdin", is_flag=True,
+                     help="Read the password for --creds USER from standard input."),
         click.option("--authfile", type=click.Path(dir_okay=False),
                      help="An auth.json / config.json to take credentials from. "
                           "Env: REGISTRY_AUTH_FILE."),
@@ -99,13 +109,38 @@ def registry_flags(f: F) -> F:
     return f
 
 
+def resolve_creds(kw: dict[str, Any]) -> str | None:
+    """``--creds`` as USER:PASS: the password of a bare USER read from standard input
+    (``--password-stdin``) or asked on the terminal. Sets ``kw["creds"]`` to it."""
+    import sys
+
+    creds, from_stdin = kw.get("creds"), kw.pop("password_stdin", False)
+    if from_stdin and (not creds or ":" in creds):
+        raise click.UsageError("--password-stdin needs --creds USER (the user name alone)")
+    if creds and ":" not in creds:
+        if from_stdin:
+            password = sys.stdin.read().rstrip("\r\n")
+        elif sys.stdin.isatty():
+            password = click.prompt(f"Password for {creds}", hide_input=True, err=True)
+        else:
+            raise click.UsageError(f"--creds {creds}: no terminal to ask the password on; "
+                                   "pass --creds USER:PASS or --password-stdin")
+        if not password:
+            raise click.UsageError(f"--creds {creds}: empty password")
+        kw["creds"] = creds = f"{creds}:{password}"
+    return creds
+
+
 def registry_options(kw: dict[str, Any]) -> RegistryOptions:
     """Takes the registry flags out of a command's keyword arguments."""
     from soci_native.registry import RegistryOptions
 
+    creds = resolve_creds(kw)
+    kw.pop("creds", None)
     return RegistryOptions(plain_http=kw.pop("plain_http", None) or None,
                            insecure=kw.pop("insecure", False) or not kw.pop("tls_verify", True),
-                           creds=kw.pop("creds", None), auth_file=kw.pop("authfile", None),
+                           cert_dir=kw.pop("cert_dir", None),
+                           creds=creds, auth_file=kw.pop("authfile", None),
                            max_attempts=kw.pop("retries", 6),
                            timeout=kw.pop("registry_timeout", 120.0),
                            connect_timeout=kw.pop("connect_timeout", 10.0),

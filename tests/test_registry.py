@@ -235,7 +235,7 @@ def test_find_credentials_in_auth_files(tmp_path: Path) -> None:
     c, notes = find_credentials("tok.example", None, [str(docker)])
     assert c is None and any("identity token" in n for n in notes)
     c, notes = find_credentials("nowhere.example", None, [str(docker)])
-    assert c is None and any("credsStore" in n for n in notes)
+    assert c is None and any("docker-credential-desktop is not on PATH" in n for n in notes)
     c, notes = find_credentials("x.example", None, [str(tmp_path / "missing.json")])
     assert c is None and notes == []
 
@@ -306,6 +306,8 @@ def reg(tmp_path_factory: pytest.TempPathFactory, image: Img) -> Any:
 def client(reg: Any) -> Any:
     c = RegistryClient(reg.host)
     c.sleep = lambda s: None
+    c.ping()  # HTTPS first, then plain HTTP (loopback): settled before a test taps requests
+    assert c.scheme == "http"
     yield c
     c.close()
 
@@ -657,6 +659,7 @@ def test_streamed_index_survives_broken_connections(reg: Any, image: Img,
     local = sn.index_layer(str(layer_file), 1 << 16)
     with RegistrySource(f"docker://{reg.host}/test/big:x") as rs:
         rs.client.sleep = lambda s: None
+        rs.client.ping()  # settles HTTPS-or-HTTP before the tap counts requests
         tap = Tap(rs.client)
         cuts = [300_000, 700_000, 500_000]  # resumes at 300000, 1000000, 1500000
         tap.respond = lambda call, resp: Broken(resp, cuts.pop(0)) if cuts else None
@@ -713,7 +716,7 @@ def proxy(reg: Any) -> Any:
 
 
 def _via(proxy: Any, **opts: Any) -> tuple[RegistryClient, list[float]]:
-    c = RegistryClient(proxy.netloc, RegistryOptions(**opts))
+    c = RegistryClient(proxy.netloc, RegistryOptions(**{"plain_http": True, **opts}))
     sleeps: list[float] = []
     c.sleep = sleeps.append
     return c, sleeps
@@ -852,12 +855,63 @@ def test_basic_auth_failures(areg: Any, no_auth_files: Path) -> None:
             c.get_manifest("auth/img", "v1")
         assert e.value.status == 401 and areg.host in str(e.value)
     with RegistryClient(areg.host) as c:
-        with pytest.raises(AuthError, match="no credentials found.*credential helpers are "
-                                            "not supported"):
+        with pytest.raises(AuthError, match="no credentials found.*and their credential helpers"):
             c.get_manifest("auth/img", "v1")
     _write_json(no_auth_files / ".docker" / "config.json", {"credsStore": "pass"})
     with RegistryClient(areg.host) as c:
-        with pytest.raises(AuthError, match="credsStore"):
+        with pytest.raises(AuthError, match="docker-credential-pass is not on PATH"):
+            c.get_manifest("auth/img", "v1")
+
+
+def _helper(bin_dir: Path, name: str, server: str, user: str, secret: str) -> Path:
+    """A ``docker-credential-NAME`` on PATH answering ``get`` for ``server`` (what it was
+    asked is logged next to it), "credentials not found" for anything else."""
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / f"docker-credential-{name}"
+    log = bin_dir / f"{name}.log"
+    answer = json.dumps({"ServerURL": server, "Username": user, "Secret": secret})
+    exe.write_text(f"""#!/bin/sh
+[ "$1" = get ] || exit 2
+read -r server
+printf '%s\\n' "$server" >> '{log}'
+if [ "$server" = '{server}' ]; then printf '%s' '{answer}'; exit 0; fi
+echo 'credentials not found in native keychain'; exit 1
+""")
+    exe.chmod(0o755)
+    return log
+
+
+def test_credential_helpers(areg: Any, image: Img, no_auth_files: Path, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = no_auth_files / ".docker" / "config.json"
+    # credHelpers: the host's own helper, asked with the key as written
+    log = _helper(bin_dir, "ecrish", areg.host, USER, PASSWORD)
+    _write_json(config, {"credHelpers": {areg.host: "ecrish"},
+                         "auths": {areg.host: {"auth": _b64(f"{USER}:wrong")}}})
+    with RegistryClient(areg.host, credential_scope="auth/img") as c:
+        assert c.get_manifest("auth/img", "v1")[1] == image.raw
+        assert c._auth.credentials() is not None
+        assert c._auth.credentials().source == "docker-credential-ecrish"  # not the file's
+    assert log.read_text() == f"{areg.host}\n"
+    # credsStore: every host goes to the store first
+    log = _helper(bin_dir, "store", areg.host, USER, PASSWORD)
+    _write_json(config, {"credsStore": "store", "auths": {areg.host: {}}})
+    with RegistryClient(areg.host) as c:
+        assert c.get_manifest("auth/img", "v1")[1] == image.raw
+    assert log.read_text() == f"{areg.host}\n"
+    # a store that does not have it: no credentials, and the 401 says where it looked
+    _write_json(config, {"credsStore": "store", "auths": {}})
+    c2, notes = find_credentials("other.example", None, [str(config)])
+    assert c2 is None and notes == []
+    assert log.read_text().splitlines()[-1] == "other.example"
+    # a helper that fails otherwise is named in the notes
+    (bin_dir / "docker-credential-broken").write_text("#!/bin/sh\necho boom >&2; exit 3\n")
+    (bin_dir / "docker-credential-broken").chmod(0o755)
+    _write_json(config, {"credHelpers": {areg.host: "broken"}})
+    with RegistryClient(areg.host) as c:
+        with pytest.raises(AuthError, match="docker-credential-broken get exited 3: boom"):
             c.get_manifest("auth/img", "v1")
 
 
@@ -927,19 +981,47 @@ def test_bearer_tokens(treg: Any, image: Img, no_auth_files: Path) -> None:
 
 # ---- TLS -------------------------------------------------------------------------------------
 
-def test_https_verification(tmp_path: Path, image: Img) -> None:
+def test_https_first_on_loopback_with_private_cas(tmp_path: Path, reg: Any) -> None:
+    """A TLS registry on 127.0.0.1 is reached over HTTPS (it used to be asked in plain HTTP
+    and fail); its self-signed CA comes from --cert-dir or a certs.d directory; a plain
+    registry on 127.0.0.1 is still reached (fallback), and --plain-http forces HTTP."""
+    from soci_native.registry.tls import host_certs, ssl_context
+
     cert, key = _self_signed(tmp_path)
     with reg_server.Registry.start(tmp_path / "reg", tls=(cert, key)) as r:
         blob = b"over TLS"
-        with RegistryClient(r.host, RegistryOptions(plain_http=False)) as c:
-            assert c.scheme == "https"
-            with pytest.raises(TLSError, match="CERTIFICATE_VERIFY_FAILED.*--no-tls-verify or -k"):
+        with RegistryClient(r.host) as c:  # loopback, no CA: HTTPS all the same
+            with pytest.raises(TLSError, match="CERTIFICATE_VERIFY_FAILED.*--cert-dir.*"
+                                               "--no-tls-verify or -k"):
                 c.push_blob("tls/x", blob)
-        with RegistryClient(r.host, RegistryOptions(plain_http=False, insecure=True)) as c:
+            assert c.scheme == "https"  # no fallback to HTTP on a certificate error
+        with RegistryClient(r.host, RegistryOptions(insecure=True)) as c:
             dg = c.push_blob("tls/x", blob).digest
-        with RegistryClient(r.host, RegistryOptions(plain_http=False, ca_file=str(cert))) as c:
+        cert_dir = tmp_path / "certs"
+        cert_dir.mkdir()
+        (cert_dir / "ca.crt").write_bytes(cert.read_bytes())
+        with RegistryClient(r.host, RegistryOptions(cert_dir=str(cert_dir))) as c:
+            assert c.read_blob("tls/x", dg) == blob and c.scheme == "https"
+        with RegistryClient(r.host, RegistryOptions(ca_file=str(cert))) as c:
             assert c.read_blob("tls/x", dg) == blob
-        with RegistryClient(r.host) as c:  # loopback: plain HTTP unless told otherwise
-            assert c.scheme == "http"
-            with pytest.raises(RegistryError, match="HTTP 400"):
+        # certs.d/HOST: what /etc/containers/certs.d and /etc/docker/certs.d hold
+        certs_d = tmp_path / "certs.d"
+        (certs_d / r.host).mkdir(parents=True)
+        (certs_d / r.host / "ca.crt").write_bytes(cert.read_bytes())
+        assert host_certs(r.host, roots=[tmp_path / "none", certs_d]).cas == \
+            (certs_d / r.host / "ca.crt",)
+        ctx = ssl_context(r.host, roots=[certs_d])
+        import urllib.request
+        with urllib.request.urlopen(f"{r.url}/v2/", context=ctx, timeout=10) as resp:
+            assert resp.status == 200  # an independent client trusts the same context
+        (certs_d / r.host / "client.key").write_bytes(key.read_bytes())
+        with pytest.raises(TLSError, match="without its client certificate"):
+            host_certs(r.host, roots=[certs_d])
+        with RegistryClient(r.host, RegistryOptions(plain_http=True)) as c:
+            with pytest.raises(RegistryError, match="HTTP 400"):  # HTTP to the TLS port
                 c.head_blob("tls/x", dg)
+    with RegistryClient(reg.host) as c:  # a plain registry on 127.0.0.1: falls back
+        c.ping()
+        assert c.scheme == "http" and c.base_url == f"http://{reg.host}"
+    with RegistryClient("registry.example.invalid") as c:
+        assert c.scheme == "https" and not c._may_fall_back  # never for other hosts

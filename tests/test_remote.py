@@ -191,3 +191,56 @@ def test_faults_give_identical_results_or_clear_errors(reg: Any, tmp_path: Path)
         proxy.add_fault(status(503), match=blobs)  # never recovers: bounded retries, clear error
         p = cli("create", ref, *SMALL, "--force", root=tmp_path / "down", ok=False)
         assert p.returncode == 1 and "503" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_password_from_stdin_and_from_the_terminal(areg: Any, tmp_path: Path) -> None:
+    """`--creds USER --password-stdin` and `--creds USER` on a terminal (a pty here): the
+    password is read, never needed on the command line."""
+    import pty
+
+    ref = f"docker://{areg.host}/auth/img:t"
+    env = dict(os.environ, SOCI_NATIVE_ROOT=str(tmp_path))
+    args = [sys.executable, "-m", "soci_native.cli", "index", "pull", ref, "--creds", USER]
+    p = subprocess.run([*args, "--password-stdin"], input=PASSWORD + "\n", env=env,
+                       text=True, capture_output=True, timeout=120)
+    assert "no SOCI index found" in p.stderr, p.stderr  # authenticated: got to the lookup
+    p = subprocess.run([*args, "--password-stdin"], input="wrong\n", env=env, text=True,
+                       capture_output=True, timeout=120)
+    assert p.returncode == 1 and "401" in p.stderr, p.stderr
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, env=env, text=True,
+                       capture_output=True, timeout=120)
+    assert p.returncode == 2 and "no terminal to ask the password on" in p.stderr, p.stderr
+    p = subprocess.run([*args[:-2], "--password-stdin"], input="x", env=env, text=True,
+                       capture_output=True, timeout=120)
+    assert p.returncode == 2 and "--password-stdin needs --creds USER" in p.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                start_new_session=True)
+        os.close(slave)
+        out = b""
+        import select
+        import time
+        deadline = time.monotonic() + 60
+        sent = False
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and b"Password for " + USER.encode() in out:
+                os.write(master, PASSWORD.encode() + b"\n")
+                sent = True
+            if proc.poll() is not None and not r:
+                break
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert sent and PASSWORD not in text, text  # asked, and not echoed
+    assert "no SOCI index found" in text, text

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from soci_native.cliopts import ByteSize, registry_flags, registry_options
+from soci_native.cliopts import ByteSize, registry_flags, registry_options, resolve_creds
 
 # Everything else is imported where it is used: cli.py registers these commands on every
 # start, and `soci-native --help` should not pay for logging, subprocess or pathlib.
@@ -144,7 +144,9 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
     if secrets_fd is not None:
         kw.update(_read_secrets(secrets_fd))
     if not foreground:
-        _spawn(ctx, root, mp, Path(log_file).absolute() if log_file else default_log)
+        creds = resolve_creds(kw)  # asked here, on the user's terminal, not in the daemon
+        _spawn(ctx, root, mp, Path(log_file).absolute() if log_file else default_log,
+               {"creds": creds} if creds else {})
         return
     _setup_logging(debug)
     _run(image, mp, root, pidfile, log_file or "", platform=platform, layer=layer,
@@ -155,7 +157,7 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
 
 # Options whose values are secret: never on the daemon's command line (readable by every
 # user in /proc/PID/cmdline) nor in its environment; they go through an inherited pipe.
-_SECRET_PARAMS = ("creds",)
+_SECRET_PARAMS = ("creds", "password_stdin")
 
 
 def _read_secrets(fd: int) -> dict[str, Any]:
@@ -235,7 +237,8 @@ def _fuse_lines(log_file: Path, since: int) -> str:
     return "; ".join(lines[-3:])
 
 
-def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
+def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path,
+           secret: dict[str, str]) -> None:
     """Runs this command again with --foreground in a detached child and waits for it to
     report the mount live (or fail)."""
     import subprocess
@@ -258,8 +261,7 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path) -> None:
             if not p.is_flag:
                 args.append(str(value))
     private_dirs(log_file.parent)
-    secrets = _secrets_pipe({k: str(ctx.params[k]) for k in _SECRET_PARAMS
-                             if ctx.params.get(k)})
+    secrets = _secrets_pipe(secret)
     r, w = os.pipe()
     args += [mp, "--foreground", "--ready-fd", str(w), "--log-file", str(log_file)]
     if secrets is not None:

@@ -91,9 +91,9 @@ class _Auth:
     def _no_creds_hint(self) -> str:
         files = ", ".join(auth_file_paths(self.client.options.auth_file))
         notes = "".join(f"; {n}" for n in self._creds_notes)
-        return (f"no credentials found for {self.client.host}: pass creds 'user:password' or "
-                f"log in with `podman login` / `docker login` (looked in {files}; credential "
-                f"helpers are not supported){notes}")
+        return (f"no credentials found for {self.client.host}: pass --creds USER[:PASS] or "
+                f"log in with `podman login` / `docker login` (looked in {files}, and their "
+                f"credential helpers){notes}")
 
     def _basic(self) -> str:
         c = self.credentials()

@@ -97,6 +97,22 @@ def find_credentials(host: str, repository: str | None = None,
             for k, v in auths.items():
                 if isinstance(k, str):
                     entries.setdefault(_auth_key(k), v)
+        helpers = doc.get("credHelpers")
+        helper = next((v for k, v in helpers.items() if isinstance(k, str)
+                       and _auth_key(k) in candidates and isinstance(v, str)), None) \
+            if isinstance(helpers, dict) else None
+        helper_key = next((k for k in helpers if isinstance(k, str)
+                           and _auth_key(k) in candidates), None) \
+            if isinstance(helpers, dict) else None
+        store = doc.get("credsStore") if isinstance(doc.get("credsStore"), str) else None
+        # Docker's order: the host's own helper, else the store, else the file itself
+        for name, server in ((helper, helper_key), (store, _helper_server(host))):
+            if name and server:
+                got, note = run_helper(name, server)
+                if got is not None:
+                    return Credentials(got[0], got[1], f"docker-credential-{name}"), notes
+                if note:
+                    notes.append(f"{path}: {note}")
         for c in candidates:
             if c in entries:
                 got = _decode_entry(entries[c])
@@ -105,15 +121,51 @@ def find_credentials(host: str, repository: str | None = None,
                 if isinstance(entries[c], Mapping) and entries[c].get("identitytoken"):
                     notes.append(f"{path}: the entry for {c} holds an identity token, which is "
                                  "not supported")
-                else:
+                elif not store:
                     notes.append(f"{path}: the entry for {c} has no usable auth or "
                                  "username/password")
-        helpers = doc.get("credHelpers")
-        if isinstance(helpers, dict) and any(
-                isinstance(k, str) and _auth_key(k) == want for k in helpers):
-            notes.append(f"{path}: {host} uses a credential helper (credHelpers), which is "
-                         "not supported")
-        elif doc.get("credsStore"):
-            notes.append(f"{path}: credentials may be in the credential store "
-                         f"{doc['credsStore']!r} (credsStore), which is not supported")
     return None, notes
+
+
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+HELPER_TIMEOUT = 30.0
+
+
+def _helper_server(host: str) -> str:
+    """The server name a credential store knows a host by (Docker Hub's is its v1 URL)."""
+    return "https://index.docker.io/v1/" if _auth_key(host) == DOCKER_HUB else host
+
+
+def run_helper(name: str, server: str) -> tuple[tuple[str, str] | None, str]:
+    """``docker-credential-NAME get`` with ``server`` on its standard input, as Docker runs
+    credential helpers (ECR, GCR, ACR, desktop keychains): ((user, secret) or None, a note
+    on why not)."""
+    import shutil
+    import subprocess
+
+    if not _HELPER_NAME.fullmatch(name):
+        return None, f"invalid credential helper name {name!r}"
+    exe = shutil.which(f"docker-credential-{name}")
+    if exe is None:
+        return None, f"credential helper docker-credential-{name} is not on PATH"
+    try:
+        p = subprocess.run([exe, "get"], input=server.encode(), capture_output=True,
+                           timeout=HELPER_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"docker-credential-{name} get failed: {e}"
+    out = p.stdout.decode(errors="replace").strip()
+    if p.returncode != 0:
+        why = (out or p.stderr.decode(errors="replace").strip())[:200]
+        if "credentials not found" in why.lower():
+            return None, ""
+        return None, f"docker-credential-{name} get exited {p.returncode}: {why}"
+    try:
+        doc = json.loads(out)
+        user, secret = doc["Username"], doc["Secret"]
+    except (ValueError, KeyError, TypeError):
+        return None, f"docker-credential-{name} get: not the JSON a helper answers"
+    if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+        return None, f"docker-credential-{name} get: no username and secret"
+    if user == "<token>":
+        return None, f"docker-credential-{name} holds an identity token, which is not supported"
+    return (user, secret), ""

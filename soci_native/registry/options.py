@@ -11,12 +11,13 @@ _USER_AGENT = "soci-native/0.1"
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How to reach a registry. ``plain_http`` None means: plain HTTP for loopback hosts
-    (localhost, 127.0.0.0/8, ::1), HTTPS otherwise."""
+    """How to reach a registry. ``plain_http`` None means: HTTPS, and for loopback hosts
+    (localhost, 127.0.0.0/8, ::1) plain HTTP when the host does not speak TLS."""
 
     plain_http: bool | None = None
     insecure: bool = False          # HTTPS without certificate verification
     ca_file: str | None = None      # PEM CA bundle to verify with instead of the system's
+    cert_dir: str | None = None     # CAs (*.crt), client certs (*.cert + *.key); else certs.d
     creds: str | None = None        # "user:password"; else the auth files are searched
     auth_file: str | None = None    # one auth.json / config.json to use instead of the search
     max_attempts: int = 6           # tries per request (and per stalled blob stream)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, TypeVar
@@ -52,8 +53,18 @@ from soci_native.registry.http import (
 from soci_native.registry.options import (
     RegistryOptions,
 )
+from soci_native.registry.tls import ssl_context
 
 _T = TypeVar("_T", bound="Transport")
+
+
+def _tls_refused(e: BaseException) -> bool:
+    """A TLS handshake that the other end answered as plain HTTP would (it closed or reset
+    the connection, or sent something that is not TLS)."""
+    text = str(e)
+    return any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure",
+                                   "UNEXPECTED_EOF", "EOF occurred", "Connection reset",
+                                   "RemoteDisconnected", "unknown protocol"))
 
 
 class Transport:
@@ -64,20 +75,24 @@ class Transport:
                  credential_scope: str | None = None) -> None:
         self.host = host
         self.options = opts = options or RegistryOptions()
-        plain = opts.plain_http if opts.plain_http is not None else is_loopback(host)
+        plain = opts.plain_http is True
         self.scheme = "http" if plain else "https"
         self.base_url = f"{self.scheme}://{host}"
         self._origin = _origin(self.base_url)
+        # HTTPS first; a loopback host that turns out not to speak TLS is asked in plain
+        # HTTP from then on (as containerd and crane do). Never for other hosts.
+        self._may_fall_back = opts.plain_http is None and is_loopback(host)
+        self._scheme_lock = threading.Lock()
         self.credential_scope = credential_scope  # repository used to pick auth.json entries
         kw: dict[str, Any] = {}
         if not plain:
             if opts.insecure:
                 urllib3.disable_warnings(InsecureRequestWarning)
-                kw.update(cert_reqs="CERT_NONE", assert_hostname=False)
-            else:
-                kw.update(cert_reqs="CERT_REQUIRED")
-                if opts.ca_file:
-                    kw.update(ca_certs=opts.ca_file)
+            kw.update(ssl_context=ssl_context(host, insecure=opts.insecure,
+                                              ca_file=opts.ca_file, cert_dir=opts.cert_dir),
+                      cert_reqs="CERT_NONE" if opts.insecure else "CERT_REQUIRED")
+            if opts.insecure:
+                kw.update(assert_hostname=False)
         self._http = urllib3.PoolManager(
             num_pools=8, maxsize=max(1, opts.pool_size), block=False, retries=False,
             timeout=urllib3.Timeout(connect=opts.connect_timeout, read=opts.read_timeout), **kw)
@@ -145,6 +160,7 @@ class Transport:
         its body unread (``stream``) or discarded (callers that want a body read it with
         :meth:`_get_body`, which caps it); an unexpected status raises RegistryError."""
         ok_set = frozenset(ok)
+        url = self._as_plain(url)  # built before this registry turned out to be plain HTTP
         policy = self._retry()
         auth_tried = False
         redirects = 0
@@ -170,10 +186,16 @@ class Transport:
                                           redirect=False, retries=False)
             except _U3SSLError as e:
                 text = str(e)
-                if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
+                verify = "CERTIFICATE_VERIFY_FAILED" in text
+                if not verify and self._fall_back(cur_url):
+                    url, cur_url = self._as_plain(url), self._as_plain(cur_url)
+                    continue
+                if verify or "WRONG_VERSION_NUMBER" in text:
                     # the CLI's flags: what a user can act on
-                    hint = " (to skip verification: --no-tls-verify or -k)" \
-                        if "CERTIFICATE" in text else " (is it plain HTTP? use --plain-http)"
+                    hint = (f" (a private CA? put its certificate in --cert-dir DIR or "
+                            f"/etc/containers/certs.d/{self.host}/ca.crt, or skip "
+                            "verification with --no-tls-verify or -k)") if verify \
+                        else " (is it plain HTTP? use --plain-http)"
                     raise TLSError(f"{cur_method} {cur_url}: TLS error: {e}{hint}",
                                    url=cur_url) from None
                 if not retry:
@@ -181,6 +203,9 @@ class Transport:
                 policy.wait(f"{cur_method} {cur_url}: {e}", url=cur_url)
                 continue
             except (_U3HTTPError, OSError) as e:
+                if _tls_refused(e) and self._fall_back(cur_url):
+                    url, cur_url = self._as_plain(url), self._as_plain(cur_url)
+                    continue
                 if not retry:
                     raise TransientError(f"{cur_method} {cur_url}: {e}", url=cur_url) from None
                 policy.wait(f"{cur_method} {cur_url}: connection failed: {e}", url=cur_url)
@@ -220,6 +245,25 @@ class Transport:
                 policy.wait(msg, ra, url=cur_url, status=status)
                 continue
             raise self._error(resp, cur_method, cur_url, same_host)
+
+    def _fall_back(self, url: str) -> bool:
+        """Whether to ask ``url`` (on this registry) again in plain HTTP: a loopback host,
+        no --plain-http either way, and its HTTPS failed other than by certificate."""
+        if not self._may_fall_back or _origin(url) != self._origin:
+            return False
+        with self._scheme_lock:
+            if self.scheme == "https":
+                self.scheme = "http"
+                self.base_url = f"http://{self.host}"
+                self._origin = _origin(self.base_url)
+        return True
+
+    def _as_plain(self, url: str) -> str:
+        """``url`` on this registry in plain HTTP once it fell back to that (else as is)."""
+        prefix = f"https://{self.host}"
+        if self.scheme == "http" and (url == prefix or url.startswith(prefix + "/")):
+            return self.base_url + url[len(prefix):]
+        return url
 
     def _error(self, resp: urllib3.BaseHTTPResponse, method: str, url: str,
                same_host: bool) -> RegistryError:
