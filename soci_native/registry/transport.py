@@ -249,8 +249,8 @@ class Transport:
     def _fall_back(self, url: str) -> bool:
         """Whether to ask ``url`` (on this registry) again in plain HTTP: a loopback host,
         no --plain-http either way, and its HTTPS failed other than by certificate."""
-        if not self._may_fall_back or _origin(url) != self._origin:
-            return False
+        if not self._may_fall_back or _origin(url) != _origin(f"https://{self.host}"):
+            return False  # (a plain-HTTP request that failed is no reason to fall back)
         with self._scheme_lock:
             if self.scheme == "https":
                 self.scheme = "http"
