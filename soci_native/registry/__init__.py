@@ -6,12 +6,13 @@ holds the plumbing), ``auth`` and ``credentials``, ``manifests``, ``blobs`` (rea
 ``source`` is the image source. Everything public is importable from here.
 
 :class:`RegistryClient` talks to one registry host over urllib3 (a bounded pool of reused
-connections per host; HTTPS with certificate verification unless ``insecure``; plain HTTP
-with ``plain_http``, and by default for loopback hosts):
+connections per host): HTTPS first, with certificate verification (the system's CAs plus
+``--cert-dir`` or the host's ``certs.d`` directory: ``tls``) unless ``insecure``; plain HTTP
+with ``plain_http``, or for loopback hosts that turn out not to speak TLS:
 
 * auth: anonymous, Basic, and Bearer tokens from the ``WWW-Authenticate`` challenge (cached
   per scope; a 401 fetches a token and retries once). Credentials come from ``creds`` or the
-  Docker/Podman auth files (:func:`find_credentials`); credential helpers are not supported;
+  Docker/Podman auth files and Docker's credential helpers (:func:`find_credentials`);
 * manifests: GET (by tag or digest, every byte verified), HEAD, PUT;
 * blobs: a streaming reader that resumes an interrupted body with a Range request at the byte
   it stopped at and can verify the digest at the end (:class:`BlobReader`); single and
@@ -23,10 +24,11 @@ with ``plain_http``, and by default for loopback hosts):
 
 Transient failures (connection errors, 429, 500, 502, 503, 504) are retried with capped
 exponential backoff and full jitter (``Retry-After`` honoured), at most ``max_attempts``
-tries and ``max_retry_time`` seconds per operation. Redirects are followed here; the
-``Authorization`` header is only ever sent to the registry host itself. Errors are
-:class:`RegistryError` subclasses (themselves :class:`ImageError`) naming the method, URL and
-status.
+tries, and every operation has a deadline (``timeout``, enforced by a watchdog that shuts
+the connection down). Bodies read into memory are capped. Redirects are followed here; the
+``Authorization`` header is only ever sent to the registry's own origin (scheme, host,
+port). Errors are :class:`RegistryError` subclasses (themselves :class:`ImageError`) naming
+the method, URL and status.
 
 :class:`RegistrySource` is the :class:`ImageSource` for ``docker://HOST/REPO[:TAG][@DIGEST]``.
 """
