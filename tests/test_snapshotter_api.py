@@ -180,6 +180,16 @@ def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
         assert [i.name for i in found] == [target]
         assert found[0].kind == sp.COMMITTED and found[0].parent == ""
         assert c.list("name==ns/1/extract x") == []  # the active key became the committed one
+        # the same target asked for on another parent: containerd would reject the existing
+        # one (it checks the parent), so this one is an ordinary snapshot to unpack into
+        c.call("Prepare", sp.PrepareSnapshotRequest(key="ns/1/p"), sp.PrepareSnapshotResponse)
+        c.call("Commit", sp.CommitSnapshotRequest(name="ns/1/P", key="ns/1/p"), empty_pb2.Empty)
+        prep = c.call("Prepare", sp.PrepareSnapshotRequest(key="ns/2/extract y",
+                                                           parent="ns/1/P", labels=labels),
+                      sp.PrepareSnapshotResponse)
+        assert prep.mounts[0].type == "overlay"
+        for key in ("ns/2/extract y", "ns/1/P"):
+            c.call("Remove", sp.RemoveSnapshotRequest(key=key), empty_pb2.Empty)
 
         def mounts() -> list[dict[str, Any]]:
             p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter",

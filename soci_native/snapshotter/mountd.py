@@ -40,6 +40,7 @@ PID_NAME = "mountd.pid"
 LOG_NAME = "mountd.log"
 MAX_REQUEST = 1 << 20
 MAX_PRELOADS = 64
+PRELOAD_CONCURRENCY = 2
 PRELOAD_TTL = 60.0  # an unclaimed preloaded layer is dropped after this many seconds
 
 
@@ -148,6 +149,7 @@ class Daemon:
         self.dir = state_dir
         self.mounts: dict[str, _Mount] = {}
         self.preloads: dict[tuple[str, str, str], _Preload] = {}
+        self.preload_slots = threading.BoundedSemaphore(PRELOAD_CONCURRENCY)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -183,7 +185,8 @@ class Daemon:
 
         def load() -> None:
             try:
-                p.mounted = open_mount(self._options(req))
+                with self.preload_slots:  # a few at once: each builds a tree in memory
+                    p.mounted = open_mount(self._options(req))
             except Exception as e:
                 shutil.rmtree(str(req["cache_dir"]), ignore_errors=True)
                 log.info("preloading %s failed: %s", req.get("layer"), e)

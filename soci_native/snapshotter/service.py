@@ -154,7 +154,15 @@ class Snapshots:
         s = self._new(req.key, req.parent, KIND_ACTIVE, labels)
         target = target_of(labels)
         if target is not None and self.lazy is not None:
-            if self._try_remote(s, target, labels):
+            other = self.meta.get(target.chain)
+            if other is not None:  # mounted lazily before (e.g. for another namespace)
+                if other.parent == s.parent:
+                    self.meta.remove(s.key)
+                    self._drop(s)
+                    raise _Abort(grpc.StatusCode.ALREADY_EXISTS,
+                                 f"target snapshot {target.chain} already exists")
+                # on another parent containerd would reject it: an ordinary snapshot
+            elif self._try_remote(s, target, labels):
                 raise _Abort(grpc.StatusCode.ALREADY_EXISTS,
                              f"target snapshot {target.chain} already exists")
         return snapshots_pb2.PrepareSnapshotResponse(mounts=self.mounts(s))
@@ -176,14 +184,16 @@ class Snapshots:
             log.info("layer %s mounted lazily as %s", t.layer, t.chain)
             return True
         except MetaError as e:
-            # the target exists already (another namespace pulled it): keep that one
             log.info("committing %s: %s", t.chain, e)
             self.lazy.unmount(fs)
+            other = self.meta.get(t.chain)
+            if e.code != "ALREADY_EXISTS" or other is None or other.parent != s.parent:
+                # containerd would not accept that one (it checks the parent): unpack here
+                return False
+            # the target exists already, on the same parent (another namespace pulled it)
             self.meta.remove(s.key)
             self._drop(s)
-            if e.code == "ALREADY_EXISTS":
-                return True
-            raise
+            return True
 
     def View(self, req: Any) -> Any:
         s = self._new(req.key, req.parent, KIND_VIEW, dict(req.labels))
