@@ -112,6 +112,12 @@ def test_state_rules_and_codes(api: Any) -> None:
         c.call("Remove", sp.RemoveSnapshotRequest(key=key), empty_pb2.Empty)
     assert c.list() == []
     assert not Path(lower).exists()
+    # Cleanup removes what no snapshot owns (a crash between mkdir and the state write)
+    stray = sn.root / "snapshots" / "999" / "fs"
+    stray.mkdir(parents=True)
+    (stray / "junk").write_text("x")
+    c.call("Cleanup", sp.CleanupRequest(), empty_pb2.Empty)
+    assert not stray.parent.exists()
     assert c.code("Stat", sp.StatSnapshotRequest(key="ns/2/A"),
                   sp.StatSnapshotResponse) == grpc.StatusCode.NOT_FOUND
 
