@@ -246,3 +246,27 @@ def test_password_from_stdin_and_from_the_terminal(areg: Any, tmp_path: Path) ->
     text = out.decode(errors="replace")
     assert sent and PASSWORD not in text, text  # asked, and not echoed
     assert any(a in text for a in authed), text
+
+
+def test_tls_registry_on_loopback_with_cert_dir(image: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A registry serving HTTPS with a self-signed certificate on 127.0.0.1: reached over
+    HTTPS (not plain HTTP), trusted through --cert-dir; without it a one-line error that
+    names the flags."""
+    from tls_cert import self_signed
+
+    cert, key = self_signed(tmp_path)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(cert.read_bytes())
+    with reg_server.Registry.start(tmp_path / "reg", tls=(cert, key)) as r:
+        ref = f"docker://{r.host}/tls/img:t"
+        subprocess.run(["skopeo", "copy", "-q", f"--dest-cert-dir={certs}", f"oci:{image}:t",
+                        ref], check=True)
+        p = cli("create", ref, *SMALL, root=tmp_path / "a", ok=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in p.stderr and "--cert-dir" in p.stderr
+        got = json.loads(cli("create", ref, *SMALL, "--json", "--cert-dir", str(certs),
+                             root=tmp_path / "b").stdout)[0]
+        local = json.loads(cli("create", f"oci:{image}:t", *SMALL, "--json",
+                               root=tmp_path / "c").stdout)[0]
+        assert got["digest"] == local["digest"]  # the same index, read over HTTPS
