@@ -748,3 +748,24 @@ def test_clean_path_is_go_clean() -> None:
     names += ["/".join(rng.choice(parts) for _ in range(rng.randint(0, 6))) for _ in range(5000)]
     for n in names:
         assert clean_path(n) == posixpath.normpath("/" + n).lstrip("/"), n
+
+
+def test_read_ahead_is_raised_as_root(mount: Mount, img: mi.Image) -> None:
+    """As root the daemon sets the mount's read-ahead to READ_AHEAD_KB (1 MiB requests);
+    otherwise the kernel's default stays. Reads are right either way."""
+    from soci_native.mount.fs import READ_AHEAD_KB, _mountinfo_escape
+
+    assert _mountinfo_escape("/a b\\c") == "/a\\040b\\134c"
+    mp = mount()
+    want = _mountinfo_escape(str(mp))
+    devs = [f[2] for f in (line.split() for line in open("/proc/self/mountinfo"))
+            if f[4] == want]
+    assert len(devs) == 1
+    ra = Path(f"/sys/class/bdi/{devs[0]}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while os.geteuid() == 0 and ra.read_text().strip() != str(READ_AHEAD_KB) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)  # the daemon tunes it right after FUSE init
+    if os.geteuid() == 0:  # (a user cannot write it: the default stays, nothing fails)
+        assert ra.read_text().strip() == str(READ_AHEAD_KB)
+    assert (mp / "data/big.bin").read_bytes() == (img.ref / "data/big.bin").read_bytes()

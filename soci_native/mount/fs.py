@@ -28,6 +28,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ STATS_DIR_PATH = "/" + STATS_DIR
 STATS_PATH = f"{STATS_DIR_PATH}/{STATS_FILE}"
 ATTR_TIMEOUT = 86400.0  # nothing in a mounted image changes; stats.json is invalidated
 STATS_REFRESH = 0.25
+READ_AHEAD_KB = 1024  # the kernel's default for a FUSE mount is 128: 8x the requests
 BLOCK = 4096
 FUSE_READDIR_PLUS = 1  # libfuse 3: readdir's flags bit; the filler's is FUSE_FILL_DIR_PLUS
 FUSE_FILL_DIR_PLUS = 2
@@ -92,7 +94,11 @@ class SociFS(mfusepy.Operations):
         self._done.set()
 
     def _refresh_stats(self) -> None:
+        tuned = False
         while not self._done.wait(STATS_REFRESH):
+            if not tuned:  # after our INIT reply: the kernel sets the window from it
+                tuned = True
+                tune_read_ahead(self.m.mountpoint)
             self._invalidate_stats()
 
     def _invalidate_stats(self) -> None:
@@ -263,6 +269,38 @@ class SociFS(mfusepy.Operations):
             with self._lock:
                 self._handles.pop(fi.fh, None)
         return 0
+
+
+def _mountinfo_escape(path: str) -> str:
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def tune_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
+    """Raises the mount's read-ahead window (its backing device in /sys/class/bdi, found by
+    the device number /proc/self/mountinfo gives the mountpoint): sequential reads then
+    come in 1 MiB requests instead of 128 KiB ones, a third off reading a tree from the
+    span cache. Only after FUSE INIT is answered (the kernel lowers the window to what the
+    reply says, and libfuse cannot offer more than the default). Needs root; otherwise (or
+    if anything is missing) the default stays."""
+    want = _mountinfo_escape(mountpoint)
+    try:
+        devs: list[str] = []
+        for _ in range(50):  # the mount shows in mountinfo once mount(2) has returned
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                devs = [fields[2] for fields in (line.split() for line in f)
+                        if len(fields) > 4 and fields[4] == want]
+            if devs:
+                break
+            time.sleep(0.1)
+        else:
+            log.debug("read-ahead of %s left as it was: not in mountinfo", mountpoint)
+            return False
+        with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", "w") as out:
+            out.write(str(kb))
+    except OSError as e:
+        log.debug("read-ahead of %s left as it was: %s", mountpoint, e)
+        return False
+    return True
 
 
 class _FUSE(mfusepy.FUSE):
