@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -371,3 +372,36 @@ def test_closing_the_client_ends_a_hanging_request() -> None:
         t.join(timeout=30)
         assert not t.is_alive() and time.monotonic() - t0 < 10
         assert got and isinstance(got[0], RegistryError), got
+
+
+def test_an_upload_gets_its_deadline_per_mib() -> None:
+    """A 3 MiB upload to a registry that takes it in at ~1 MiB per 0.8 s: longer than
+    --timeout (1 s) in all, well within it per MiB, so it goes through."""
+    data = os.urandom(3 << 20)
+
+    def route(h: Handler) -> bool:
+        if h.command == "HEAD":
+            h.send_head(404, length=0)
+        elif h.command == "POST":
+            h.send_head(202, {"Location": "/v2/r/blobs/uploads/u1"}, length=0)
+        elif h.command == "PUT":
+            left = int(h.headers["Content-Length"])
+            got = hashlib.sha256()
+            while left:
+                chunk = h.rfile.read(min(left, 256 << 10))
+                if not chunk:
+                    break
+                got.update(chunk)
+                left -= len(chunk)
+                time.sleep(0.2)  # ~1.25 MiB/s
+            ok = "sha256:" + got.hexdigest() in urllib.parse.unquote(h.path)
+            h.send_head(201 if ok else 400, {"Docker-Content-Digest": sha(data)}, length=0)
+        else:
+            return False
+        return True
+
+    with HostileServer(route) as srv:
+        with RegistryClient(srv.host, RegistryOptions(timeout=1, plain_http=True)) as cl:
+            t0 = time.monotonic()
+            assert cl.push_blob("r", data).status == "uploaded"
+            assert time.monotonic() - t0 > 1.5  # longer than one --timeout in all

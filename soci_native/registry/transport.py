@@ -28,6 +28,7 @@ from soci_native.registry.errors import (
     TransientError,
 )
 from soci_native.registry.http import (
+    _CHUNK,
     _ERROR_BODY_MAX,
     _MAX_REDIRECTS,
     _REDIRECTS,
@@ -115,14 +116,15 @@ class Transport:
         self._watchdog.close()
 
     @contextlib.contextmanager
-    def _operation(self) -> Iterator[_Deadline]:
-        """The deadline (``timeout``) of what runs inside: a new one, or the one of the
-        operation this is part of."""
+    def _operation(self, size: int = 0) -> Iterator[_Deadline]:
+        """The deadline of what runs inside: a new one, or the one of the operation this is
+        part of. ``timeout``, or for a body of ``size`` bytes (an upload) ``timeout`` per
+        MiB of it, as a blob stream gets when read."""
         outer = _active_deadline()
         if outer is not None:
             yield outer
             return
-        d = self._watchdog.arm(self.options.timeout)
+        d = self._watchdog.arm(self.options.timeout * max(1, -(-size // _CHUNK)))
         if d.fired:
             raise TransientError(f"{self.base_url}: the registry client was shut down (the "
                                  "mount is being unmounted)", url=self.base_url)

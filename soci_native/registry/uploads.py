@@ -145,9 +145,10 @@ class Uploads(Blobs):
     def _finish_upload(self, repo: str, location: str, digest: str, body: Body,
                        size: int) -> None:
         url = location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
-        resp = self._request("PUT", url, scopes=self._push(repo), body=body, retry=False,
-                             headers={"Content-Type": "application/octet-stream",
-                                      "Content-Length": str(size)}, ok=(201, 204))
+        with self._operation(size):  # a big blob may take its time, each MiB within timeout
+            resp = self._request("PUT", url, scopes=self._push(repo), body=body, retry=False,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Content-Length": str(size)}, ok=(201, 204))
         got = resp.headers.get("Docker-Content-Digest")
         if got and got != digest:
             raise DigestMismatch(f"PUT {location}: the registry stored the blob as {got}, "
@@ -162,11 +163,12 @@ class Uploads(Blobs):
                 if not chunk:
                     raise ImageError(f"blob data ended at {start} of {data.size} bytes")
                 end = start + len(chunk) - 1
-                resp = self._request(
-                    "PATCH", location, scopes=self._push(repo), body=chunk, retry=False,
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Range": f"{start}-{end}",
-                             "Content-Length": str(len(chunk))}, ok=(202, 204))
+                with self._operation(len(chunk)):
+                    resp = self._request(
+                        "PATCH", location, scopes=self._push(repo), body=chunk, retry=False,
+                        headers={"Content-Type": "application/octet-stream",
+                                 "Content-Range": f"{start}-{end}",
+                                 "Content-Length": str(len(chunk))}, ok=(202, 204))
                 rng = resp.headers.get("Range")
                 if rng:
                     m = re.fullmatch(r"(?:bytes=)?0-(\d+)", rng.strip())
