@@ -5,6 +5,8 @@
 #include <nanobind/stl/string.h>
 
 #include <atomic>
+#include <deque>
+#include <memory>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -266,19 +268,47 @@ class Indexer {
         ix_ = sn_indexer_new(span_size, parse_mode(mode), &e);
         if (!ix_) raise(e);
     }
-    ~Indexer() { sn_indexer_free(ix_); }
 
-    void feed(nb::handle data) {
-        Buffer buf(data);
+    // hold=True: returns before the hasher is done with `data`, which is kept (and must not
+    // change) until three later feeds have been made or finish() returns: a caller turning
+    // over four buffers never waits for the hasher between them.
+    void feed(nb::handle data, bool hold) {
         Busy busy(this);
         check_usable();
+        if (!hold) {
+            Buffer buf(data);
+            sn_err e{};
+            int rc;
+            {
+                nb::gil_scoped_release unlocked;
+                rc = sn_indexer_feed(ix_, buf.data(), buf.size(), &e);
+            }
+            if (rc) fail(e);
+            return;
+        }
+        auto buf = std::make_unique<Buffer>(data);
+        fed_ += buf->size();
         sn_err e{};
         int rc;
         {
             nb::gil_scoped_release unlocked;
-            rc = sn_indexer_feed(ix_, buf.data(), buf.size(), &e);
+            rc = sn_indexer_feed_async(ix_, buf->data(), buf->size(), &e);
         }
-        if (rc) fail(e);
+        held_.push_back({std::move(buf), fed_});
+        if (!rc && held_.size() > kHeld) {
+            {
+                nb::gil_scoped_release unlocked;
+                rc = sn_indexer_sync_to(ix_, held_.front().end, &e);
+            }
+            if (!rc) held_.pop_front(); // the hasher is past it: the caller may reuse it
+        }
+        if (rc) fail(e); // the held buffers stay until the indexer (and its hasher) is gone
+    }
+
+    ~Indexer() {
+        sn_indexer_free(ix_); // joins the hasher before the held buffers are let go
+        ix_ = nullptr;
+        held_.clear();
     }
 
     nb::dict finish(const std::optional<std::string> &build_tool, bool with_entries) {
@@ -291,6 +321,7 @@ class Indexer {
             rc = sn_indexer_finish(ix_, &e);
         }
         if (rc) fail(e);
+        held_.clear(); // finish hashed everything
         finished_ = true; // result() moves the C results out: one finish per Indexer
         return result(ix_, span_size_, build_tool, with_entries);
     }
@@ -317,6 +348,13 @@ class Indexer {
     std::atomic<bool> busy_{false};
     bool failed_ = false;
     bool finished_ = false;
+    struct Held {
+        std::unique_ptr<Buffer> buf;
+        uint64_t end; // stream position after it
+    };
+    static constexpr size_t kHeld = 3;
+    std::deque<Held> held_;
+    uint64_t fed_ = 0;
 };
 
 nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
@@ -638,7 +676,8 @@ NB_MODULE(_core, m) {
 
     nb::class_<Indexer>(m, "Indexer", "Streaming layer indexer: feed() compressed chunks, then finish().")
         .def(nb::init<uint64_t, const std::string &>(), nb::arg("span_size"), nb::arg("mode") = "auto")
-        .def("feed", &Indexer::feed, nb::arg("data"), "Feed the next bytes of the layer blob (GIL released).")
+        .def("feed", &Indexer::feed, nb::arg("data"), nb::arg("hold") = false,
+             "Feed the next bytes of the layer blob (GIL released); hold=True: see index_layer.")
         .def("finish", &Indexer::finish, nb::arg("build_tool") = nb::none(), nb::arg("entries") = true,
              "End of the blob: returns the index data as a dict (with the zTOC when build_tool is set).");
     m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",

@@ -263,6 +263,14 @@ int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) 
     return rc ? rc : src;
 }
 
+int sn_indexer_feed_async(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err) {
+    return feed_nosync(ix, data, n, err);
+}
+
+int sn_indexer_sync_to(sn_indexer *ix, uint64_t pos, sn_err *err) {
+    return ix->hash ? sh_sync_to(ix->hash, pos, err) : SN_OK;
+}
+
 int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
     if (ix->finished) return SN_OK;
     int rc = SN_OK;

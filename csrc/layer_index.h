@@ -25,6 +25,11 @@ typedef struct sn_indexer sn_indexer;
 sn_indexer *sn_indexer_new(uint64_t span_size, int mode, sn_err *err);
 void sn_indexer_free(sn_indexer *ix);
 int sn_indexer_feed(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err);
+/* Like sn_indexer_feed without waiting for the hasher: `data` must stay valid and unchanged
+ * until sn_indexer_sync_to covers its end (stream position), finish returns, or the indexer
+ * is freed. At most 4 buffers may be in flight. */
+int sn_indexer_feed_async(sn_indexer *ix, const uint8_t *data, size_t n, sn_err *err);
+int sn_indexer_sync_to(sn_indexer *ix, uint64_t pos, sn_err *err);
 int sn_indexer_finish(sn_indexer *ix, sn_err *err);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);

@@ -127,7 +127,7 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
                 entries: bool = True) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
-    ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``
+    ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``/4
     pieces, e.g. an HTTP body). ``mode`` is "auto" (sniff the gzip magic), "gzip" or "tar".
     With ``build_tool`` (the zTOC's build_tool_identifier) the zTOC is serialised in C as
     well: ``.ztoc``, or ``.ztoc_error`` when the layer has entries a zTOC cannot describe.
@@ -141,13 +141,18 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
         return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool,
                                              entries))
     ix = _core.Indexer(span_size, mode)
-    buf = bytearray(chunk_size)
-    view = memoryview(buf)
+    # Four buffers in turn (chunk_size in all), fed with hold=True: the C hasher keeps the
+    # last three until it is done with them, so reading and inflating never wait for it
+    # between chunks.
+    views = [memoryview(bytearray(max(chunk_size // 4, 1))) for _ in range(4)]
+    k = 0
     while True:
+        view = views[k]
+        k = (k + 1) % len(views)
         n = src.readinto(view) if hasattr(src, "readinto") else _read_into(src, view)
         if not n:
             break
-        ix.feed(view[:n])
+        ix.feed(view[:n], hold=True)
     return _layer_index(ix.finish(build_tool, entries))
 
 
