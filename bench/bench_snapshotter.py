@@ -215,6 +215,7 @@ class Bench:
     def close(self) -> None:
         self.proxy.close()
         self.reg.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
 
     def once(self, mode: str, exe: str, version: str) -> tuple[float, int]:
         d = ce.short_tempdir()
@@ -264,7 +265,7 @@ class Bench:
                     if with_mountd.exists():
                         shutil.copy(with_mountd, self.log_dir / f"{n:02d}-mountd.log")
                 sn.stop_mounts()
-            subprocess.run(["umount", "-R", "-l", str(d / "ctrd")], capture_output=True)
+            ce.unmount_under(d)
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -126,6 +126,17 @@ def soci(*args: str, root: Path, timeout: float = 300) -> subprocess.CompletedPr
     return run(sys.executable, "-m", "soci_native.cli", *args, env=env, timeout=timeout)
 
 
+def unmount_under(base: Path) -> None:
+    """Lazily unmounts whatever is still mounted below ``base`` (deepest first), so a test's
+    cleanup never leaves a mount behind or recurses into one."""
+    from soci_native.snapshotter.mountinfo import mount_points
+
+    prefix = str(base.resolve()) + "/"
+    for mp in sorted((m for m in mount_points() if m.startswith(prefix)), key=len,
+                     reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
 def short_tempdir() -> Path:
     """Unix socket paths must stay under 108 bytes: pytest's tmp_path can be longer."""
     return Path(tempfile.mkdtemp(prefix="sn-", dir="/tmp"))

@@ -67,9 +67,17 @@ class Env:
         self.sn = ce.Snapshotter.start(self.sn_root, self.sock)
         self.ctrd = ce.Containerd.start(base / "ctrd", self.sock)
 
-    def restart_snapshotter(self) -> None:
+    def restart_snapshotter(self, lose_mounts: bool = False) -> None:
         self.sn.stop()
+        if lose_mounts:
+            self.sn.stop_mounts()  # the daemon and its mounts are gone (as after a reboot)
         self.sn = ce.Snapshotter.start(self.sn_root, self.sock)
+        # containerd redials a proxy plugin with backoff: wait until it is through again
+        deadline = time.monotonic() + 60
+        while self.ctrd.ctr("snapshots", "--snapshotter", "soci", "ls", ok=False,
+                            timeout=60).returncode != 0:
+            assert time.monotonic() < deadline, "containerd did not reconnect"
+            time.sleep(0.2)
 
     def mounts(self) -> list[dict[str, Any]]:
         p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
@@ -88,7 +96,7 @@ class Env:
         self.sn.stop()
         self.sn.stop_mounts()
         self.reg.stop()
-        subprocess.run(["umount", "-R", "-l", str(self.base / "ctrd")], capture_output=True)
+        ce.unmount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -150,9 +158,7 @@ def test_restart_during_running_container(env: Env) -> None:
 
 def test_mounts_made_again_after_losing_the_mount_daemon(env: Env) -> None:
     before = sorted(m["layer"] for m in env.mounts())
-    env.sn.stop()
-    env.sn.stop_mounts()  # the daemon and its mounts are gone (as after a reboot)
-    env.sn = ce.Snapshotter.start(env.sn_root, env.sock)
+    env.restart_snapshotter(lose_mounts=True)
     assert sorted(m["layer"] for m in env.mounts()) == before
     assert _run(env, env.lazy_ref, "lazy2") == ce.EXPECTED
 

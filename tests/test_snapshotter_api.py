@@ -62,6 +62,7 @@ def api() -> Iterator[tuple[Client, ce.Snapshotter, Path]]:
     finally:
         sn.stop()
         sn.stop_mounts()
+        ce.unmount_under(base)
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
@@ -223,4 +224,5 @@ def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
             sn.stop_mounts()
         proxy.close()
         reg.stop()
+        ce.unmount_under(base)
         subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from soci_native.snapshotter.mountinfo import is_mounted
+
 log = logging.getLogger("soci_native.snapshotter.mountd")
 
 SOCKET_NAME = "mountd.sock"
@@ -267,7 +269,7 @@ class Daemon:
             m = self.mounts.get(mp)
         if m is None:
             return {"ok": True, "mounted": False}
-        if os.path.ismount(mp):
+        if is_mounted(mp):
             p = subprocess.run([*_fusermount(), mp], capture_output=True, text=True)
             if p.returncode != 0:
                 log.warning("unmounting %s: %s", mp, p.stderr.strip())

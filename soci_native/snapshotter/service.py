@@ -42,6 +42,7 @@ from soci_native.snapshotter.metadata import (
     Snapshot,
 )
 from soci_native.snapshotter.mountd import MountdClient, MountdError
+from soci_native.snapshotter.mountinfo import is_mounted
 from soci_native.snapshotter.proto import mount_pb2, snapshots_pb2
 from soci_native.snapshotter.remote import REMOTE_LABEL, Plan, Resolver, Target, target_of
 
@@ -139,9 +140,9 @@ class Snapshots:
         fs = self.fs(s)
         if s.remote and self.lazy is not None:
             self.lazy.unmount(fs)
-        if os.path.ismount(fs):  # never recurse into a mount
+        if is_mounted(fs):  # never recurse into a mount
             subprocess.run(["umount", "-l", str(fs)], capture_output=True)
-        if os.path.ismount(fs):
+        if is_mounted(fs):
             log.error("%s is still mounted; leaving %s", fs, fs.parent)
             return
         shutil.rmtree(fs.parent, ignore_errors=True)
@@ -276,7 +277,7 @@ class Snapshots:
                 fs = d / "fs"
                 if self.lazy is not None:
                     self.lazy.unmount(fs)
-                if not os.path.ismount(fs):
+                if not is_mounted(fs):
                     shutil.rmtree(d, ignore_errors=True)
         return empty_pb2.Empty()
 
@@ -373,10 +374,10 @@ class LazyMounter:
             log.info("unmounting %s: no snapshot owns it", orphan)
             self.unmount(Path(orphan))
         for s, fs in snaps:
-            if str(fs) in live and os.path.ismount(fs):
+            if str(fs) in live and is_mounted(fs):
                 continue
             assert s.remote is not None
-            if os.path.ismount(fs):  # a dead FUSE connection from an earlier daemon
+            if is_mounted(fs):  # a dead FUSE connection from an earlier daemon
                 subprocess.run(["umount", "-l", str(fs)], capture_output=True)
             try:
                 self.mount_plan(Plan(**s.remote), fs)
