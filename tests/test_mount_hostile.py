@@ -18,6 +18,7 @@ from typing import Any
 
 import hostile_layers as hl
 import pytest
+from peak_rss import HWM_KB
 
 from soci_native import ztoc
 from soci_native.layer import checkpoint_window
@@ -193,16 +194,10 @@ def test_sequential_and_concurrent_reads_inflate_each_span_once(
 
 # ------------------------------------------------------------------ §2 one huge span
 
-# The child's own peak: VmHWM belongs to its address space, while ru_maxrss carries over
-# the parent's across the vfork + exec that starts it.
-_HWM = r"""
-def hwm_kb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-"""
+# The children report their own peak as VmHWM (peak_rss.HWM_KB): ru_maxrss carries the
+# parent's over the vfork + exec that starts them.
 
-_HUGE_CHILD = _HWM + r"""
+_HUGE_CHILD = HWM_KB + r"""
 import json, os, sys, time
 from soci_native import ztoc
 from soci_native.mount.spans import FileBlobReader, LayerStats, SpanCache, ZtocLayer
@@ -253,7 +248,7 @@ def test_one_huge_span_is_served_in_bounded_memory_and_never_cached(tmp_path: Pa
 
 # --------------------------------------------------------------------- §2 sparse files
 
-_SPARSE_CHILD = _HWM + r"""
+_SPARSE_CHILD = HWM_KB + r"""
 import json, os, sys
 import soci_native as sn
 from soci_native.mount.spans import LayerStats, LocalLayer
