@@ -728,19 +728,10 @@ def rebuild_db(ctx: click.Context, as_json: bool) -> None:
         click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
-def _add_mount_commands() -> None:
-    from soci_native.mount import mount_command, umount_command
-
-    main.add_command(mount_command)
-    main.add_command(umount_command)
-    main.add_command(umount_command, "unmount")
-
-    from soci_native.snapshotter.command import snapshotter_group
-
-    main.add_command(snapshotter_group)
-
-
-_add_mount_commands()
+main.add_lazy("mount", "soci_native.mount", "mount_command")
+main.add_lazy("umount", "soci_native.mount", "umount_command")
+main.add_lazy("unmount", "soci_native.mount", "umount_command")
+main.add_lazy("snapshotter", "soci_native.snapshotter.command", "snapshotter_group")
 
 if __name__ == "__main__":
     main()

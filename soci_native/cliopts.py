@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,10 +59,27 @@ def add_root_option(cmd: click.Command) -> click.Command:
 
 
 class RootGroup(click.Group):
-    """A group whose commands all take ``--root`` (see add_root_option)."""
+    """A group whose commands all take ``--root`` (see add_root_option). Commands added with
+    :meth:`add_lazy` are imported when first asked for, so that a `create` does not pay the
+    imports of the mount and snapshotter commands at every start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[str, str]] = {}
+
+    def add_lazy(self, name: str, module: str, attr: str) -> None:
+        self.lazy[name] = (module, attr)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self.lazy:
+            module, attr = self.lazy[cmd_name]
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            self.add_command(cmd, cmd_name)
         return add_root_option(cmd) if cmd is not None else None
 
 

@@ -35,32 +35,66 @@ the method, URL and status.
 
 from __future__ import annotations
 
-from soci_native.registry.auth import _parse_challenge
-from soci_native.registry.blobs import BlobReader, _parse_multipart
-from soci_native.registry.client import RegistryClient
-from soci_native.registry.credentials import Credentials, auth_file_paths, find_credentials
-from soci_native.registry.errors import (
-    AuthError,
-    DigestMismatch,
-    NotFound,
-    RangeNotSatisfiable,
-    RegistryError,
-    SizeMismatch,
-    TLSError,
-    TransientError,
-)
-from soci_native.registry.http import (
-    MANIFEST_ACCEPT,
-    MAX_LIST_PAGES,
-    MAX_LIST_SIZE,
-    MAX_LIST_TOTAL,
-    MAX_MANIFEST_SIZE,
-    _Retry,
-    _retry_after,
-)
-from soci_native.registry.options import RegistryOptions
-from soci_native.registry.source import RegistrySource, open_registry
-from soci_native.registry.uploads import PushResult
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from soci_native.registry.auth import _parse_challenge
+    from soci_native.registry.blobs import BlobReader, _parse_multipart
+    from soci_native.registry.client import RegistryClient
+    from soci_native.registry.credentials import Credentials, auth_file_paths, find_credentials
+    from soci_native.registry.errors import (
+        AuthError,
+        DigestMismatch,
+        NotFound,
+        RangeNotSatisfiable,
+        RegistryError,
+        SizeMismatch,
+        TLSError,
+        TransientError,
+    )
+    from soci_native.registry.http import (
+        MANIFEST_ACCEPT,
+        MAX_LIST_PAGES,
+        MAX_LIST_SIZE,
+        MAX_LIST_TOTAL,
+        MAX_MANIFEST_SIZE,
+        _Retry,
+        _retry_after,
+    )
+    from soci_native.registry.options import RegistryOptions
+    from soci_native.registry.source import RegistrySource, open_registry
+    from soci_native.registry.uploads import PushResult
+
+_WHERE = {  # name -> submodule: imported on first use, so that a command that only
+    # needs RegistryOptions (every local-image `create`) does not pay for urllib3
+    "_parse_challenge": "auth",
+    "BlobReader": "blobs",
+    "_parse_multipart": "blobs",
+    "RegistryClient": "client",
+    "Credentials": "credentials",
+    "auth_file_paths": "credentials",
+    "find_credentials": "credentials",
+    "AuthError": "errors",
+    "DigestMismatch": "errors",
+    "NotFound": "errors",
+    "RangeNotSatisfiable": "errors",
+    "RegistryError": "errors",
+    "SizeMismatch": "errors",
+    "TLSError": "errors",
+    "TransientError": "errors",
+    "MANIFEST_ACCEPT": "http",
+    "MAX_LIST_PAGES": "http",
+    "MAX_LIST_SIZE": "http",
+    "MAX_LIST_TOTAL": "http",
+    "MAX_MANIFEST_SIZE": "http",
+    "_Retry": "http",
+    "_retry_after": "http",
+    "RegistryOptions": "options",
+    "RegistrySource": "source",
+    "open_registry": "source",
+    "PushResult": "uploads",
+}
 
 __all__ = [
     "MANIFEST_ACCEPT", "MAX_LIST_PAGES", "MAX_LIST_SIZE", "MAX_LIST_TOTAL", "MAX_MANIFEST_SIZE",
@@ -70,3 +104,12 @@ __all__ = [
     "_parse_challenge", "_parse_multipart", "_retry_after", "auth_file_paths",
     "find_credentials", "open_registry",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
