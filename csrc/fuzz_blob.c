@@ -49,21 +49,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *p = data + CTRL;
     size_t n = size - CTRL;
 
-    const uint8_t *blob;
-    uint8_t *owned = NULL;
+    uint8_t *owned;
     size_t blen;
-    if (flags & 1) {
-        owned = build_compact(&p, &n, (flags & 8) != 0, &blen);
-        if (!owned) return 0;
-        blob = owned;
-        if (flags & 4) offset |= (uint64_t)extra << 32;
-    } else {
-        blen = extra < n ? extra : n;
-        blob = p;
-        p += blen;
-        n -= blen;
-        if (flags & 4) offset |= (uint64_t)offset << 32;
-    }
+    const uint8_t *blob = take_blob(flags, extra, &p, &n, &owned, &blen);
+    if (!blob) return 0;
+    if (flags & 4) offset |= (uint64_t)(owned ? extra : offset) << 32;
     /* the compressed bytes in a buffer of their own, so ASan sees reads past their end */
     uint8_t *comp = malloc(n ? n : 1);
     CHECK(comp != NULL);

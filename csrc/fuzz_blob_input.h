@@ -44,4 +44,19 @@ static inline uint8_t *build_compact(const uint8_t **p, size_t *n, int v1, size_
     return b;
 }
 
+/* The blob under test, in the format both targets share: expanded from the compact
+ * encoding when flags bit 0 is set (bit 3: v1), else the next `extra` raw bytes of the input.
+ * Advances p and n past it; *owned is the malloc'd blob to free, or NULL. Returns NULL when
+ * the compact encoding is too short to use. */
+static inline const uint8_t *take_blob(uint8_t flags, uint32_t extra, const uint8_t **p,
+                                       size_t *n, uint8_t **owned, size_t *blen) {
+    *owned = NULL;
+    if (flags & 1) return *owned = build_compact(p, n, (flags & 8) != 0, blen);
+    const uint8_t *blob = *p;
+    *blen = extra < *n ? extra : *n;
+    *p += *blen;
+    *n -= *blen;
+    return blob;
+}
+
 #endif

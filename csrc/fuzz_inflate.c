@@ -42,19 +42,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *p = data + CTRL;
     size_t n = size - CTRL;
 
-    const uint8_t *blob;
-    uint8_t *owned = NULL;
+    uint8_t *owned;
     size_t blen;
-    if (flags & 1) {
-        owned = build_compact(&p, &n, (flags & 8) != 0, &blen);
-        if (!owned) return 0;
-        blob = owned;
-    } else {
-        blen = extra < n ? extra : n;
-        blob = p;
-        p += blen;
-        n -= blen;
-    }
+    const uint8_t *blob = take_blob(flags, extra, &p, &n, &owned, &blen);
+    if (!blob) return 0;
     uint8_t *comp = malloc(n ? n : 1); /* its own buffer: ASan sees reads past the end */
     CHECK(comp != NULL);
     memcpy(comp, p, n);

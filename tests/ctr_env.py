@@ -142,6 +142,17 @@ def short_tempdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sn-", dir="/tmp"))
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: a daemon that ignores the first still goes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @dataclass
 class Snapshotter:
     root: Path
@@ -174,13 +185,7 @@ class Snapshotter:
         return s
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def stop_mounts(self) -> None:
         subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
@@ -252,10 +257,4 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return {"sha256:" + p.name for p in d.iterdir()} if d.exists() else set()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
