@@ -16,9 +16,12 @@ SQLite until they are needed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+# Not typing.TYPE_CHECKING: importing typing costs the CLI's fast --help a few ms (mypy
+# treats any TYPE_CHECKING as true)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from soci_native.build import BuildError, BuildOptions, IndexResult, LayerResult, build_index
     from soci_native.discover import pull_index
     from soci_native.getfile import stream_file

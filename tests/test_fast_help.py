@@ -1,0 +1,78 @@
+"""`soci-native`, `-h`, `--help` and `--version` answered without importing click
+(soci_native/entry.py): byte for byte what click prints, for every terminal width, and never
+from a saved text that the code has outgrown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# argv[0] as the console script has it (click names the program after it)
+ENTRY = "import sys; sys.argv[0] = 'soci-native'; from soci_native.entry import main; main()"
+CLICK = "import sys; sys.argv[0] = 'soci-native'; from soci_native.cli import main; main()"
+
+
+def run(code: str, *args: str, cache: Path, columns: str | None = None,
+        profile: bool = False) -> tuple[int, str, str, bool]:
+    """(exit code, stdout, stderr less import-time lines, whether click was imported)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["XDG_CACHE_HOME"] = str(cache)
+    if columns is not None:
+        env["COLUMNS"] = columns
+    if profile:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+    # stdin/stdout/stderr are pipes: no terminal, so the width comes from COLUMNS or is 80
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL, timeout=60)
+    lines = p.stderr.splitlines(keepends=True)
+    imports = [ln for ln in lines if ln.startswith("import time:")]
+    err = "".join(ln for ln in lines if not ln.startswith("import time:"))
+    return p.returncode, p.stdout, err, any(ln.split("|")[-1].strip() == "click" for ln in imports)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], [], ["--version"]])
+@pytest.mark.parametrize("columns", [None, "80", "200", "60", "0", "junk"])
+def test_same_bytes_as_click(tmp_path: Path, args: list[str], columns: str | None) -> None:
+    want = run(CLICK, *args, cache=tmp_path / "ref", columns=columns)[:3]
+    assert want[1] or want[2]
+    first = run(ENTRY, *args, cache=tmp_path, columns=columns, profile=True)
+    second = run(ENTRY, *args, cache=tmp_path, columns=columns, profile=True)
+    assert first[:3] == want and second[:3] == want
+    narrow = columns == "60"
+    # the first full-width help renders through click and saves; the next one doesn't need it
+    assert second[3] is (narrow and args != ["--version"])
+    assert (tmp_path / "soci-native" / "help-78.txt").exists() is \
+        (not narrow and args != ["--version"])
+
+
+def test_a_changed_module_is_rendered_again(tmp_path: Path) -> None:
+    run(ENTRY, "--help", cache=tmp_path)
+    saved = tmp_path / "soci-native" / "help-78.txt"
+    sig, _, text = saved.read_text().partition("\n")
+    assert "cli.py:" in sig and "click" in sig and "Usage: soci-native" in text
+    saved.write_text(sig.replace("cli.py:", "cli.py:1") + "\nstale text")
+    code, out, _, clicked = run(ENTRY, "--help", cache=tmp_path, profile=True)
+    assert code == 0 and clicked and out == text + "\n"
+    assert saved.read_text() == f"{sig}\n{text}"  # saved again, current
+
+
+def test_unwritable_cache_still_answers(tmp_path: Path) -> None:
+    (tmp_path / "soci-native").write_text("not a directory")
+    want = run(CLICK, "--help", cache=tmp_path / "ref")
+    assert run(ENTRY, "--help", cache=tmp_path)[:3] == want[:3]
+
+
+def test_other_commands_go_through_click(tmp_path: Path) -> None:
+    code, out, _, clicked = run(ENTRY, "ztoc", "--help", cache=tmp_path, profile=True)
+    assert code == 0 and clicked and "Usage: soci-native ztoc" in out
+    code, _, err, _ = run(ENTRY, "--nope", cache=tmp_path)
+    assert code == 2 and "No such option '--nope'" in err
+
+
+def test_console_script_is_the_entry() -> None:
+    assert 'soci-native = "soci_native.entry:main"' in (REPO / "pyproject.toml").read_text()
