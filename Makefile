@@ -90,12 +90,10 @@ PROTO_DIR := soci_native/snapshotter/proto
 protos: venv
 	$(PIP) install -q "grpcio-tools>=1.70"
 	cd $(PROTO_DIR) && ../../../$(VPY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
-		mount.proto snapshots.proto
-	# protoc writes a top-level `import mount_pb2`; the modules live in a package
-	sed -i 's/^import mount_pb2 as mount__pb2$$/from . import mount_pb2 as mount__pb2/' \
-		$(PROTO_DIR)/snapshots_pb2.py
-	sed -i 's/^import mount_pb2 as _mount_pb2$$/from . import mount_pb2 as _mount_pb2/' \
-		$(PROTO_DIR)/snapshots_pb2.pyi
+		$(notdir $(wildcard $(PROTO_DIR)/*.proto))
+	# protoc writes top-level imports (`import mount_pb2 as ...`); the modules live in a package
+	sed -i -E 's/^import ([a-z_]+_pb2) as /from . import \1 as /' \
+		$(PROTO_DIR)/*_pb2.py $(PROTO_DIR)/*_pb2.pyi
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -732,6 +732,7 @@ main.add_lazy("mount", "soci_native.mount", "mount_command")
 main.add_lazy("umount", "soci_native.mount", "umount_command")
 main.add_lazy("unmount", "soci_native.mount", "umount_command")
 main.add_lazy("snapshotter", "soci_native.snapshotter.command", "snapshotter_group")
+main.add_lazy("rpull", "soci_native.snapshotter.command", "rpull_command")
 
 if __name__ == "__main__":
     main()

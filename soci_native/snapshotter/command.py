@@ -1,4 +1,5 @@
-"""``soci-native snapshotter``: serve, ``config default``, ``mounts`` and ``stop-mounts``."""
+"""``soci-native snapshotter``: serve, ``config default``, ``mounts`` and ``stop-mounts``; and
+``soci-native rpull``, its client."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from soci_native.cliopts import registry_flags, registry_options
 from soci_native.snapshotter.config import DEFAULT_TOML, ConfigError, load
 
 DEFAULT_ROOT = "/var/lib/soci-native-snapshotter"
@@ -126,3 +129,66 @@ def stop_mounts(ctx: click.Context) -> None:
     deadline = time.monotonic() + 60
     while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@click.command("rpull")
+@click.argument("image")
+@click.option("--address", "-a", envvar="CONTAINERD_ADDRESS",
+              default="/run/containerd/containerd.sock", show_default=True,
+              help="containerd's gRPC socket. Env: CONTAINERD_ADDRESS.")
+@click.option("--namespace", "-n", envvar="CONTAINERD_NAMESPACE", default="default",
+              show_default=True, help="containerd namespace. Env: CONTAINERD_NAMESPACE.")
+@click.option("--snapshotter", default="soci", show_default=True,
+              help="The name the snapshotter has in containerd's config "
+                   "([proxy_plugins.NAME]).")
+@click.option("-p", "--platform", help="Platform (os/arch[/variant]). Default: the host's.")
+@click.option("--soci-index-digest", metavar="DIGEST",
+              help="Mount with this SOCI index instead of the one the snapshotter finds.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@registry_flags
+def rpull_command(image: str, address: str, namespace: str, snapshotter: str,
+                  platform: str | None, soci_index_digest: str | None, quiet: bool,
+                  as_json: bool, **kw: Any) -> None:
+    """Pull a registry IMAGE into containerd so that its layers are mounted lazily.
+
+    Each layer's Prepare carries the target-layer labels (as the CRI plugin sends them), so
+    `soci-native snapshotter`, registered in containerd as SNAPSHOTTER, mounts every layer
+    with a zTOC lazily: containerd's content store gets the image's manifest and config but
+    never those layers. Layers without a zTOC (and every layer, through any other
+    snapshotter) are fetched, verified and unpacked by containerd as in `ctr images pull`.
+    Then `ctr run --snapshotter SNAPSHOTTER IMAGE ID CMD...` starts a container.
+
+    The registry flags apply to this command's own requests; the snapshotter fetches the
+    index and the lazy spans with its own settings ([registry] in its config).
+    """
+    from soci_native.images import ImageError, open_image
+    from soci_native.oci import Platform
+    from soci_native.registry import RegistrySource
+    from soci_native.snapshotter.containerd import Containerd, ContainerdError
+    from soci_native.snapshotter.rpull import Puller, RpullError
+
+    opts = registry_options(kw)
+    if not os.path.exists(address):
+        _fail(f"no containerd socket at {address} (--address, CONTAINERD_ADDRESS)")
+    plat = None
+    say = (lambda m: None) if quiet or as_json else (lambda m: click.echo(m, err=True))
+    try:
+        if platform:
+            plat = Platform.parse(platform)
+        ref = image if image.startswith("docker://") else "docker://" + image
+        with open_image(ref, registry=opts) as src, Containerd(address, namespace) as ctrd:
+            if not isinstance(src, RegistrySource):
+                _fail(f"{image} is not a registry image (HOST/REPO[:TAG])")
+            res = Puller(ctrd, src, snapshotter, plat, soci_index_digest or "", say).pull()
+    except (ImageError, ContainerdError, RpullError, ValueError, OSError) as e:
+        _fail(str(e) or type(e).__name__)
+        return
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=2))
+    elif quiet:
+        click.echo(res.image)
+    else:
+        click.echo(f"{res.image}: {res.manifest}: {res.count('lazy')} of {len(res.layers)} "
+                   f"layers lazy ({snapshotter}), {res.count('unpacked')} unpacked, "
+                   f"{res.count('present')} already present")
