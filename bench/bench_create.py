@@ -48,9 +48,8 @@ def put(lay: Path, data: bytes) -> dict:
     return {"digest": d, "size": len(data)}
 
 
-def make_image(names: list[str]) -> Path:
+def make_image(names: list[str], lay: Path = DATA / "image") -> Path:
     """An OCI layout (tag `bench`) over the bench layers; rebuilt when they change."""
-    lay = DATA / "image"
     stamp = json.dumps([(n, (DATA / f"{n}.tar.gz").stat().st_mtime) for n in names])
     if (lay / "stamp").exists() and (lay / "stamp").read_text() == stamp:
         return lay

@@ -24,6 +24,7 @@ extern "C" {
 #include "layer_index.h"
 #include "span_read.h"
 #include "tar_parse.h"
+#include "ztoc_info.h"
 #include "ztoc_read.h"
 #include "ztoc_write.h"
 }
@@ -666,6 +667,33 @@ nb::dict ztoc_parse(nb::handle buf_obj, bool with_files) {
     return r;
 }
 
+// `ztoc info`'s file list (csrc/ztoc_info.h), made with the GIL released: (JSON text as
+// ASCII bytes,
+// multi-span files, position of the first overlapping entry or -1, the offset no checkpoint
+// covers or -1).
+nb::tuple ztoc_info_files(nb::handle buf_obj, int64_t step) {
+    Buffer buf(buf_obj);
+    sn_ztoc z;
+    sn_err e{};
+    sn_buf out{};
+    sn_ztoc_info info{};
+    int rc;
+    {
+        nb::gil_scoped_release unlocked;
+        rc = sn_ztoc_parse(buf.data(), buf.size(), &z, &e);
+        if (!rc) rc = sn_ztoc_info_files(&z, step, &out, &info, &e);
+    }
+    if (rc) {
+        sn_buf_free(&out);
+        raise(e);
+    }
+    PyObject *text = PyBytes_FromStringAndSize(reinterpret_cast<const char *>(out.p),
+                                               static_cast<Py_ssize_t>(out.len));
+    sn_buf_free(&out);
+    return nb::make_tuple(checked(text), info.multi_span, info.overlap,
+                          info.no_checkpoint ? info.first_offset : -1);
+}
+
 uint64_t raw_inflate_file(const std::string &path) {
     sn_err e{};
     uint64_t n = 0;
@@ -727,6 +755,8 @@ NB_MODULE(_core, m) {
     m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), nb::arg("files") = true,
           "Parse a zTOC FlatBuffer (bounds-checked).");
     m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
+    m.def("ztoc_info_files", &ztoc_info_files, nb::arg("buf"), nb::arg("step"),
+          "ztoc info's file list as JSON text, by offset (step > 0: plain tar spans).");
     m.def("request_stop", [](bool on) { sn_indexer_request_stop(on ? 1 : 0); }, nb::arg("on") = true,
           "Make running and future indexing fail with InterruptedError at the next buffer (on=False clears).");
     m.def("stop_requested", []() { return sn_indexer_stop_requested() != 0; });

@@ -1,8 +1,10 @@
 /* libFuzzer target: the zTOC reader. Any bytes: parse, then walk every digest, file and xattr;
- * each string must lie inside the input. */
+ * each string must lie inside the input. Then `ztoc info`'s formatter, both span rules: it
+ * succeeds or says why, and its text is printable ASCII and newlines. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "ztoc_info.h"
 #include "ztoc_read.h"
 
 static void inside(const uint8_t *data, size_t size, sn_bytes b) {
@@ -38,6 +40,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 inside(data, size, value);
             }
         }
+    }
+    for (int64_t step = 0; step <= 4096; step += 4096) {
+        sn_ztoc z2;
+        sn_err e = {0};
+        sn_buf out = {0};
+        sn_ztoc_info info;
+        if (sn_ztoc_parse(data, size, &z2, &e)) abort(); /* it parsed above */
+        if (sn_ztoc_info_files(&z2, step, &out, &info, &e)) {
+            if (!e.msg[0]) abort();
+        } else {
+            for (size_t k = 0; k < out.len; k++)
+                if (out.p[k] != '\n' && (out.p[k] < 0x20 || out.p[k] > 0x7e)) abort();
+            if (info.overlap >= 0 && out.len) abort(); /* nothing written on a refusal */
+        }
+        sn_buf_free(&out);
     }
     return 0;
 }

@@ -1,23 +1,21 @@
 """``soci-native ztoc info``: a zTOC's summary and file list as the reference prints it (JSON,
 two-space indent, files by offset with their first and last span).
 
-Written for 10^5-entry zTOCs: the file list comes straight from the C parser's tuples (no
-:class:`~soci_native.ztoc.FileMetadata` per entry), span ids from one checkpoint table and a
-binary search, and the list is formatted by hand: ``json.dumps(indent=2)`` runs the pure
-Python encoder, which was most of the command's time. The output is byte for byte what
-``json.dumps(doc, indent=2)`` gives (tests/test_ztoc.py compares them).
+Written for 10^5-entry zTOCs: the file list is formatted in C (csrc/ztoc_info.c: sorted by
+offset, span ids by binary search over the checkpoints, names escaped as json does), with no
+Python object per entry; ``json.dumps(indent=2)`` runs the pure Python encoder, and a tuple
+per entry plus per-entry formatting in Python were most of the command's time. The output is
+byte for byte what ``json.dumps(doc, indent=2)`` gives (tests/test_ztoc_info.py compares
+them).
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import json
 import operator
-from json.encoder import encode_basestring_ascii as _enc
-from typing import Any
 
-from soci_native import _core, tarzinfo
+from soci_native import _core, tarzinfo, ztoc
 from soci_native.ztoc import ZtocError
 
 
@@ -33,10 +31,6 @@ def span_size(checkpoints: bytes, algorithm: str) -> int:
     return tarzinfo.decode(checkpoints).span_size
 
 
-_FILE = ('    {\n      "filename": %s,\n      "offset": %d,\n      "size": %d,\n'
-         '      "type": %s,\n      "start_span": %d,\n      "end_span": %d\n    }')
-
-
 def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[int]:
     """What :func:`~soci_native.ztoc.sorted_files` checks, for columns of entries already
     by offset: each starts at or after the previous one's data padded to 512 (for offsets
@@ -49,50 +43,38 @@ def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[i
     return ends
 
 
-def _files_json(files: list[tuple[Any, ...]], starts: list[int], step: int
-                ) -> tuple[list[str], int]:
-    """Each file's JSON and the number spanning more than one span, for ``files`` by offset.
-    Column-wise with ``map`` so the per-file work runs in C (a Python loop over 65k files was
-    most of the time). ``step`` > 0: spans of a plain tar layer, every ``step`` bytes;
-    else ``starts`` holds each span's first offset."""
-    if not files:
-        return [], 0
-    names, types, offs, sizes = (list(map(operator.itemgetter(k), files)) for k in range(4))
-    ends = check_entries(names, offs, sizes)
-    if step:
-        first = list(map(operator.floordiv, offs, itertools.repeat(step)))
-        last = list(map(operator.floordiv, ends, itertools.repeat(step)))
-    else:  # span i holds [starts[i], starts[i+1]): bisect_right(starts, off) - 1
-        if not starts or starts[0] > offs[0]:
-            raise ZtocError(f"no checkpoint at or before uncompressed offset {offs[0]}")
-        first, last = ([i - 1 for i in map(bisect.bisect_right, itertools.repeat(starts), xs)]
-                       for xs in (offs, ends))
-    multi = sum(map(operator.ne, first, last))
-    enc_types = {t: _enc(t) for t in set(types)}
-    rows = zip(map(_enc, names), offs, sizes, map(enc_types.__getitem__, types), first, last,
-               strict=True)
-    return list(map(_FILE.__mod__, rows)), multi
-
-
-def info_text(buf: bytes, size: int) -> str:
-    """The JSON text (no trailing newline) of ``ztoc info`` for the zTOC bytes ``buf``,
-    whose stored blob is ``size`` bytes. Raises ZtocError for a malformed zTOC."""
+def info_parts(buf: bytes, size: int) -> tuple[bytes, bytes, bytes]:
+    """``ztoc info``'s JSON text (no trailing newline) for the zTOC bytes ``buf``, whose
+    stored blob is ``size`` bytes, in three pieces to write one after the other (joining
+    10^7 bytes only to write them would copy them twice). Raises ZtocError for a malformed
+    zTOC."""
     try:
-        r = _core.ztoc_parse(buf, True)
+        r = _core.ztoc_parse(buf, False)
+        step = 0 if r["algorithm"] == "gzip" else tarzinfo.decode(r["checkpoints"]).span_size
+        listed, multi, overlap, uncovered = _core.ztoc_info_files(buf, step)
     except ValueError as e:
         raise ZtocError(str(e)) from None
-    files = sorted(r["files"], key=operator.itemgetter(2))
-    gz = r["algorithm"] == "gzip"
-    step = 0 if gz else tarzinfo.decode(r["checkpoints"]).span_size
-    parts, multi = _files_json(files, span_starts(r["checkpoints"]) if gz else [], step)
+    if overlap >= 0:
+        name = sorted(ztoc.from_bytes(buf).files, key=operator.attrgetter(
+            "uncompressed_offset"))[overlap].name
+        raise ZtocError(f"invalid TOC entry {name!r}: overlaps the previous entry")
+    if uncovered >= 0:
+        raise ZtocError(f"no checkpoint at or before uncompressed offset {uncovered}")
     head = json.dumps({"version": r["version"], "build_tool": r["build_tool"], "size": size,
                        "span_size": span_size(r["checkpoints"], r["algorithm"]),
-                       "num_spans": r["max_span_id"] + 1, "num_files": len(files),
+                       "num_spans": r["max_span_id"] + 1, "num_files": r["num_files"],
                        "num_multi_span_files": multi, "files": []}, indent=2)
     tail = '  "files": []\n}'
     assert head.endswith(tail)
-    listed = "[\n" + ",\n".join(parts) + "\n  ]" if parts else "[]"
-    return head[:-len(tail)] + '  "files": ' + listed + "\n}"
+    head = head[:-len(tail)] + '  "files": '
+    if not listed:
+        return head.encode(), b"[]", b"\n}"
+    return (head + "[\n").encode(), listed, b"\n  ]\n}"
 
 
-__all__ = ["info_text", "span_size", "span_starts"]
+def info_text(buf: bytes, size: int) -> str:
+    """:func:`info_parts` as one str."""
+    return b"".join(info_parts(buf, size)).decode("ascii")
+
+
+__all__ = ["info_parts", "info_text", "span_size", "span_starts"]

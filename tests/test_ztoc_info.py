@@ -60,3 +60,40 @@ def test_info_refuses_overlapping_entries(catalog):
         plain_info(raw, len(raw))
     with pytest.raises(ztoc.ZtocError, match=f"{entries[b].name!r}: overlaps"):
         info_text(raw, len(raw))
+
+
+# names the C formatter must escape exactly as json does after a surrogateescape decode:
+# control bytes, quotes, non-ASCII in and beyond the BMP, and bytes that are not UTF-8
+# (overlong forms, encoded surrogates, past U+10FFFF, cut short, stray continuations)
+ODD_NAMES = [b'a"b\\c', b"tab\there\nnl\r\x00\x01\x1f\x7f\b\f", "é/ß/中文/😀".encode(),
+             b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xed\xa0\x80x", b"\xf4\x90\x80\x80",
+             b"\xf5\x80", b"cut\xe2\x82", b"cut\xf0\x9f\x98", b"\x80\xbfz", b"\xff\xfe",
+             b"\xe2\x82\xac\xe2\x82", b"\xf0\x9f\x98\x80\xed\x9f\xbf\xee\x80\x80"]
+
+
+def test_odd_names_escaped_as_json_does(catalog):
+    import random
+
+    _, ix = built(catalog, "edge-pax.gz")
+    rng = random.Random(7)
+    names = ODD_NAMES + [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))
+                         for _ in range(200)]
+    entries = [e._replace(name=names[i % len(names)].decode("utf-8", "surrogateescape"))
+               for i, e in enumerate(ix.entries)]
+    assert len(entries) >= len(ODD_NAMES)
+    raw = fb_oracle.ztoc_bytes(dataclasses.replace(ix, entries=entries), TOOL)
+    assert info_text(raw, len(raw)) == plain_info(raw, len(raw))
+
+
+def test_info_overlap_error_names_the_entry(catalog):
+    _, ix = built(catalog, "edge-pax.gz")
+    regs = [i for i, e in enumerate(ix.entries) if e.type == "reg" and e.size > 600]
+    a, b = regs[0], regs[1]
+    entries = list(ix.entries)
+    entries[b] = entries[b]._replace(offset=entries[a].offset + 512)
+    raw = fb_oracle.ztoc_bytes(dataclasses.replace(ix, entries=entries), TOOL)
+    with pytest.raises(ztoc.ZtocError, match="overlaps") as fast:
+        info_text(raw, len(raw))
+    with pytest.raises(ztoc.ZtocError, match="overlaps") as plain:
+        plain_info(raw, len(raw))
+    assert str(fast.value) == str(plain.value)
