@@ -3,14 +3,16 @@
 snapshotter after a full pull: seconds from the start of the pull to the container's first
 line of output, and bytes fetched from the registry.
 
-The image (built once into bench/data/image-snapshotter/ with umoci from this machine's files):
+The image is Debian 12 + python3 + numpy, built once into bench/data/image-snapshotter/ with
+umoci from this machine's installed Debian packages (dpkg -L: every file each installed,
+plus what their maintainer scripts make that an image has: py3compile's byte-code, the
+update-alternatives links numpy's BLAS/LAPACK are found through, ld.so.cache), as
+``FROM debian:bookworm`` + ``apt-get install --no-install-recommends python3-numpy`` would:
 
-1. base: dash, cat, this interpreter's binary (pyenv/CPython, with libpython) and every shared
-   library that it, its lib-dynload modules and numpy/scipy's extensions link to (ldd);
-2. stdlib: its standard library (without site-packages and test/; __pycache__ kept);
-3. sci: numpy, numpy.libs, scipy, scipy.libs from its site-packages.
+1. debian: the Priority: required packages and apt, with their dependencies (merged /usr);
+2. python3: what ``apt-get install python3`` adds;
+3. numpy: what ``apt-get install python3-numpy`` adds (libblas3, liblapack3, libgfortran5).
 
-There is no Debian python3-numpy here to build from, so this is the closest realistic stand-in.
 The command is ``python3 -c "import numpy; print(numpy.__version__)"``.
 
 Setup: docker-registry on 127.0.0.1 (tests/reg_server.py), the image pushed with skopeo, a
@@ -23,7 +25,8 @@ lazy path, a fresh snapshotter root:
 
 * overlayfs: ``ctr images pull`` (containerd's overlayfs snapshotter unpacks every layer) then
   ``ctr run``;
-* soci lazy: ``ctr-remote images rpull --snapshotter soci`` then ``ctr run --snapshotter soci``.
+* soci lazy: ``soci-native rpull --snapshotter soci`` (``--client ctr-remote``: ``ctr-remote
+  images rpull``) then ``ctr run --snapshotter soci``.
 
 The clock starts before the pull and stops at the first line the container prints (which
 must be numpy's version). Medians over the rounds; ratio = lazy / overlayfs.
@@ -36,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -44,7 +48,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -119,76 +122,160 @@ class TcpProxy:
         self._srv.close()
 
 
-def _ldd(path: str) -> set[str]:
-    p = subprocess.run(["ldd", path], capture_output=True, text=True)
-    out: set[str] = set()
-    for line in p.stdout.splitlines():
-        parts = line.split()
-        for tok in parts:
-            if tok.startswith("/") and os.path.exists(tok):
-                out.add(tok)
+MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+
+
+def _installed() -> dict[str, dict[str, str]]:
+    """dpkg's installed packages: name -> version, priority, dependencies, provides."""
+    fmt = "${Package}\t${Version}\t${Priority}\t${Pre-Depends}, ${Depends}\t${Provides}\t" \
+          "${db:Status-Abbrev}\n"
+    out: dict[str, dict[str, str]] = {}
+    for line in ce.run("dpkg-query", "-W", "-f", fmt).stdout.splitlines():
+        name, version, prio, deps, provides, status = line.split("\t")
+        if status.startswith("ii"):
+            out[name] = {"version": version, "priority": prio, "deps": deps,
+                         "provides": provides}
     return out
 
 
-def _copy(src: str, root: Path) -> None:
-    dst = root / src.lstrip("/")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(os.path.realpath(src), dst)
+def _closure(roots: list[str], pkgs: dict[str, dict[str, str]]) -> set[str]:
+    """The installed packages ``apt-get install ROOTS`` needs (Pre-Depends and Depends; of
+    alternatives the first installed one; virtual names through Provides)."""
+    provider: dict[str, str] = {}
+    for name, p in pkgs.items():
+        for v in p["provides"].split(","):
+            provider.setdefault(v.split("(")[0].strip(), name)
+
+    def pick(alternatives: str) -> str | None:
+        for alt in alternatives.split("|"):
+            n = alt.split("(")[0].strip().removesuffix(":any")
+            if n in pkgs:
+                return n
+            if n in provider:
+                return provider[n]
+        return None
+
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        for dep in pkgs[n]["deps"].split(","):
+            if dep.strip():
+                got = pick(dep)
+                if got is None:
+                    raise RuntimeError(f"{n}: no installed package for {dep.strip()!r}")
+                todo.append(got)
+    return seen
 
 
-def build_image() -> tuple[Path, str, str]:
-    """(layout, the interpreter's path inside the image, numpy's version); built once."""
-    exe = os.path.realpath(sys._base_executable)  # the interpreter behind any venv
-    out = ce.run(exe, "-c", "import numpy, sysconfig; p = sysconfig.get_paths(); "
-                 "print(numpy.__version__, p['stdlib'], p['purelib'])").stdout.split()
-    version, stdlib, site = out[0], Path(out[1]), Path(out[2])
-    pkgs = [p for p in ("numpy", "numpy.libs", "scipy", "scipy.libs") if (site / p).exists()]
+def debian_layers() -> list[tuple[str, list[str]]]:
+    """The image's layers as Debian packages: the base a debian:bookworm image holds
+    (Priority: required, and apt), then what ``apt-get install python3`` adds, then what
+    ``apt-get install python3-numpy`` adds (recommends off, as in slim images)."""
+    pkgs = _installed()
+    for need in ("python3", "python3-numpy", "apt"):
+        if need not in pkgs:
+            raise RuntimeError(f"bench_snapshotter builds its image from the host's Debian "
+                               f"packages: apt-get install {need}")
+    base = _closure([n for n, p in pkgs.items() if p["priority"] == "required"] + ["apt"],
+                    pkgs)
+    py = _closure(["python3"], pkgs) - base
+    np_ = _closure(["python3-numpy"], pkgs) - base - py
+    return [(n, sorted(ps)) for n, ps in (("debian", base), ("python3", py), ("numpy", np_))]
+
+
+def _copy_packages(names: list[str], root: Path) -> None:
+    """Every path the packages installed (dpkg -L): directories, files, symlinks as is."""
+    for n in names:
+        for path in ce.run("dpkg", "-L", n).stdout.splitlines():
+            if not path.startswith("/") or path == "/.":
+                continue
+            dst = root / path.lstrip("/")
+            if os.path.islink(path):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dst)
+                os.symlink(os.readlink(path), dst)
+            elif os.path.isdir(path):
+                dst.mkdir(parents=True, exist_ok=True)
+            elif os.path.isfile(path):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dst)
+                if path.endswith(".py"):
+                    _copy_pyc(Path(path), dst)
+
+
+def _copy_pyc(src: Path, dst: Path) -> None:
+    """The byte-code py3compile wrote for a module when the package was installed (its
+    postinst; dpkg -L does not list it): a real image has it, so python3 does not compile."""
+    pyc = src.parent / "__pycache__" / f"{src.stem}.cpython-311.pyc"  # Debian 12's python3
+    if pyc.is_file():
+        (dst.parent / "__pycache__").mkdir(exist_ok=True)
+        shutil.copy2(pyc, dst.parent / "__pycache__" / pyc.name)
+
+
+def _alternatives(root: Path) -> None:
+    """The update-alternatives links (``Link -> /etc/alternatives/NAME -> Value``, slaves
+    too) whose chosen file is in ``root``: maintainer scripts make them, dpkg -L does not list
+    them (numpy finds libblas.so.3 and liblapack.so.3 through them)."""
+    for line in ce.run("update-alternatives", "--get-selections").stdout.splitlines():
+        name = line.split()[0]
+        q = ce.run("update-alternatives", "--query", name).stdout
+        value = re.search(r"^Value: (\S+)", q, re.M)
+        link = re.search(r"^Link: (\S+)", q, re.M)
+        if value is None or link is None or not (root / value[1].lstrip("/")).exists():
+            continue
+        pairs = [(name, link[1], value[1])]
+        block = q.split(f"Alternative: {value[1]}\n", 1)[1].split("\n\n")[0]
+        slaves = dict(re.findall(r"^ (\S+) (\S+)$", block, re.M))
+        links = dict(re.findall(r"^ (\S+) (\S+)$", q.split("\n\n")[0], re.M))
+        pairs += [(n, links[n], v) for n, v in slaves.items() if n in links]
+        for n, lk, v in pairs:
+            alt = root / "etc/alternatives" / n
+            alt.parent.mkdir(parents=True, exist_ok=True)
+            for path, target in ((alt, v), (root / lk.lstrip("/"), f"/etc/alternatives/{n}")):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.symlink(target, path)
+
+
+def build_image() -> tuple[Path, str, list[tuple[str, list[str]]]]:
+    """(layout, numpy's version, the layers' packages); built once per package set."""
+    layers = debian_layers()
+    pkgs = _installed()
+    version = ce.run("/usr/bin/python3", "-c", "import numpy; print(numpy.__version__)"
+                     ).stdout.strip()
     marker = DATA / "image.json"
-    want = {"exe": exe, "stdlib": str(stdlib), "pkgs": pkgs, "numpy": version}
+    want = {"debian": {n: {p: pkgs[p]["version"] for p in ps} for n, ps in layers},
+            "numpy": version, "builder": 3}
     if marker.exists() and json.loads(marker.read_text()) == want:
-        return DATA / "lay", exe, version
+        return DATA / "lay", version, layers
     shutil.rmtree(DATA, ignore_errors=True)
     DATA.mkdir(parents=True)
     lay = DATA / "lay"
     ce.run("umoci", "init", "--layout", str(lay))
     ce.run("umoci", "new", "--image", f"{lay}:t")
+    ce.run("umoci", "config", "--image", f"{lay}:t", "--config.env",
+           "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     bundle = DATA / "bundle"
-
-    def layer(fill: Any) -> None:
+    for i, (_, names) in enumerate(layers):
         ce.run("umoci", "unpack", "--image", f"{lay}:t", str(bundle), timeout=900)
-        fill(bundle / "rootfs")
+        r = bundle / "rootfs"
+        if i == 0:
+            for link, target in MERGED_USR.items():  # bookworm's merged /usr
+                (r / target).mkdir(parents=True, exist_ok=True)
+                os.symlink(target, r / link)
+        _copy_packages(names, r)
+        _alternatives(r)
+        ce.run("ldconfig", "-r", str(r))  # the ld.so.cache libc-bin's trigger writes
         ce.run("umoci", "repack", "--image", f"{lay}:t", str(bundle), timeout=900)
         shutil.rmtree(bundle)
-
-    def base(r: Path) -> None:
-        libs: set[str] = set()
-        for tool in ("dash", "cat"):
-            path = shutil.which(tool) or f"/bin/{tool}"
-            (r / "bin").mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, r / "bin" / ("sh" if tool == "dash" else tool))
-            libs |= _ldd(path)
-        _copy(exe, r)
-        (r / "usr/bin").mkdir(parents=True, exist_ok=True)
-        os.symlink(exe, r / "usr/bin/python3")
-        libs |= _ldd(exe)
-        for d in [stdlib / "lib-dynload", *(site / p for p in pkgs)]:
-            for so in d.rglob("*.so*"):
-                libs |= {x for x in _ldd(str(so)) if not x.startswith(str(site))}
-        for lib in libs:
-            _copy(lib, r)
-
-    def std(r: Path) -> None:
-        shutil.copytree(stdlib, r / str(stdlib).lstrip("/"), symlinks=True,
-                        ignore=shutil.ignore_patterns("site-packages", "test"))
-
-    def sci(r: Path) -> None:
-        for p in pkgs:
-            shutil.copytree(site / p, r / str(site).lstrip("/") / p, symlinks=True)
-
-    for fill in (base, std, sci):
-        layer(fill)
     marker.write_text(json.dumps(want))
-    return lay, exe, version
+    return lay, version, layers
 
 
 class Bench:
@@ -211,13 +298,14 @@ class Bench:
         self.ref = f"127.0.0.1:{self.proxy.port}/{REPO}:v1"
         self.log_dir: Path | None = None
         self.verbose = False
+        self.client = "soci-native"
 
     def close(self) -> None:
         self.proxy.close()
         self.reg.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def once(self, mode: str, exe: str, version: str) -> tuple[float, int]:
+    def once(self, mode: str, version: str) -> tuple[float, int]:
         d = ce.short_tempdir()
         sn = ctrd = None
         try:
@@ -227,15 +315,19 @@ class Bench:
             ctrd = ce.Containerd.start(d / "ctrd", sock)
             before = self.proxy.bytes
             t0 = time.perf_counter()
-            if mode == "lazy":
+            if mode == "lazy" and self.client == "ctr-remote":
                 ctrd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "soci",
                                 self.ref, timeout=1800)
+            elif mode == "lazy":
+                ce.run(sys.executable, "-m", "soci_native.cli", "rpull", "--address",
+                       str(ctrd.address), "-n", "t", "-q", self.ref, timeout=1800)
             else:
                 ctrd.ctr("images", "pull", "--plain-http", self.ref, timeout=1800)
+            pulled = time.perf_counter() - t0
             snap = ["--snapshotter", "soci"] if mode == "lazy" else []
             proc = subprocess.Popen(
                 ["ctr", "--address", str(ctrd.address), "-n", "t", "run", "--rm", *snap,
-                 self.ref, "b1", exe, "-c", CMD], stdout=subprocess.PIPE,
+                 self.ref, "b1", "python3", "-c", CMD], stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True)
             assert proc.stdout is not None
             first = proc.stdout.readline()
@@ -243,6 +335,9 @@ class Bench:
             _, err = proc.communicate(timeout=600)
             if first.strip() != version:
                 raise RuntimeError(f"{mode}: container printed {first!r} ({err[-2000:]})")
+            if self.verbose:
+                print(f"    pull {pulled:.2f} s, then first output {elapsed - pulled:.2f} s",
+                      flush=True)
             if mode == "lazy" and self.verbose:
                 p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter",
                                     "--root", str(d / "sn"), "mounts"], capture_output=True,
@@ -276,6 +371,8 @@ def main() -> int:
     ap.add_argument("--span-size", type=int, help="create's --span-size (default: its 4 MiB)")
     ap.add_argument("--only", choices=["lazy", "overlayfs"], help="run one mode only")
     ap.add_argument("--log-dir", type=Path, help="keep the snapshotter and mount daemon logs")
+    ap.add_argument("--client", choices=["soci-native", "ctr-remote"], default="soci-native",
+                    help="the lazy pull: `soci-native rpull` or `ctr-remote images rpull`")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-layer span counts")
     args = ap.parse_args()
     missing = ce.missing_tools()
@@ -283,13 +380,14 @@ def main() -> int:
         print(f"bench_snapshotter: needs root and {', '.join(missing) or 'nothing else'}",
               file=sys.stderr)
         return 2
-    lay, exe, version = build_image()
+    lay, version, layers = build_image()
     b = Bench(ce.short_tempdir(), lay,
               ["--span-size", str(args.span_size)] if args.span_size else [])
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
         b.log_dir = args.log_dir
     b.verbose = args.verbose
+    b.client = args.client
     rows: list[tuple[str, float, float, int, int]] = []
     try:
         print(f"span size {args.span_size or 4 << 20}; image: {len(b.layer_sizes)} layers, "
@@ -307,7 +405,7 @@ def main() -> int:
                 if args.only:
                     order = [args.only]
                 for mode in order:
-                    res[mode].append(b.once(mode, exe, version))
+                    res[mode].append(b.once(mode, version))
                     print(f"  {name} round {i + 1} {mode}: {res[mode][-1][0]:.2f} s, "
                           f"{res[mode][-1][1] / 1e6:.1f} MB", flush=True)
             if args.only:
