@@ -19,6 +19,9 @@
 #include <unistd.h>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
 
 extern "C" {
 #include "layer_index.h"
@@ -636,6 +639,95 @@ nb::object ztoc_find(nb::handle buf_obj, nb::bytes path_obj) {
     return found;
 }
 
+// What ztoc_find compares: the name without leading "/" or "./" and trailing "/".
+std::string_view plain_name(sn_bytes name) {
+    const char *p = reinterpret_cast<const char *>(name.p);
+    size_t n = name.n;
+    for (;;) {
+        if (n >= 1 && p[0] == '/') { p++; n--; }
+        else if (n >= 2 && p[0] == '.' && p[1] == '/') { p += 2; n -= 2; }
+        else break;
+    }
+    while (n > 0 && p[n - 1] == '/') n--;
+    return {p, n};
+}
+
+// Whether Go's path.Clean could change a plain name: an empty, "." or ".." component.
+bool may_clean_differently(std::string_view s) {
+    if (s == "." || s == "..") return true;
+    return s.find("//") != s.npos || s.find("/./") != s.npos || s.find("/../") != s.npos ||
+           s.rfind("./", 0) == 0 || s.rfind("../", 0) == 0 ||
+           (s.size() >= 2 && s.compare(s.size() - 2, 2, "/.") == 0) ||
+           (s.size() >= 3 && s.compare(s.size() - 3, 3, "/..") == 0);
+}
+
+// Go's path.Clean("/" + name) without the leading "/" (index.clean_prefetch_path), on bytes:
+// "/" and "." are single bytes in UTF-8 and never part of a longer sequence.
+std::string clean_name(std::string_view s) {
+    std::vector<std::string_view> parts;
+    for (size_t i = 0; i <= s.size();) {
+        size_t j = s.find('/', i);
+        if (j == s.npos) j = s.size();
+        std::string_view c = s.substr(i, j - i);
+        if (c == "..") {
+            if (!parts.empty()) parts.pop_back();
+        } else if (!c.empty() && c != ".") {
+            parts.push_back(c);
+        }
+        i = j + 1;
+    }
+    std::string out;
+    for (auto c : parts) {
+        if (!out.empty()) out += '/';
+        out += c;
+    }
+    return out;
+}
+
+// Every entry of a zTOC by name, for many lookups (a path walk looks up each directory of
+// a path, and a link's target): one pass over the names instead of one per lookup. find()
+// gives what ztoc_find gives, else the entry whose cleaned name ("a//b", "a/./b" -> ...) is
+// the path (the last one, for both); the buffer is held (read-only) while this lives.
+struct ZtocNames {
+    Buffer buf;
+    sn_ztoc z{};
+    std::unordered_map<std::string_view, uint32_t> plain;
+    std::unordered_map<std::string, uint32_t> cleaned;
+
+    explicit ZtocNames(nb::handle obj) : buf(obj) {
+        sn_err e{};
+        if (sn_ztoc_parse(buf.data(), buf.size(), &z, &e)) raise(e);
+        plain.reserve(z.nfiles);
+        for (uint32_t i = 0; i < z.nfiles; i++) {
+            sn_bytes name;
+            if (sn_ztoc_file_name(&z, i, &name, &e)) raise(e);
+            std::string_view s = plain_name(name);
+            plain[s] = i;
+            if (may_clean_differently(s)) {
+                std::string c = clean_name(s);
+                if (c != s) cleaned[c] = i;
+            }
+        }
+    }
+
+    nb::object find(nb::bytes path) {
+        std::string_view want(path.c_str(), path.size());
+        auto it = plain.find(want);
+        uint32_t i;
+        if (it != plain.end()) {
+            i = it->second;
+        } else {
+            auto ct = cleaned.find(std::string(want));
+            if (ct == cleaned.end()) return nb::none();
+            i = ct->second;
+        }
+        sn_ztoc_file f;
+        sn_err e{};
+        if (sn_ztoc_file_at(&z, i, &f, &e)) raise(e);
+        return file_tuple(z, f);
+    }
+};
+
 // A zTOC as plain Python values; files as tuples in archive order (see ztoc.py).
 nb::dict ztoc_parse(nb::handle buf_obj, bool with_files) {
     Buffer buf(buf_obj);
@@ -755,6 +847,10 @@ NB_MODULE(_core, m) {
     m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), nb::arg("files") = true,
           "Parse a zTOC FlatBuffer (bounds-checked).");
     m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
+    nb::class_<ZtocNames>(m, "ZtocNames", "A zTOC's entries by name, for many lookups.")
+        .def(nb::init<nb::handle>(), nb::arg("buf"))
+        .def("find", &ZtocNames::find, nb::arg("path"),
+             "The entry ztoc_find gives, else the one whose cleaned name is path; or None.");
     m.def("ztoc_info_files", &ztoc_info_files, nb::arg("buf"), nb::arg("step"),
           "ztoc info's file list as JSON text, by offset (step > 0: plain tar spans).");
     m.def("request_stop", [](bool on) { sn_indexer_request_stop(on ? 1 : 0); }, nb::arg("on") = true,

@@ -176,6 +176,14 @@ int sn_ztoc_file_at(sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err) {
     return charge(z, 8 + strings + 8 * (uint64_t)f->nxattrs, err);
 }
 
+int sn_ztoc_file_name(sn_ztoc *z, uint32_t i, sn_bytes *name, sn_err *err) {
+    size_t t;
+    memset(name, 0, sizeof *name);
+    if (i >= z->nfiles) return sn_fail(err, SN_EARG, "file %u out of range", i);
+    if (element(z, z->files_at, i, &t, err) || string_field(z, t, 0, name, err)) return err->code;
+    return charge(z, 8 + (uint64_t)name->n, err);
+}
+
 int sn_ztoc_xattr(sn_ztoc *z, const sn_ztoc_file *f, uint32_t j, sn_bytes *key, sn_bytes *value,
                   sn_err *err) {
     size_t t;

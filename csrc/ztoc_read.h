@@ -46,6 +46,9 @@ int sn_ztoc_parse(const uint8_t *buf, size_t len, sn_ztoc *z, sn_err *err);
 /* Each call charges z->budget and fails (SN_EFORMAT) once it is spent. */
 int sn_ztoc_digest(sn_ztoc *z, uint32_t i, sn_bytes *out, sn_err *err);
 int sn_ztoc_file_at(sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err);
+/* Entry i's name alone, a view into the buffer; its length is charged all the same: a
+ * caller hashing or cleaning names spends time in proportion to it. */
+int sn_ztoc_file_name(sn_ztoc *z, uint32_t i, sn_bytes *name, sn_err *err);
 int sn_ztoc_xattr(sn_ztoc *z, const sn_ztoc_file *f, uint32_t j, sn_bytes *key, sn_bytes *value,
                   sn_err *err);
 

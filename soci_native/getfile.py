@@ -34,19 +34,9 @@ class SpanMismatch(Exception):
 
 
 def lookup_in(raw: bytes) -> Lookup:
-    """The entry whose cleaned name is the argument: the C lookup handles the usual forms;
-    odd ones ("a/./b", "a//b") fall back to cleaning every name once."""
-    cleaned: dict[str, ztoc.FileMetadata] | None = None
-
-    def find(want: str) -> ztoc.FileMetadata | None:
-        nonlocal cleaned
-        f = ztoc.find_file(raw, want)
-        if f is None:
-            if cleaned is None:
-                cleaned = {clean_prefetch_path(x.name): x for x in ztoc.from_bytes(raw).files}
-            f = cleaned.get(want)
-        return f
-    return find
+    """The entry whose cleaned name is the argument (see ztoc.name_lookup: a path walk looks
+    up every directory on the way, and a directory a layer does not list misses)."""
+    return ztoc.name_lookup(raw)
 
 
 def resolve(path: str, here: Lookup, others: Sequence[Lookup] = ()) -> ztoc.FileMetadata:

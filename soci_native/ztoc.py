@@ -7,7 +7,7 @@ and the reference's (v1 checkpoint blobs, the omitted compression_algorithm fiel
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,24 @@ def find_file(buf: bytes, path: str) -> FileMetadata | None:
     except ValueError as e:
         raise ZtocError(str(e)) from None
     return None if t is None else _file(t)
+
+
+def name_lookup(buf: bytes) -> Callable[[str], FileMetadata | None]:
+    """A lookup for many paths (already cleaned as index.clean_prefetch_path cleans them):
+    the entry :func:`find_file` gives, else the one whose cleaned name ("a//b", "a/./b") is
+    the path; the last one when repeated. Indexed in C in one pass over the names."""
+    try:
+        names = _core.ZtocNames(buf)
+    except ValueError as e:
+        raise ZtocError(str(e)) from None
+
+    def find(path: str) -> FileMetadata | None:
+        try:
+            t = names.find(path.encode("utf-8", "surrogateescape"))
+        except ValueError as e:
+            raise ZtocError(str(e)) from None
+        return None if t is None else _file(t)
+    return find
 
 
 def sorted_files(z: Ztoc) -> list[FileMetadata]:

@@ -211,3 +211,40 @@ def test_prefetch_files_match_cleaned_names_and_warn_when_missing(
     assert len(warnings) == 1 and "/not/anywhere" in warnings[0], p.stderr
     assert "usr/bin/tool" not in "".join(warnings)
 
+
+
+def test_odd_names_found_by_their_cleaned_path() -> None:
+    """Entries stored as "a//b", "./c/./d", "e/../f" (a crafted or odd tar) are found by
+    the cleaned path, as cleaning every name would find them; a path no name cleans to is
+    a miss; names are indexed once in C (ztoc.name_lookup), not cleaned in Python."""
+    import dataclasses
+
+    import fb_oracle
+    from test_ztoc import TOOL
+
+    from soci_native import getfile, index_layer, ztoc
+    from soci_native.index import clean_prefetch_path
+
+    names = ["plain/file", "a//b", "./c/./d", "e/../f", "/g/h/", "x/..", ".", "j/k/.",
+             "dup/one", "dup//one", "..//up/../../u", "é//\udcff/z"]
+    members: list[Member] = []
+    for n in names:
+        ti = tarfile.TarInfo("m")
+        ti.size = 3
+        members.append((ti, n.encode("utf-8", "surrogateescape")[:3].ljust(3, b"_")))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data))
+    ix = index_layer(io.BytesIO(buf.getvalue()), span_size=4096)
+    entries = [e._replace(name=n) for e, n in zip(ix.entries, names, strict=True)]
+    raw = fb_oracle.ztoc_bytes(dataclasses.replace(ix, entries=entries), TOOL)
+    everything: dict[str, ztoc.FileMetadata] = {}
+    for f in ztoc.from_bytes(raw).files:
+        everything[clean_prefetch_path(f.name)] = f
+
+    find = getfile.lookup_in(raw)
+    for want in [*everything, "missing", "a/b/c", "plain"]:
+        plain = ztoc.find_file(raw, want)  # the plain C lookup first, as before
+        assert find(want) == (plain if plain is not None else everything.get(want)), want
+    assert all(find(p) is not None for p in ("a/b", "c/d", "f", "u", "j/k"))

@@ -139,7 +139,8 @@ def test_ztoc_with_shared_strings_is_refused_in_bounded_memory(tmp_path: Path) -
         raw = open(sys.argv[1], "rb").read()
         out = {}
         for name, fn in (("parse", lambda: ztoc.from_bytes(raw)),
-                         ("find", lambda: ztoc.find_file(raw, "x"))):
+                         ("find", lambda: ztoc.find_file(raw, "x")),
+                         ("names", lambda: ztoc.name_lookup(raw)("x"))):
             try:
                 fn()
                 out[name] = "accepted"
@@ -147,7 +148,7 @@ def test_ztoc_with_shared_strings_is_refused_in_bounded_memory(tmp_path: Path) -
                 out[name] = str(e)
         print(json.dumps(out))
         """, str(path))
-    for what in ("parse", "find"):
+    for what in ("parse", "find", "names"):
         assert "decode to more than" in r[what], r
     assert rss < RSS_LIMIT
     # without the files it is fine (digests and checkpoints only)
