@@ -6,7 +6,9 @@ lazily through the zTOCs.
 * :mod:`~soci_native.mount.spans`: blob readers, the span fetcher/verifier, the on-disk span
   cache, and layers served from a local copy;
 * :mod:`~soci_native.mount.image`: finding the index in the local store and setting it all up;
-* :mod:`~soci_native.mount.fs`: the FUSE operations (mfusepy over libfuse 3);
+* :mod:`~soci_native.mount.fs`: the FUSE frontend (``soci_native._fuse``, C over libfuse 3's
+  low-level API) and the reads it hands back to Python; :mod:`~soci_native.mount.inodes`: the
+  tree as the flat inode table it serves;
 * :mod:`~soci_native.mount.command`: the ``mount`` and ``umount`` click commands.
 
 Only ``fs`` loads libfuse, and only when a mount starts.

@@ -344,14 +344,14 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
     try:
         serve(mounted, mp, allow_other=allow_other, debug=debug, on_ready=on_ready)
     except Exception as e:
-        # fuse_main also returns non-zero when a signal ended the loop; that is a normal stop
+        # the loop also returns non-zero when a signal ended it; that is a normal stop
         # once the mount was live. Otherwise libfuse could not mount (it said why on stderr).
         if ready:
             log.info("FUSE loop ended (%s)", e)
         else:
-            # mfusepy's error is only libfuse's return code; the cause is on stderr (the log)
+            # the error only says the mount failed; libfuse wrote the cause on stderr (the log)
             failed = f"FUSE could not mount {mp}"
-            log.debug("fuse_main failed: %s", e)
+            log.debug("FUSE serve failed: %s", e)
     finally:
         with contextlib.suppress(OSError):
             pidfile.unlink()

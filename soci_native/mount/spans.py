@@ -277,6 +277,13 @@ class SpanCache:
                 self._total += expect_size
         return data
 
+    def touch(self, path: str) -> None:
+        """Marks a cached span as just read (the FUSE frontend reads some spans' files
+        itself and reports them here)."""
+        with self._lock:
+            if path in self._lru:
+                self._lru.move_to_end(path)
+
     def open_temp(self, path: str, size: int) -> tuple[int, str] | None:
         """A new temp file beside ``path`` with ``size`` bytes reserved against the bound
         (others evicted to make room), or None when the cache cannot take it."""
@@ -464,6 +471,10 @@ class ZtocLayer:
         self._filler_lock = threading.Lock()
         self._untrusted: str | None = None
         self._closing = False
+        # Set by the FUSE frontend: span i is whole and verified in the cache at this path
+        # (it then reads the file itself), and the zTOC was found lying (it stops doing so).
+        self.on_cached: Callable[[int, str], None] | None = None
+        self.on_untrusted: Callable[[], None] | None = None
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
         if self.gzip and self.spans and self.spans[0].ustart == 0 and any(
@@ -480,6 +491,8 @@ class ZtocLayer:
                 self._untrusted = (f"layer {self.digest}: its zTOC{named} is untrustworthy "
                                    f"({why}); reads of this layer fail")
         if first:
+            if self.on_untrusted is not None:
+                self.on_untrusted()
             self.stats.error(self._untrusted or why)
             log.error("%s", self._untrusted)
 
@@ -528,6 +541,16 @@ class ZtocLayer:
         s = self.spans[i]
         return self.cache.path(self.digest, s.ustart, s.uend - s.ustart, self._key(i))
 
+    def span_path(self, i: int) -> str:
+        """Where span ``i`` is kept in the span cache once whole."""
+        return self._path(i)
+
+    def _cached(self, i: int, path: str) -> None:
+        """Span ``i`` was just found whole in the cache (or put there)."""
+        hook = self.on_cached
+        if hook is not None:
+            hook(i, path)
+
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
         if offset >= end:
@@ -556,6 +579,7 @@ class ZtocLayer:
             data = self.cache.read(path, rel, length, size)
             if data is not None:
                 self.stats.add(cache_hits=1)
+                self._cached(i, path)
                 return data
             with self._locks[i]:  # one fetch per span, however many readers want it
                 fill = self._fills.get(i)
@@ -563,6 +587,7 @@ class ZtocLayer:
                     data = self.cache.read(path, rel, length, size)
                     if data is not None:
                         self.stats.add(cache_hits=1)
+                        self._cached(i, path)
                         return data
                     self.stats.add(cache_misses=1)
                     fill = self._start(i, path)
@@ -582,6 +607,7 @@ class ZtocLayer:
             fill.recent = [comp]
             if size <= self.cache.max_span:
                 self.cache.put(path, comp)
+                self._cached(i, path)
             self._keep(fill)
             return fill
         self._check_previous(i)
@@ -716,11 +742,13 @@ class ZtocLayer:
         """(Under the fill lock, the span inflated whole.) Checks the window chain and moves
         the file into the cache."""
         self._chain(fill)
-        self.cache.commit(fill.fd, fill.tmp, self._path(fill.i), fill.size)
+        path = self._path(fill.i)
+        self.cache.commit(fill.fd, fill.tmp, path, fill.size)
         fill.fd, fill.state, fill.inf, fill.comp = -1, "committed", None, b""
         with self._locks[fill.i]:
             if self._fills.get(fill.i) is fill:
                 del self._fills[fill.i]
+        self._cached(fill.i, path)
 
     def _fill_later(self, fill: _Fill) -> None:
         with self._filler_lock:

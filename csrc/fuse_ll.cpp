@@ -1,0 +1,763 @@
+// nanobind glue: soci_native._fuse, the mount's FUSE frontend over libfuse 3's low-level
+// (inode) API. Python hands over the merged tree once, as a flat inode table (checked here
+// before anything is served); metadata requests are then answered here without the GIL. A read
+// of a regular file whose spans are all whole in the span cache (Python says which, once it has
+// verified and committed each one) is a pread of the cache files, also without the GIL;
+// anything else (a span not cached yet, an evicted one, sparse files, layers without a zTOC,
+// the virtual stats.json) calls back into Python.
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fcntl.h>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include <vector>
+
+namespace nb = nanobind;
+
+namespace {
+
+constexpr double TIMEOUT = 86400.0;  // nothing in a mounted image changes
+constexpr uint32_t BLOCK = 4096;
+constexpr size_t NAME_MAX_BYTES = 4096;
+constexpr int64_t MAX_OFFSET = INT64_C(1) << 62;  // sizes and offsets beyond this are hostile
+constexpr const char *STATS_DIR = ".soci-native";
+constexpr const char *STATS_FILE = "stats.json";
+
+// The columns of one inode's row in the table Python exports (soci_native.mount.inodes).
+enum Field { F_MODE, F_NLINK, F_UID, F_GID, F_SIZE, F_MTIME, F_RDEV, F_LAYER, F_OFFSET, F_FLAGS,
+             F_PARENT, F_CHILD_START, F_CHILD_COUNT, NFIELDS };
+constexpr int64_t FLAG_SPARSE = 1;  // data is not one range: Python reads it
+
+struct Node {
+    uint32_t mode = 0, nlink = 0, uid = 0, gid = 0;
+    uint64_t size = 0, rdev = 0, offset = 0;
+    int64_t mtime_ns = 0;
+    int32_t layer = -1;
+    uint32_t flags = 0;
+    uint64_t parent = 0, child_start = 0, child_count = 0;
+};
+
+struct Child {
+    std::string_view name;  // into Frontend::names_
+    uint64_t ino;
+};
+
+struct Xattr {
+    std::string name, value;
+};
+
+// Where one lazily read layer's spans are whole in the span cache. A span's path is set once
+// (it is a function of the span's key, which never changes) before its state first becomes 1.
+struct SpanTable {
+    std::vector<uint64_t> starts;  // n + 1: each span's uncompressed start, then the end
+    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched;
+    std::vector<std::string> paths;
+    std::mutex mu;  // writers of paths
+    std::atomic<bool> trusted{true};
+    size_t spans() const { return starts.size() - 1; }
+};
+
+struct ReplyBuf {  // one per FUSE worker thread: reads of up to max_read bytes
+    std::unique_ptr<char[]> p;
+    size_t cap = 0;
+    char *get(size_t n) {
+        if (n > cap) {
+            p.reset(new char[n]);
+            cap = n;
+        }
+        return p.get();
+    }
+};
+thread_local ReplyBuf tls_buf;
+
+std::vector<int64_t> int64s(const nb::bytes &b, const char *what, size_t per) {
+    if (b.size() % (8 * per)) throw nb::value_error((std::string(what) + ": size is not a whole number of rows").c_str());
+    std::vector<int64_t> v(b.size() / 8);
+    if (!v.empty()) std::memcpy(v.data(), b.c_str(), b.size());
+    return v;
+}
+
+[[noreturn]] void bad(const std::string &what) { throw nb::value_error(("inode table: " + what).c_str()); }
+
+class Frontend {
+public:
+    Frontend(nb::bytes nodes, nb::bytes child_ino, nb::bytes child_name_len, nb::bytes names,
+             nb::list targets, nb::list xattrs, int layers, uint64_t total_size, nb::object ops)
+        : layers_(layers), total_size_(total_size), ops_(std::move(ops)) {
+        if (layers < 0 || layers > (1 << 20)) bad("bad layer count");
+        load_nodes(int64s(nodes, "inode table: nodes", NFIELDS));
+        load_children(int64s(child_ino, "inode table: child_ino", 1), int64s(child_name_len, "inode table: child_name_len", 1), names);
+        load_targets(targets);
+        load_xattrs(xattrs);
+        spans_.resize(static_cast<size_t>(layers));
+        hits_ = std::make_unique<std::atomic<uint64_t>[]>(static_cast<size_t>(layers) + 1);
+        for (int i = 0; i <= layers; i++) hits_[i] = 0;
+        stats_dir_ = nodes_.size();
+        stats_ino_ = nodes_.size() + 1;
+    }
+
+    uint64_t stats_dir_ino() const { return stats_dir_; }
+    uint64_t stats_ino() const { return stats_ino_; }
+
+    void set_spans(int layer, nb::bytes starts) {
+        if (layer < 0 || layer >= layers_) throw nb::value_error("span table: no such layer");
+        std::vector<int64_t> s = int64s(starts, "span table: starts", 1);
+        if (s.empty()) throw nb::value_error("span table: needs at least the end offset");
+        for (size_t i = 0; i < s.size(); i++)
+            if (s[i] < 0 || s[i] > MAX_OFFSET || (i && s[i] < s[i - 1]))
+                throw nb::value_error("span table: offsets must be non-negative and non-decreasing");
+        auto t = std::make_unique<SpanTable>();
+        t->starts.assign(s.begin(), s.end());
+        size_t n = t->spans();
+        t->cached = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
+        t->touched = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
+        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = 0;
+        t->paths.resize(n);
+        spans_[static_cast<size_t>(layer)] = std::move(t);
+    }
+
+    SpanTable &table(int layer, int64_t i) {
+        if (layer < 0 || layer >= layers_ || !spans_[static_cast<size_t>(layer)])
+            throw nb::value_error("no span table for that layer");
+        SpanTable &t = *spans_[static_cast<size_t>(layer)];
+        if (i < 0 || static_cast<uint64_t>(i) >= t.spans()) throw nb::value_error("no such span");
+        return t;
+    }
+
+    // Span i of a layer is whole and verified in the cache at ``path`` (it may be evicted
+    // later: a read then finds no file and goes to Python).
+    void span_cached(int layer, int64_t i, const std::string &path) {
+        SpanTable &t = table(layer, i);
+        std::lock_guard<std::mutex> g(t.mu);
+        if (t.paths[i].empty()) t.paths[i] = path;
+        else if (t.paths[i] != path) return;  // a span's path never changes; ignore another
+        t.cached[i].store(1, std::memory_order_release);
+    }
+
+    void untrust(int layer) {
+        if (layer >= 0 && layer < layers_ && spans_[static_cast<size_t>(layer)])
+            spans_[static_cast<size_t>(layer)]->trusted = false;
+    }
+
+    // Cache hits served here since the last call, per layer (folded into Python's stats).
+    std::vector<uint64_t> take_hits() {
+        std::vector<uint64_t> out(static_cast<size_t>(layers_));
+        for (int i = 0; i < layers_; i++) out[i] = hits_[i].exchange(0);
+        return out;
+    }
+
+    // Spans of a layer read here since the last call (Python moves them up its LRU).
+    std::vector<int64_t> take_touched(int layer) {
+        std::vector<int64_t> out;
+        if (layer < 0 || layer >= layers_ || !spans_[static_cast<size_t>(layer)]) return out;
+        SpanTable &t = *spans_[static_cast<size_t>(layer)];
+        for (size_t i = 0; i < t.spans(); i++)
+            if (t.touched[i].load(std::memory_order_relaxed) && t.touched[i].exchange(0)) out.push_back(static_cast<int64_t>(i));
+        return out;
+    }
+
+    void invalidate_stats() {
+        if (!stats_cached_.exchange(false)) return;
+        std::shared_lock<std::shared_mutex> g(se_mu_);
+        if (se_) fuse_lowlevel_notify_inval_inode(se_, stats_ino_, 0, 0);
+    }
+
+    int serve(const std::string &mountpoint, const std::string &options, bool debug, bool signals,
+              unsigned max_idle, unsigned max_threads) {
+        // However serve ends, the Python ops object (which holds this frontend) is let go.
+        struct DropOps {
+            nb::object &o;
+            ~DropOps() { o = nb::object(); }
+        } drop{ops_};
+        if (!ops_.is_valid()) throw std::runtime_error("this frontend has already served a mount");
+        std::vector<std::string> argv_s = {"soci-native", "-o", options};
+        if (debug) argv_s.push_back("-d");
+        std::vector<char *> argv;
+        for (auto &s : argv_s) argv.push_back(s.data());
+        struct fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+        fuse_lowlevel_ops ops = make_ops();
+        struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), this);
+        if (!se) throw std::runtime_error("FUSE could not start a session (bad options?)");
+        if (signals && fuse_set_signal_handlers(se) != 0) {
+            fuse_session_destroy(se);
+            throw std::runtime_error("FUSE could not install its signal handlers");
+        }
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = fuse_session_mount(se, mountpoint.c_str());
+        }
+        if (rc != 0) {
+            if (signals) fuse_remove_signal_handlers(se);
+            fuse_session_destroy(se);
+            throw std::runtime_error("FUSE could not mount " + mountpoint);
+        }
+        {
+            std::unique_lock<std::shared_mutex> g(se_mu_);
+            se_ = se;
+        }
+        struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(cfg, 1);
+        fuse_loop_cfg_set_idle_threads(cfg, max_idle);
+        fuse_loop_cfg_set_max_threads(cfg, max_threads);
+        {
+            nb::gil_scoped_release unlocked;
+            rc = fuse_session_loop_mt(se, cfg);
+            std::unique_lock<std::shared_mutex> g(se_mu_);
+            se_ = nullptr;
+        }
+        fuse_loop_cfg_destroy(cfg);
+        {
+            nb::gil_scoped_release unlocked;
+            fuse_session_unmount(se);
+        }
+        if (signals) fuse_remove_signal_handlers(se);
+        fuse_session_destroy(se);
+        return rc;
+    }
+
+private:
+    // ---------------------------------------------------------------- loading the table
+
+    void load_nodes(const std::vector<int64_t> &v) {
+        size_t n = v.size() / NFIELDS;
+        if (n < 2) bad("needs slot 0 and the root");
+        if (n > (UINT64_C(1) << 40)) bad("too many inodes");
+        nodes_.resize(n);
+        for (size_t ino = 1; ino < n; ino++) {
+            const int64_t *r = &v[ino * NFIELDS];
+            Node &x = nodes_[ino];
+            auto u32 = [&](int f) {
+                if (r[f] < 0 || r[f] > UINT32_MAX) bad("inode " + std::to_string(ino) + ": field out of range");
+                return static_cast<uint32_t>(r[f]);
+            };
+            auto off = [&](int f) {
+                if (r[f] < 0 || r[f] > MAX_OFFSET) bad("inode " + std::to_string(ino) + ": size/offset out of range");
+                return static_cast<uint64_t>(r[f]);
+            };
+            x.mode = u32(F_MODE);
+            x.nlink = u32(F_NLINK);
+            x.uid = u32(F_UID);
+            x.gid = u32(F_GID);
+            x.size = off(F_SIZE);
+            x.mtime_ns = r[F_MTIME];
+            x.rdev = static_cast<uint64_t>(r[F_RDEV]);
+            x.offset = off(F_OFFSET);
+            x.flags = u32(F_FLAGS);
+            x.parent = off(F_PARENT);
+            x.child_start = off(F_CHILD_START);
+            x.child_count = off(F_CHILD_COUNT);
+            switch (x.mode & S_IFMT) {
+            case S_IFREG:
+                if (r[F_LAYER] < 0 || r[F_LAYER] >= layers_) bad("inode " + std::to_string(ino) + ": no such layer");
+                x.layer = static_cast<int32_t>(r[F_LAYER]);
+                if (x.offset + x.size > static_cast<uint64_t>(MAX_OFFSET)) bad("file data out of range");
+                break;
+            case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
+                break;
+            default:
+                bad("inode " + std::to_string(ino) + ": unknown file type");
+            }
+            if (!S_ISDIR(x.mode) && x.child_count) bad("inode " + std::to_string(ino) + ": a non-directory has children");
+            if (x.parent >= n) bad("inode " + std::to_string(ino) + ": parent out of range");
+        }
+        if (!S_ISDIR(nodes_[1].mode)) bad("the root is not a directory");
+    }
+
+    void load_children(const std::vector<int64_t> &ino, const std::vector<int64_t> &len, const nb::bytes &names) {
+        if (ino.size() != len.size()) bad("child_ino and child_name_len differ in length");
+        names_.assign(names.c_str(), names.size());
+        children_.resize(ino.size());
+        uint64_t pos = 0;
+        size_t n = nodes_.size();
+        for (size_t k = 0; k < ino.size(); k++) {
+            if (ino[k] < 2 || static_cast<size_t>(ino[k]) >= n) bad("child " + std::to_string(k) + ": inode out of range");
+            if (len[k] < 1 || static_cast<uint64_t>(len[k]) > NAME_MAX_BYTES || pos + len[k] > names_.size())
+                bad("child " + std::to_string(k) + ": bad name length");
+            std::string_view name(names_.data() + pos, static_cast<size_t>(len[k]));
+            if (name.find('\0') != name.npos || name.find('/') != name.npos || name == "." || name == "..")
+                bad("child " + std::to_string(k) + ": bad name");
+            children_[k] = {name, static_cast<uint64_t>(ino[k])};
+            pos += static_cast<uint64_t>(len[k]);
+        }
+        if (pos != names_.size()) bad("names has bytes no child uses");
+        // Each directory's children: a range of the table, in range, disjoint from the others,
+        // each directory named exactly once (so no directory is its own ancestor through names).
+        std::vector<uint8_t> used(children_.size(), 0), named(n, 0);
+        for (size_t d = 1; d < n; d++) {
+            Node &x = nodes_[d];
+            if (!x.child_count) continue;
+            if (x.child_start > children_.size() || x.child_count > children_.size() - x.child_start)
+                bad("directory " + std::to_string(d) + ": children out of range");
+            auto b = children_.begin() + static_cast<ptrdiff_t>(x.child_start);
+            auto e = b + static_cast<ptrdiff_t>(x.child_count);
+            for (auto it = b; it != e; ++it) {
+                size_t k = static_cast<size_t>(it - children_.begin());
+                if (used[k]++) bad("child " + std::to_string(k) + " belongs to two directories");
+                if (S_ISDIR(nodes_[it->ino].mode)) {
+                    if (named[it->ino]++) bad("directory " + std::to_string(it->ino) + " has two names");
+                    if (nodes_[it->ino].parent != d) bad("directory " + std::to_string(it->ino) + ": wrong parent");
+                }
+            }
+            std::sort(b, e, [](const Child &a, const Child &c) { return a.name < c.name; });
+            for (auto it = b; it + 1 < e; ++it)
+                if (it->name == (it + 1)->name) bad("directory " + std::to_string(d) + ": duplicate name");
+        }
+        if (named[1]) bad("the root is some directory's child");
+    }
+
+    void load_targets(const nb::list &targets) {  // [(ino, bytes)]
+        targets_.resize(nodes_.size());
+        for (nb::handle item : targets) {
+            auto t = nb::cast<nb::tuple>(item);
+            if (t.size() != 2) bad("targets: want (inode, bytes) pairs");
+            auto ino = nb::cast<uint64_t>(t[0]);
+            auto b = nb::cast<nb::bytes>(t[1]);
+            if (ino < 1 || ino >= nodes_.size() || !S_ISLNK(nodes_[ino].mode)) bad("targets: not a symlink's inode");
+            targets_[ino].assign(b.c_str(), b.size());
+        }
+    }
+
+    void load_xattrs(const nb::list &xattrs) {  // [(ino, name bytes, value bytes)]
+        xattrs_.resize(nodes_.size());
+        for (nb::handle item : xattrs) {
+            auto t = nb::cast<nb::tuple>(item);
+            if (t.size() != 3) bad("xattrs: want (inode, name, value) triples");
+            auto ino = nb::cast<uint64_t>(t[0]);
+            auto name = nb::cast<nb::bytes>(t[1]);
+            auto value = nb::cast<nb::bytes>(t[2]);
+            if (ino < 1 || ino >= nodes_.size()) bad("xattrs: inode out of range");
+            std::string nm(name.c_str(), name.size());
+            if (nm.empty() || nm.size() > 255 || nm.find('\0') != nm.npos) bad("xattrs: bad name");
+            if (value.size() > 65536) bad("xattrs: value too long");
+            for (auto &x : xattrs_[ino])
+                if (x.name == nm) bad("xattrs: duplicate name");
+            xattrs_[ino].push_back({std::move(nm), std::string(value.c_str(), value.size())});
+        }
+    }
+
+    // ---------------------------------------------------------------- answering
+
+    static Frontend *self(fuse_req_t req) { return static_cast<Frontend *>(fuse_req_userdata(req)); }
+
+    const Node *node(fuse_ino_t ino) const {
+        return ino >= 1 && ino < nodes_.size() ? &nodes_[ino] : nullptr;
+    }
+
+    static void fill(struct stat &st, fuse_ino_t ino, const Node &x) {
+        std::memset(&st, 0, sizeof st);
+        st.st_ino = ino;
+        st.st_mode = x.mode;
+        st.st_nlink = x.nlink;
+        st.st_uid = x.uid;
+        st.st_gid = x.gid;
+        st.st_size = static_cast<off_t>(x.size);
+        st.st_rdev = x.rdev;
+        st.st_blksize = BLOCK;
+        st.st_blocks = static_cast<blkcnt_t>((x.size + BLOCK - 1) / BLOCK * (BLOCK / 512));
+        int64_t s = x.mtime_ns / 1000000000, ns = x.mtime_ns % 1000000000;
+        if (ns < 0) {
+            ns += 1000000000;
+            s -= 1;
+        }
+        st.st_mtim.tv_sec = st.st_atim.tv_sec = st.st_ctim.tv_sec = s;
+        st.st_mtim.tv_nsec = st.st_atim.tv_nsec = st.st_ctim.tv_nsec = ns;
+    }
+
+    // Attributes of any inode, the virtual ones included; false if there is no such inode.
+    bool attr(fuse_ino_t ino, struct stat &st) {
+        if (const Node *x = node(ino)) {
+            fill(st, ino, *x);
+            return true;
+        }
+        std::memset(&st, 0, sizeof st);
+        st.st_ino = ino;
+        if (ino == stats_dir_) {
+            st.st_mode = S_IFDIR | 0555;
+            st.st_nlink = 2;
+            return true;
+        }
+        if (ino == stats_ino_) {
+            st.st_mode = S_IFREG | 0444;
+            st.st_nlink = 1;
+            st.st_size = stats_size();
+            st.st_blksize = BLOCK;
+            return true;
+        }
+        return false;
+    }
+
+    off_t stats_size() {
+        nb::gil_scoped_acquire g;
+        try {
+            return nb::cast<off_t>(ops_.attr("stats_size")());
+        } catch (std::exception &) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+
+    void entry(fuse_req_t req, fuse_ino_t ino) {
+        struct fuse_entry_param e;
+        std::memset(&e, 0, sizeof e);
+        e.attr_timeout = e.entry_timeout = TIMEOUT;
+        if (ino && !attr(ino, e.attr)) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        e.ino = ino;  // 0: a negative entry, cached for entry_timeout
+        fuse_reply_entry(req, &e);
+    }
+
+    // The child named ``name`` of directory ``d`` (0 if none).
+    uint64_t find(const Node &d, std::string_view name) const {
+        auto b = children_.begin() + static_cast<ptrdiff_t>(d.child_start);
+        auto e = b + static_cast<ptrdiff_t>(d.child_count);
+        auto it = std::lower_bound(b, e, name, [](const Child &c, std::string_view n) { return c.name < n; });
+        return it != e && it->name == name ? it->ino : 0;
+    }
+
+    static void op_init(void *ud, struct fuse_conn_info *conn) {
+        auto *fs = static_cast<Frontend *>(ud);
+        if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+        conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;  // always: listing a directory answers its lookups
+        if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+        nb::gil_scoped_acquire g;
+        try {
+            fs->ops_.attr("init")();
+        } catch (nb::python_error &e) {
+            e.discard_as_unraisable("soci_native._fuse init");
+        }
+    }
+
+    static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+        Frontend *fs = self(req);
+        std::string_view n(name);
+        if (parent == 1 && n == STATS_DIR) return fs->entry(req, fs->stats_dir_);
+        if (parent == fs->stats_dir_) return fs->entry(req, n == STATS_FILE ? fs->stats_ino_ : 0);
+        const Node *d = fs->node(parent);
+        if (!d) return (void)fuse_reply_err(req, ENOENT);
+        if (!S_ISDIR(d->mode)) return (void)fuse_reply_err(req, ENOTDIR);
+        fs->entry(req, fs->find(*d, n));
+    }
+
+    static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *) {
+        struct stat st;
+        if (!self(req)->attr(ino, st)) return (void)fuse_reply_err(req, ENOENT);
+        fuse_reply_attr(req, &st, TIMEOUT);
+    }
+
+    static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+        Frontend *fs = self(req);
+        const Node *x = fs->node(ino);
+        if (!x || !S_ISLNK(x->mode)) return (void)fuse_reply_err(req, EINVAL);
+        fuse_reply_readlink(req, fs->targets_[ino].c_str());  // (a NUL in a target ends it)
+    }
+
+    static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        Frontend *fs = self(req);
+        const Node *x = fs->node(ino);
+        if (ino != fs->stats_dir_ && (!x || !S_ISDIR(x->mode))) return (void)fuse_reply_err(req, ENOTDIR);
+        fi->cache_readdir = 1;  // the listing never changes: the kernel keeps it
+        fi->keep_cache = 1;
+        fuse_reply_open(req, fi);
+    }
+
+    void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+        const Node *d = node(ino);
+        bool stats = ino == stats_dir_;
+        if (!stats && (!d || !S_ISDIR(d->mode))) return (void)fuse_reply_err(req, ENOTDIR);
+        uint64_t count = stats ? 1 : d->child_count;
+        std::vector<char> buf(size);
+        size_t pos = 0;
+        std::string name;
+        // Entry k (0 ".", 1 "..", 2+i child i) carries k + 1 as its offset: the next request
+        // resumes there.
+        for (uint64_t k = off < 0 ? 0 : static_cast<uint64_t>(off); k < count + 2; k++) {
+            fuse_ino_t child;
+            struct fuse_entry_param e;
+            std::memset(&e, 0, sizeof e);
+            if (k == 0) {
+                name = ".";
+                child = ino;
+            } else if (k == 1) {
+                name = "..";
+                child = stats ? 1 : (d->parent ? d->parent : 1);
+            } else if (stats) {
+                name = STATS_FILE;
+                child = stats_ino_;
+            } else {
+                const Child &c = children_[d->child_start + k - 2];
+                if (ino == 1 && c.name == STATS_DIR) continue;  // hidden by the virtual one
+                name.assign(c.name);
+                child = c.ino;
+            }
+            size_t got;
+            if (plus) {
+                attr(child, e.attr);
+                if (k >= 2) {  // "." and ".." are not looked up by READDIRPLUS
+                    e.ino = child;
+                    e.attr_timeout = e.entry_timeout = TIMEOUT;
+                }
+                got = fuse_add_direntry_plus(req, buf.data() + pos, size - pos, name.c_str(), &e, static_cast<off_t>(k + 1));
+            } else {
+                e.attr.st_ino = child;
+                if (const Node *x = node(child)) e.attr.st_mode = x->mode;
+                else e.attr.st_mode = child == stats_dir_ ? S_IFDIR : S_IFREG;
+                got = fuse_add_direntry(req, buf.data() + pos, size - pos, name.c_str(), &e.attr, static_cast<off_t>(k + 1));
+            }
+            if (got > size - pos) break;
+            pos += got;
+        }
+        fuse_reply_buf(req, buf.data(), pos);
+    }
+
+    static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *) {
+        self(req)->readdir(req, ino, size, off, false);
+    }
+
+    static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *) {
+        self(req)->readdir(req, ino, size, off, true);
+    }
+
+    static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+        Frontend *fs = self(req);
+        if (!fs->node(ino)) return (void)fuse_reply_err(req, ino == fs->stats_dir_ || ino == fs->stats_ino_ ? ENODATA : ENOENT);
+        for (const Xattr &x : fs->xattrs_[ino]) {
+            if (x.name != name) continue;
+            if (size == 0) return (void)fuse_reply_xattr(req, x.value.size());
+            if (size < x.value.size()) return (void)fuse_reply_err(req, ERANGE);
+            return (void)fuse_reply_buf(req, x.value.data(), x.value.size());
+        }
+        fuse_reply_err(req, ENODATA);
+    }
+
+    static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+        Frontend *fs = self(req);
+        std::string out;
+        if (fs->node(ino))
+            for (const Xattr &x : fs->xattrs_[ino]) out.append(x.name).push_back('\0');
+        else if (ino != fs->stats_dir_ && ino != fs->stats_ino_)
+            return (void)fuse_reply_err(req, ENOENT);
+        if (size == 0) return (void)fuse_reply_xattr(req, out.size());
+        if (size < out.size()) return (void)fuse_reply_err(req, ERANGE);
+        fuse_reply_buf(req, out.data(), out.size());
+    }
+
+    static void op_statfs(fuse_req_t req, fuse_ino_t) {
+        Frontend *fs = self(req);
+        struct statvfs sv;
+        std::memset(&sv, 0, sizeof sv);
+        sv.f_bsize = sv.f_frsize = BLOCK;
+        sv.f_blocks = (fs->total_size_ + BLOCK - 1) / BLOCK;
+        sv.f_files = fs->nodes_.size() - 1;
+        sv.f_namemax = 255;
+        fuse_reply_statfs(req, &sv);
+    }
+
+    static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        Frontend *fs = self(req);
+        if ((fi->flags & O_ACCMODE) != O_RDONLY) return (void)fuse_reply_err(req, EROFS);
+        if (ino == fs->stats_ino_) {  // before no-open mode: one render per open, direct I/O
+            nb::gil_scoped_acquire g;
+            try {
+                fi->fh = nb::cast<uint64_t>(fs->ops_.attr("stats_open")());
+            } catch (nb::python_error &e) {
+                e.discard_as_unraisable("soci_native._fuse stats_open");
+                return (void)fuse_reply_err(req, EIO);
+            }
+            fi->direct_io = 1;
+            return (void)fuse_reply_open(req, fi);
+        }
+        const Node *x = fs->node(ino);
+        if (!x) return (void)fuse_reply_err(req, ENOENT);
+        if (S_ISDIR(x->mode)) return (void)fuse_reply_err(req, EISDIR);
+        // No-open mode from now on: opens and closes never reach us, the page cache is kept.
+        fuse_reply_err(req, ENOSYS);
+    }
+
+    static void op_release(fuse_req_t req, fuse_ino_t, struct fuse_file_info *fi) {
+        Frontend *fs = self(req);
+        if (fi->fh) {
+            nb::gil_scoped_acquire g;
+            try {
+                fs->ops_.attr("stats_release")(fi->fh);
+            } catch (nb::python_error &e) {
+                e.discard_as_unraisable("soci_native._fuse stats_release");
+            }
+        }
+        fuse_reply_err(req, 0);
+    }
+
+    // [pos, pos + len) of a layer's uncompressed stream from cache files, if every span it
+    // touches is whole there; false (nothing replied) otherwise.
+    bool cached_read(SpanTable &t, uint64_t pos, size_t len, char *out) {
+        if (!t.trusted.load(std::memory_order_acquire)) return false;
+        uint64_t end = pos + len;
+        if (end > t.starts.back()) return false;
+        size_t i = static_cast<size_t>(std::upper_bound(t.starts.begin(), t.starts.end(), pos) - t.starts.begin());
+        if (i == 0) return false;
+        i--;
+        size_t served = 0;
+        while (pos < end) {
+            if (i >= t.spans()) return false;
+            uint64_t lo = t.starts[i], hi = t.starts[i + 1];
+            if (hi <= pos) {  // an empty span
+                i++;
+                continue;
+            }
+            if (!t.cached[i].load(std::memory_order_acquire)) return false;
+            uint64_t take = std::min(end, hi) - pos;
+            int fd = open(t.paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                if (errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
+                return false;
+            }
+            struct stat st;
+            bool ok = fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == hi - lo;
+            uint64_t got = 0;
+            while (ok && got < take) {
+                ssize_t r = pread(fd, out + served + got, take - got, static_cast<off_t>(pos - lo + got));
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) ok = false;
+                else got += static_cast<uint64_t>(r);
+            }
+            close(fd);
+            if (!ok) return false;
+            t.touched[i].store(1, std::memory_order_relaxed);
+            served += take;
+            pos += take;
+            i++;
+        }
+        return true;
+    }
+
+    // A read answered by Python: ops.<method>(args...) returns bytes (at most ``size``; for
+    // file data exactly ``want``) or an errno.
+    template <typename... A>
+    void python_read(fuse_req_t req, const char *method, size_t want, bool exact, A... args) {
+        nb::gil_scoped_acquire g;
+        int err = EIO;
+        try {
+            nb::object r = ops_.attr(method)(args...);
+            if (nb::isinstance<nb::bytes>(r)) {
+                nb::bytes b = nb::borrow<nb::bytes>(r);
+                if (b.size() == want || (!exact && b.size() <= want)) {
+                    fuse_reply_buf(req, b.c_str(), b.size());
+                    return;
+                }
+            } else if (nb::isinstance<nb::int_>(r)) {
+                int e = nb::cast<int>(r);
+                if (e > 0 && e < 4096) err = e;
+            }
+        } catch (nb::python_error &e) {
+            e.discard_as_unraisable("soci_native._fuse read");
+        } catch (std::exception &) {
+        }
+        fuse_reply_err(req, err);
+    }
+
+    static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+        Frontend *fs = self(req);
+        if (fi->fh) return fs->python_read(req, "stats_read", size, false, fi->fh, static_cast<int64_t>(off), size);
+        if (ino == fs->stats_ino_) {  // no-open mode: a fresh render from offset 0
+            fs->python_read(req, "stats_read", size, false, uint64_t(0), static_cast<int64_t>(off), size);
+            fs->stats_cached_ = true;  // invalidated at the next data read or refresh tick
+            return;
+        }
+        fs->read_file(req, ino, size, off);
+        fs->invalidate_stats();  // this read changed the counters (never under the GIL)
+    }
+
+    void read_file(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
+        const Node *x = node(ino);
+        if (!x) return (void)fuse_reply_err(req, ENOENT);
+        if (!S_ISREG(x->mode)) return (void)fuse_reply_err(req, EINVAL);
+        if (off < 0 || static_cast<uint64_t>(off) >= x->size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+        size_t len = static_cast<size_t>(std::min<uint64_t>(size, x->size - static_cast<uint64_t>(off)));
+        SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
+        if (t && !(x->flags & FLAG_SPARSE)) {
+            char *buf = tls_buf.get(len);
+            if (cached_read(*t, x->offset + static_cast<uint64_t>(off), len, buf)) {
+                hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
+                fuse_reply_buf(req, buf, len);
+                return;
+            }
+        }
+        python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
+    }
+
+    static fuse_lowlevel_ops make_ops() {
+        fuse_lowlevel_ops o;
+        std::memset(&o, 0, sizeof o);
+        o.init = op_init;
+        o.lookup = op_lookup;
+        o.getattr = op_getattr;
+        o.readlink = op_readlink;
+        o.open = op_open;
+        o.read = op_read;
+        o.release = op_release;
+        o.opendir = op_opendir;
+        o.readdir = op_readdir;
+        o.readdirplus = op_readdirplus;
+        o.statfs = op_statfs;
+        o.getxattr = op_getxattr;
+        o.listxattr = op_listxattr;
+        return o;
+    }
+
+    int layers_;
+    uint64_t total_size_;
+    nb::object ops_;
+    std::vector<Node> nodes_;
+    std::string names_;
+    std::vector<Child> children_;
+    std::vector<std::string> targets_;
+    std::vector<std::vector<Xattr>> xattrs_;
+    std::vector<std::unique_ptr<SpanTable>> spans_;
+    std::unique_ptr<std::atomic<uint64_t>[]> hits_;
+    uint64_t stats_dir_ = 0, stats_ino_ = 0;
+    std::atomic<bool> stats_cached_{false};
+    std::shared_mutex se_mu_;
+    struct fuse_session *se_ = nullptr;
+};
+
+}  // namespace
+
+NB_MODULE(_fuse, m) {
+    m.doc() = "The mount's FUSE frontend over libfuse 3's low-level API (see soci_native.mount.fs).";
+    // A frontend alive at exit (a daemon thread's mount) is not a leak worth a warning on stderr.
+    nb::set_leak_warnings(false);
+    m.attr("FIELDS") = static_cast<int>(NFIELDS);
+    m.attr("FLAG_SPARSE") = FLAG_SPARSE;
+    nb::class_<Frontend>(m, "Frontend")
+        .def(nb::init<nb::bytes, nb::bytes, nb::bytes, nb::bytes, nb::list, nb::list, int, uint64_t, nb::object>(),
+             nb::arg("nodes"), nb::arg("child_ino"), nb::arg("child_name_len"), nb::arg("names"),
+             nb::arg("targets"), nb::arg("xattrs"), nb::arg("layers"), nb::arg("total_size"), nb::arg("ops"))
+        .def_prop_ro("stats_dir_ino", &Frontend::stats_dir_ino)
+        .def_prop_ro("stats_ino", &Frontend::stats_ino)
+        .def("set_spans", &Frontend::set_spans, nb::arg("layer"), nb::arg("starts"))
+        .def("span_cached", &Frontend::span_cached, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
+        .def("untrust", &Frontend::untrust, nb::arg("layer"))
+        .def("take_hits", &Frontend::take_hits)
+        .def("take_touched", &Frontend::take_touched, nb::arg("layer"))
+        .def("invalidate_stats", &Frontend::invalidate_stats, nb::call_guard<nb::gil_scoped_release>())
+        .def("serve", &Frontend::serve, nb::arg("mountpoint"), nb::arg("options"), nb::arg("debug"),
+             nb::arg("signals"), nb::arg("max_idle_threads"), nb::arg("max_threads"));
+}
