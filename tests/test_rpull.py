@@ -7,7 +7,9 @@ holds their blobs, the third is fetched and unpacked by containerd; ``ctr run`` 
 exact output that needs all three layers. The image survives containerd's garbage
 collection once the pull's lease is gone (the GC labels hold it), a second pull finds every
 layer present, an image without an index is pulled in full and runs the same, removing the
-image frees the lazy mounts, and bad input gives one clear line.
+image frees the lazy mounts, and bad input gives one clear line. The index carries a prefetch
+artifact for one file of the first layer: its spans are fetched right after the mount, before
+any container reads them.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class Env:
         ce.push(ce.build_image(base / "img"), self.lazy_ref)
         ce.push(ce.build_image(base / "img2", extra_file="only in the plain image\n"),
                 self.plain_ref)
-        ce.soci("create", f"docker://{self.lazy_ref}", *ce.CREATE_OPTS, root=self.store)
+        # a prefetch artifact: /data/random1.bin's spans are fetched right after the mount
+        ce.soci("create", f"docker://{self.lazy_ref}", *ce.CREATE_OPTS, "--prefetch-file",
+                "/data/random1.bin", root=self.store)
         ce.soci("push", f"docker://{self.lazy_ref}", root=self.store)
         manifest = json.loads(subprocess.run(
             ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{self.lazy_ref}"],
@@ -97,6 +101,17 @@ def test_rpull_mounts_lazily_and_runs(env: Env) -> None:
     assert [(r["digest"], r["how"]) for r in res["layers"]] == [
         (env.layers[0], "lazy"), (env.layers[1], "lazy"), (env.layers[2], "unpacked")]
     assert sorted(m["layer"] for m in env.mounts()) == sorted(env.layers[:2])
+    # before any container reads: the prefetch artifact's spans arrive in the background
+    # (random1.bin: 256 KiB of incompressible bytes in 64 KiB spans, 4 spans at least)
+    deadline = time.monotonic() + 30
+    while True:
+        base = next(m for m in env.mounts() if m["layer"] == env.layers[0])
+        if base["prefetched_spans"] >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert base["prefetched_spans"] >= 4 and base["totals"]["spans_fetched"] >= 4, base
+    upper = next(m for m in env.mounts() if m["layer"] == env.layers[1])
+    assert upper["prefetched_spans"] == 0  # no prefetch artifact for that layer
     blobs = env.ctrd.content_blobs()
     assert env.layers[0] not in blobs and env.layers[1] not in blobs  # never downloaded
     assert env.layers[2] in blobs and res["manifest"] in blobs

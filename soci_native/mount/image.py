@@ -77,6 +77,9 @@ class MountOptions:
     prefetch: bool = False
     registry: RegistryOptions | None = None  # how to reach a registry image
     background_fetch: float = 0.0  # spans per second fetched behind the reads; 0: off
+    # resolve the prefetch artifacts' spans in a thread and return at once (the snapshotter's
+    # mounts: the layer goes live while they load); else before returning (`mount`)
+    prefetch_in_background: bool = False
 
 
 @dataclass
@@ -237,7 +240,12 @@ def open_mount(opts: MountOptions) -> MountedImage:
         mounted = MountedImage(opts.image, str(image.platform), image.manifest.digest,
                                index_digest, layers, tree, cache, scratch, src,
                                single_layer=opts.layer is not None)
-        if prefetch:
+        if prefetch and opts.prefetch_in_background:
+            def background() -> None:
+                mounted.prefetched_spans = run_prefetch(prefetch)
+
+            threading.Thread(target=background, name="soci-prefetch", daemon=True).start()
+        elif prefetch:
             mounted.prefetched_spans = run_prefetch(prefetch)
         return mounted
     except BaseException:

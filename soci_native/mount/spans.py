@@ -776,7 +776,7 @@ class ZtocLayer:
         background fetch). A span too big to cache is left for the reads that need it."""
         s = self.spans[i]
         size = s.uend - s.ustart
-        if size == 0 or (size > self.cache.max_span):
+        if size == 0 or size > self.cache.max_span or self._closing:  # unmounted: fetch no more
             return
         self._check_trusted()
         self._span_slice(i, size - 1, 1)  # fills it to the end and commits it

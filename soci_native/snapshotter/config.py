@@ -33,6 +33,11 @@ max_concurrent_mounts = 4
 # gRPC worker threads.
 grpc_workers = 8
 
+# Fetch the spans an index's prefetch artifacts list (`soci-native create --prefetch-file`)
+# right after each layer is mounted, in the background, a few at once: the files a container
+# reads first are then cached before it asks for them.
+prefetch = true
+
 [cache]
 # Uncompressed span cache of one mounted layer (least recently used spans go first).
 max_bytes_per_layer = 1073741824
@@ -58,6 +63,7 @@ class Config:
     mount_timeout: float = 30.0
     max_concurrent_mounts: int = 4
     grpc_workers: int = 8
+    prefetch: bool = True
     cache_max_bytes_per_layer: int = 1 << 30
     background_spans_per_second: float = 0.0
     registry_auth_file: str = ""

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from soci_native.snapshotter.config import Config
-from soci_native.snapshotter.mountd import MountdClient
+from soci_native.snapshotter.mountd import MountdClient, warm_imports
 
 log = logging.getLogger("soci_native.snapshotter")
+
+# What the first remote Prepare needs to resolve an image and find its index: imported while
+# the server waits, not inside a container's pull.
+RESOLVE_MODULES = ("soci_native.registry.source", "soci_native.images", "soci_native.remote",
+                   "soci_native.discover", "soci_native.mount.image", "soci_native.store")
 
 
 @dataclass
@@ -48,7 +53,8 @@ def build_service(paths: Paths, cfg: Config, lazy: bool = True) -> Any:
         resolver = Resolver(paths.store, reg, cfg.min_layer_size)
         mounter = LazyMounter(resolver, MountdClient(paths.mountd), paths.store, paths.cache,
                               cfg.cache_max_bytes_per_layer, cfg.mount_timeout,
-                              cfg.max_concurrent_mounts, cfg.background_spans_per_second)
+                              cfg.max_concurrent_mounts, cfg.background_spans_per_second,
+                              cfg.prefetch)
     return Snapshots(paths.root, mounter)
 
 
@@ -72,6 +78,7 @@ def serve(address: str, paths: Paths, cfg: Config, ready: threading.Event | None
     if server.add_insecure_port("unix:" + address) == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
+    warm_imports(RESOLVE_MODULES)
     os.chmod(address, 0o660)
     log.info("soci-native snapshotter serving %s (root %s, store %s, %d lazy snapshots)",
              address, paths.root, paths.store, len(remote))

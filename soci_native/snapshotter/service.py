@@ -301,7 +301,7 @@ class LazyMounter:
 
     def __init__(self, resolver: Resolver, mountd: MountdClient, store_root: Path,
                  cache_root: Path, cache_size: int, timeout: float, concurrency: int,
-                 background_fetch: float) -> None:
+                 background_fetch: float, prefetch: bool = True) -> None:
         self.resolver = resolver
         self.mountd = mountd
         self.store_root = store_root
@@ -309,6 +309,7 @@ class LazyMounter:
         self.cache_size = cache_size
         self.timeout = timeout
         self.background_fetch = background_fetch
+        self.prefetch = prefetch
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self._preloaded: OrderedDict[str, float] = OrderedDict()
@@ -326,7 +327,7 @@ class LazyMounter:
         return {"image": plan.image, "layer": plan.layer, "index": plan.index,
                 "store": str(self.store_root), "cache_dir": str(cache_dir),
                 "cache_size": self.cache_size, "mount_timeout": self.timeout,
-                "background_fetch": self.background_fetch,
+                "background_fetch": self.background_fetch, "prefetch": self.prefetch,
                 "registry": self.resolver.registry_json()}
 
     def mount_plan(self, plan: Plan, fs: Path) -> None:
