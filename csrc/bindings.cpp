@@ -180,14 +180,15 @@ nb::bytes move_to_bytes(uint8_t *p, size_t n) {
 }
 
 // The zTOC is serialised while the C entries still exist: no Python objects in between.
-void add_ztoc(nb::dict &r, const sn_indexer *ix, const std::optional<std::string> &build_tool) {
+// With `release` the entries are spent by it (their pages given back as they are written).
+void add_ztoc(nb::dict &r, sn_indexer *ix, const std::optional<std::string> &build_tool, bool release) {
     if (!build_tool) return;
     sn_buf out{};
     sn_err e{};
     int rc;
     {
         nb::gil_scoped_release unlocked;
-        rc = sn_ztoc_build(ix, build_tool->c_str(), &out, &e);
+        rc = sn_ztoc_build(ix, build_tool->c_str(), release, &out, &e);
     }
     if (rc == SN_EFORMAT) {
         r["ztoc"] = nb::none();
@@ -234,7 +235,11 @@ bool xattr_free(const tar_parser *tp) {
 nb::dict result(sn_indexer *ix, uint64_t span_size, const std::optional<std::string> &build_tool,
                 bool with_entries) {
     nb::dict r;
-    add_ztoc(r, ix, build_tool);
+    const tar_parser *tp = sn_indexer_tar(ix);
+    r["num_entries"] = tar_entry_count(tp);
+    r["xattr_free"] = xattr_free(tp);
+    // Entries not kept: the zTOC writer gives their memory back as it goes (the last use).
+    add_ztoc(r, ix, build_tool, !with_entries);
     bool gz = sn_indexer_mode(ix) == SN_MODE_GZIP;
     r["compression"] = gz ? "gzip" : "uncompressed";
     r["span_size"] = span_size;
@@ -254,9 +259,6 @@ nb::dict result(sn_indexer *ix, uint64_t span_size, const std::optional<std::str
     for (size_t i = 0; i < sn_indexer_num_spans(ix); i++) digests.append(hex_digest(d + 32 * i));
     r["span_digests"] = digests;
     r["blob_digest"] = hex_digest(sn_indexer_blob_digest(ix));
-    const tar_parser *tp = sn_indexer_tar(ix);
-    r["num_entries"] = tar_entry_count(tp);
-    r["xattr_free"] = xattr_free(tp);
     // Entries stay in C: a Python tuple is made per entry only when it is looked at.
     if (with_entries) r["entries"] = nb::cast(new EntryTable(sn_indexer_take_tar(ix)), nb::rv_policy::take_ownership);
     else r["entries"] = nb::list();

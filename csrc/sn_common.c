@@ -47,20 +47,33 @@ void sn_buf_free(sn_buf *b) {
     b->len = b->cap = 0;
 }
 
+static uintptr_t page_size(void) {
+    long pg = sysconf(_SC_PAGESIZE);
+    return pg > 0 ? (uintptr_t)pg : 4096;
+}
+
+void sn_release_range(void *from, void *to) {
+#ifdef MADV_DONTNEED
+    uintptr_t page = page_size(), a = ((uintptr_t)from + page - 1) & ~(page - 1), b = (uintptr_t)to & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+#else
+    (void)from;
+    (void)to;
+#endif
+}
+
 void sn_copy_release(uint8_t *dst, uint8_t *src, size_t n) {
     const size_t chunk = (size_t)1 << 20;
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t page = pg > 0 ? (uintptr_t)pg : 4096, released = ((uintptr_t)src + page - 1) & ~(page - 1);
+    uint8_t *released = src;
     for (size_t off = 0; off < n;) {
         size_t k = n - off < chunk ? n - off : chunk;
         memcpy(dst + off, src + off, k);
         off += k;
-#ifdef MADV_DONTNEED
-        uintptr_t upto = ((uintptr_t)src + off) & ~(page - 1); /* whole pages copied so far */
-        if (upto > released + chunk / 2 || (off == n && upto > released)) {
-            madvise((void *)released, upto - released, MADV_DONTNEED);
-            released = upto;
+        if ((size_t)(src + off - released) > chunk / 2 || off == n) { /* whole pages copied so far */
+            sn_release_range(released, src + off);
+            /* the page holding src + off is only partly copied: it goes with the next piece */
+            uint8_t *next = (uint8_t *)((uintptr_t)(src + off) & ~(page_size() - 1));
+            if (next > released) released = next;
         }
-#endif
     }
 }

@@ -43,6 +43,9 @@ void sn_buf_free(sn_buf *b);
  * whole pages already copied): moving a large buffer costs its size once, not twice. The
  * source's contents are undefined afterwards; it must only be freed. */
 void sn_copy_release(uint8_t *dst, uint8_t *src, size_t n);
+/* Gives back the whole pages inside [from, to) of a buffer no longer read there (madvise
+ * DONTNEED: they read as zeros afterwards and the buffer may still be freed). */
+void sn_release_range(void *from, void *to);
 
 /* Little-endian stores/loads, independent of host byte order. */
 static inline void sn_put_le64(uint8_t *p, uint64_t v) {

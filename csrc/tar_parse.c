@@ -7,8 +7,9 @@
 
 #define BLK 512
 #define MAX_SPECIAL (1u << 20)        /* Go's maxSpecialFileSize for PAX and GNU long names */
-#define MAX_ENTRIES 50000000u         /* bounds memory on hostile layers (~5 GB of entries) */
+#define MAX_ENTRIES 50000000u         /* bounds memory on hostile layers (~6 GB of entries) */
 #define MAX_POOL ((uint64_t)3 << 30)  /* names + PAX records, all entries together */
+_Static_assert(MAX_POOL <= UINT32_MAX, "sn_str offsets are 32-bit");
 
 enum { ST_HEADER, ST_SPECIAL, ST_SPARSE_EXT, ST_SPARSE_MAP, ST_SKIP, ST_ZERO1, ST_DONE };
 enum { FMT_V7, FMT_USTAR, FMT_GNU, FMT_STAR };
@@ -85,6 +86,7 @@ const sn_entry *tar_entries(const tar_parser *tp) { return tp->ents; }
 /* Never NULL: when every string is empty the pool was never allocated, and callers add
  * offsets (all 0 then) to it. */
 const uint8_t *tar_pool(const tar_parser *tp) { return tp->pool.p ? tp->pool.p : (const uint8_t *)""; }
+size_t tar_pool_len(const tar_parser *tp) { return tp->pool.len; }
 
 /* ---- number parsing (Go strconv / archive/tar semantics) ---- */
 
@@ -159,7 +161,7 @@ static int pool_add(tar_parser *tp, const void *p, size_t n, sn_str *s, sn_err *
     if (n > UINT32_MAX || tp->pool.len + n > MAX_POOL)
         return sn_fail(err, SN_EFORMAT, "tar metadata too large (names/PAX records exceed %llu bytes)",
                        (unsigned long long)MAX_POOL);
-    s->off = tp->pool.len;
+    s->off = (uint32_t)tp->pool.len; /* < MAX_POOL < 4 GiB */
     s->len = (uint32_t)n;
     return sn_buf_append(&tp->pool, p, n, err);
 }
@@ -216,7 +218,7 @@ static int pax_get(const tar_parser *tp, const char *key, const uint8_t **v, siz
 static int pax_store(tar_parser *tp, sn_entry *e, sn_err *err) {
     size_t at = 0, n = 0;
     pax_rec r;
-    e->pax.off = tp->pool.len;
+    e->pax.off = (uint32_t)tp->pool.len; /* never past MAX_POOL */
     e->pax.len = 0;
     e->npax = 0;
     if (!tp->have_pax) return SN_OK;

@@ -11,23 +11,25 @@
 extern "C" {
 #endif
 
-/* A string in the parser's pool: bytes [off, off+len) of tar_parser.pool. */
+/* A string in the parser's pool: bytes [off, off+len) of tar_parser.pool (which never passes
+ * 3 GiB, so 32-bit offsets do). */
 typedef struct sn_str {
-    uint64_t off;
+    uint32_t off;
     uint32_t len;
 } sn_str;
 
+/* 128 bytes: the table grows with the layer's entries (65k entries, 8 MiB). */
 typedef struct sn_entry {
     uint64_t header_offset; /* first header block, extension headers included */
     uint64_t offset;        /* data start: after all header, extension and sparse-map blocks */
     int64_t size;           /* Go's hdr.Size (PAX size and sparse real size applied) */
     int64_t mode, uid, gid, mtime, devmajor, devminor;
-    int32_t mtime_nsec;     /* 0..999999999 */
-    char typeflag;          /* after Go's normalisation of '\0' to '0' or '5' */
-    uint8_t sparse;
     sn_str name, linkname, uname, gname;
     sn_str pax;             /* "key\0value\0" pairs, key order as Go's map would iterate: by key */
+    int32_t mtime_nsec;     /* 0..999999999 */
     uint32_t npax;
+    char typeflag;          /* after Go's normalisation of '\0' to '0' or '5' */
+    uint8_t sparse;
 } sn_entry;
 
 typedef struct tar_parser tar_parser;
@@ -45,6 +47,7 @@ const char *sn_type_name(char typeflag);
 size_t tar_entry_count(const tar_parser *tp);
 const sn_entry *tar_entries(const tar_parser *tp);
 const uint8_t *tar_pool(const tar_parser *tp);
+size_t tar_pool_len(const tar_parser *tp);
 
 #ifdef __cplusplus
 }

@@ -271,9 +271,11 @@ int sn_tar_zinfo_build(int64_t span_size, int64_t size, sn_buf *out, sn_err *err
 }
 
 /* Refuses entries a zTOC cannot describe or that readers would reject. */
-static int check_entries(const sn_ztoc_input *in, size_t *max_pax, sn_err *err) {
+static int check_entries(const sn_ztoc_input *in, size_t *max_pax, int *pool_ordered, sn_err *err) {
     const sn_entry *ents = in->ents;
     *max_pax = 0;
+    *pool_ordered = 1;
+    uint64_t pool_end = 0; /* end of the strings of the entries so far */
     for (size_t i = 0; i < in->n; i++) {
         if (!toc_type(&ents[i]))
             return sn_fail(err, SN_EFORMAT,
@@ -297,6 +299,13 @@ static int check_entries(const sn_ztoc_input *in, size_t *max_pax, sn_err *err) 
                                toc_type(p), (unsigned long long)p->header_offset, (long long)p->size);
         }
         if (ents[i].npax > *max_pax) *max_pax = ents[i].npax;
+        const sn_str *strs[5] = {&ents[i].name, &ents[i].linkname, &ents[i].uname, &ents[i].gname, &ents[i].pax};
+        uint64_t end = pool_end;
+        for (int k = 0; k < 5; k++) {
+            if (strs[k]->off < pool_end) *pool_ordered = 0;
+            if ((uint64_t)strs[k]->off + strs[k]->len > end) end = (uint64_t)strs[k]->off + strs[k]->len;
+        }
+        pool_end = end;
     }
     return SN_OK;
 }
@@ -318,7 +327,8 @@ int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, 
     const sn_entry *ents = in->ents;
     const uint8_t *pool = in->pool ? in->pool : (const uint8_t *)"";
     size_t n = in->n, max_pax, nspans = in->nspans;
-    int rc = check_entries(in, &max_pax, err);
+    int pool_ordered;
+    int rc = check_entries(in, &max_pax, &pool_ordered, err);
     if (rc) return rc;
     if (nspans == 0 || nspans - 1 > INT32_MAX) return sn_fail(err, SN_EFORMAT, "a zTOC needs 1 to 2^31 spans");
     size_t scratch_n = n > nspans ? n : nspans;
@@ -329,7 +339,24 @@ int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, 
     uint64_t bound = size_bound(in, build_tool);
     if (!b.failed) fb_grow(&b, bound < SN_ZTOC_MAX ? (size_t)bound : SN_ZTOC_MAX);
     uint32_t version = fb_string(&b, "0.9", 3), tool = fb_string(&b, build_tool, strlen(build_tool));
-    for (size_t i = n; i-- > 0 && !b.failed;) offs[i] = file_metadata(&b, pool, &ents[i], scratch);
+    /* with release: what is written is given back, a MiB or more at a time */
+    const size_t step = (size_t)1 << 20;
+    uint8_t *ent_kept = (uint8_t *)(uintptr_t)(ents + n), *pool_kept = (uint8_t *)(uintptr_t)(pool + in->pool_len);
+    for (size_t i = n; i-- > 0 && !b.failed;) {
+        offs[i] = file_metadata(&b, pool, &ents[i], scratch);
+        if (!in->release) continue;
+        uint8_t *e = (uint8_t *)(uintptr_t)(ents + i);
+        if ((size_t)(ent_kept - e) >= step || i == 0) {
+            sn_release_range(e, ent_kept);
+            ent_kept = e;
+        }
+        /* entries before i have their strings below entry i's first one (pool_ordered) */
+        uint8_t *s = (uint8_t *)(uintptr_t)(pool + ents[i].name.off);
+        if (pool_ordered && in->pool_len && (size_t)(pool_kept - s) >= step) {
+            sn_release_range(s, pool_kept);
+            pool_kept = s;
+        }
+    }
     uint32_t metadata = fb_offset_vector(&b, offs, b.failed ? 0 : n);
     fb_start(&b, 1);
     fb_slot_ref(&b, 0, metadata);
@@ -365,13 +392,14 @@ int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, 
     return rc;
 }
 
-int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err) {
+int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, sn_err *err) {
     const tar_parser *tp = sn_indexer_tar(ix);
     char why[256];
     if (sn_indexer_no_ztoc(ix, why, sizeof why)) return sn_fail(err, SN_EFORMAT, "%s", why);
     sn_ztoc_input in = {tar_entries(tp), tar_entry_count(tp), tar_pool(tp), NULL, 0,
                         sn_indexer_mode(ix) == SN_MODE_GZIP, sn_indexer_digests(ix), sn_indexer_num_spans(ix),
-                        sn_indexer_compressed_size(ix), sn_indexer_uncompressed_size(ix)};
+                        sn_indexer_compressed_size(ix), sn_indexer_uncompressed_size(ix), release,
+                        tar_pool_len(tp)};
     sn_buf zinfo = {0};
     if (in.gzip) {
         in.checkpoints = sn_indexer_blob(ix, &in.cplen);

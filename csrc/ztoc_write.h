@@ -23,6 +23,11 @@ typedef struct sn_ztoc_input {
     const uint8_t *digests;
     size_t nspans;
     uint64_t compressed_size, uncompressed_size;
+    /* release != 0: the caller only frees ents and pool (pool_len bytes) afterwards, so their
+     * pages are given back as the entries are written (last to first): the zTOC grows as the
+     * table shrinks, and the build's peak is not table + zTOC. */
+    int release;
+    size_t pool_len;
 } sn_ztoc_input;
 
 /* Writes a zTOC into *out (replacing its contents; caller frees out->p). Fails with
@@ -32,8 +37,10 @@ typedef struct sn_ztoc_input {
 int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, sn_err *err);
 
 /* The zTOC of a finished indexer (sn_ztoc_write over its results; also SN_EFORMAT when its
- * checkpoints cannot make a zTOC, see sn_indexer_no_ztoc). */
-int sn_ztoc_build(const sn_indexer *ix, const char *build_tool, sn_buf *out, sn_err *err);
+ * checkpoints cannot make a zTOC, see sn_indexer_no_ztoc). With release != 0 the indexer's
+ * tar entries are spent (see sn_ztoc_input.release): it may only be freed afterwards, or
+ * asked for its other results. */
+int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, sn_err *err);
 
 /* The TarZinfo FlatBuffer of a plain tar layer (soci-format 1.5). */
 int sn_tar_zinfo_build(int64_t span_size, int64_t size, sn_buf *out, sn_err *err);
