@@ -530,7 +530,7 @@ def ztoc_info(ctx: click.Context, digest: str) -> None:
 
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
-        parts = info_parts(store.read_blob(digest), rec.size)
+        parts = info_parts(store.map_blob(digest), rec.size)
     # ASCII JSON written as it is: click.echo would run its ANSI-stripping regex over
     # every byte of a 10 MB text that cannot hold an escape character
     out = sys.stdout.buffer
@@ -578,7 +578,7 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
 
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
-        raw = store.read_blob(digest)
+        raw = store.map_blob(digest)
         z = ztoc.from_bytes(raw, files=False)  # one lookup in C instead of every entry
         others = [getfile.lookup_in(store.read_blob(d)) for d in sibling_ztocs(store, digest)]
         try:

@@ -33,7 +33,7 @@ class SpanMismatch(Exception):
     """A registry sent bytes other than the ones the zTOC was built from."""
 
 
-def lookup_in(raw: bytes) -> Lookup:
+def lookup_in(raw: ztoc.ZtocBuffer) -> Lookup:
     """The entry whose cleaned name is the argument (see ztoc.name_lookup: a path walk looks
     up every directory on the way, and a directory a layer does not list misses)."""
     return ztoc.name_lookup(raw)

@@ -35,7 +35,6 @@ import json
 import os
 import posixpath
 import re
-import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -249,6 +248,8 @@ class _TarStore(_Store):
             raise
 
     def _scan(self, path: str) -> None:
+        import tarfile  # archives only: an oci: layout does not pay for it
+
         file_size = os.fstat(self._fd).st_size
         head = os.pread(self._fd, 8, 0)
         comp = _sniff_compression(head)

@@ -9,7 +9,6 @@ Elsewhere (CI logs, files): one line every ``SOCI_NATIVE_PROGRESS_INTERVAL`` sec
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
@@ -93,6 +92,21 @@ class _Ticker:
         self.stopped.set()
 
 
+def terminal_lines() -> int:
+    """shutil.get_terminal_size's rows (LINES, else stdout's terminal, else 24) without
+    importing shutil (and with it bz2, lzma and fnmatch) at every start."""
+    try:
+        lines = int(os.environ.get("LINES", ""))
+    except ValueError:
+        lines = 0
+    if lines <= 0:
+        try:
+            lines = os.get_terminal_size(sys.__stdout__.fileno()).lines  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            lines = 0
+    return lines or 24
+
+
 class Reporter:
     """Layer progress for create/convert, then the per-layer result lines."""
 
@@ -101,7 +115,7 @@ class Reporter:
         self.done = dict.fromkeys(self.sizes, 0)
         self.quiet = quiet
         self.live = sys.stderr.isatty() and not quiet
-        rows = shutil.get_terminal_size((80, 24)).lines
+        rows = terminal_lines()
         self.summary_only = len(self.sizes) + 2 > rows  # bars would not fit the screen
         self.meter = Meter(sum(self.sizes.values()), "indexing", "layers")
         self.meter.items = len(self.sizes)

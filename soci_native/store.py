@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import sqlite3
 import threading
 import time
@@ -30,7 +29,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+
+if TYPE_CHECKING:
+    import mmap
 
 __all__ = [
     "ARTIFACT_TYPES",
@@ -150,7 +152,7 @@ def _check_digest(digest: object, what: str = "digest") -> str:
     return digest
 
 
-def _sha256_digest(data: bytes) -> str:
+def _sha256_digest(data: bytes | mmap.mmap) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -190,7 +192,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _temp_name(prefix: str = TEMP_PREFIX) -> str:
-    return f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+    return f"{prefix}{os.getpid()}-{os.urandom(8).hex()}"
 
 
 def _write_file_atomic(path: Path, data: bytes) -> None:
@@ -496,7 +498,7 @@ class Store:
         from the blobs. Returns the new name."""
         db = Path(root) / "artifacts.db"
         aside = db.with_name(f"artifacts.db.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-"
-                             f"{secrets.token_hex(3)}")
+                             f"{os.urandom(3).hex()}")
         fd = os.open(Path(root) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -833,6 +835,23 @@ class Store:
             raise BlobNotFoundError(
                 f"blob {digest} is not in the store ({self.blobs_dir})"
             ) from None
+
+    def map_blob(self, digest: str) -> bytes | mmap.mmap:
+        """The blob's bytes, verified like :meth:`read_blob`'s, but mapped, not read: a 16 MB
+        zTOC costs no heap copy (read() paid ~20 ms of page faults and copying for it). The
+        store never rewrites a blob in place (a new one is written aside, then renamed), so
+        the mapping keeps the verified bytes. An empty blob is b""."""
+        import mmap
+
+        with self.open_blob(digest) as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                data: bytes | mmap.mmap = b""
+            else:
+                data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        actual = _sha256_digest(data)
+        if actual != digest:
+            raise StoreError(self._corrupt_message(digest, actual))
+        return data
 
     def read_blob(self, digest: str, verify: bool = True) -> bytes:
         """The blob's bytes; with ``verify`` (the default) their sha256 must match ``digest``."""

@@ -9,10 +9,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soci_native import _core
 from soci_native.layer import DEFAULT_SPAN_SIZE, IndexSource, LayerIndex, index_layer
+
+if TYPE_CHECKING:
+    import mmap
+
+    # what the readers take: zTOC bytes, or a mapped blob (Store.map_blob)
+    ZtocBuffer = bytes | mmap.mmap
 
 VERSION = "0.9"
 BUILD_TOOL_IDENTIFIER = "AWS SOCI CLI v0.2"
@@ -85,7 +91,7 @@ def _file(f: tuple[Any, ...]) -> FileMetadata:
                         dmin, dict(xattrs))
 
 
-def from_bytes(buf: bytes, files: bool = True) -> Ztoc:
+def from_bytes(buf: ZtocBuffer, files: bool = True) -> Ztoc:
     """Parses a zTOC (ours or the reference's) in C with every offset checked; raises
     ZtocError on malformed input. ``files=False`` leaves the file list empty (all the rest,
     e.g. to read one file found with :func:`find_file`)."""
@@ -98,7 +104,7 @@ def from_bytes(buf: bytes, files: bool = True) -> Ztoc:
                 r["version"], r["build_tool"])
 
 
-def find_file(buf: bytes, path: str) -> FileMetadata | None:
+def find_file(buf: ZtocBuffer, path: str) -> FileMetadata | None:
     """The entry named ``path`` (leading "/" or "./" and trailing "/" ignored on both sides;
     the last one if repeated), found in C without building the whole file list."""
     want = path.lstrip("/")
@@ -111,7 +117,7 @@ def find_file(buf: bytes, path: str) -> FileMetadata | None:
     return None if t is None else _file(t)
 
 
-def name_lookup(buf: bytes) -> Callable[[str], FileMetadata | None]:
+def name_lookup(buf: ZtocBuffer) -> Callable[[str], FileMetadata | None]:
     """A lookup for many paths (already cleaned as index.clean_prefetch_path cleans them):
     the entry :func:`find_file` gives, else the one whose cleaned name ("a//b", "a/./b") is
     the path; the last one when repeated. Indexed in C in one pass over the names."""

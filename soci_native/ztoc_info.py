@@ -43,7 +43,7 @@ def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[i
     return ends
 
 
-def info_parts(buf: bytes, size: int) -> tuple[bytes, bytes, bytes]:
+def info_parts(buf: ztoc.ZtocBuffer, size: int) -> tuple[bytes, bytes, bytes]:
     """``ztoc info``'s JSON text (no trailing newline) for the zTOC bytes ``buf``, whose
     stored blob is ``size`` bytes, in three pieces to write one after the other (joining
     10^7 bytes only to write them would copy them twice). Raises ZtocError for a malformed
@@ -72,7 +72,7 @@ def info_parts(buf: bytes, size: int) -> tuple[bytes, bytes, bytes]:
     return (head + "[\n").encode(), listed, b"\n  ]\n}"
 
 
-def info_text(buf: bytes, size: int) -> str:
+def info_text(buf: ztoc.ZtocBuffer, size: int) -> str:
     """:func:`info_parts` as one str."""
     return b"".join(info_parts(buf, size)).decode("ascii")
 
