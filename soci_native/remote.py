@@ -100,6 +100,9 @@ def push_index(src: RegistrySource, store: Store, image: ResolvedImage, existing
     return PushedIndex(plat, rec.digest, "pushed", discovery="referrers-tag")
 
 
+ARTIFACT_FETCHES = 4  # zTOCs and prefetch artifacts fetched at once by pull_index
+
+
 def _fetch_artifact(client: RegistryClient, repo: str, store: Store, digest: str,
                     size: int) -> None:
     """A zTOC or prefetch blob into the store, streamed (bounded memory): no more bytes than
@@ -141,9 +144,12 @@ def pull_index(src: RegistrySource, store: Store, image: ResolvedImage,
         raise ImageError(f"SOCI index {found.digest} of {src.ref} is missing from the "
                          "registry") from None
     soci = index.parse_index_manifest(raw)
-    for d in soci.ztocs + soci.prefetches:
-        if not store.has_blob(d["digest"]):
-            _fetch_artifact(client, repo, store, d["digest"], d["size"])
+    wanted = [d for d in soci.ztocs + soci.prefetches if not store.has_blob(d["digest"])]
+    # a few at once: over a real network each zTOC costs round trips, not only bytes
+    with ThreadPoolExecutor(min(ARTIFACT_FETCHES, len(wanted)) or 1) as pool:
+        for f in [pool.submit(_fetch_artifact, client, repo, store, d["digest"], d["size"])
+                  for d in wanted]:
+            f.result()
     rec = store.add_index(raw, image_ref=src.ref, image_digest=image_digest,
                           original_digest=image.manifest.digest, platform=str(image.platform))
     return found, rec
