@@ -201,14 +201,26 @@ class Containerd:
         self.root = base / "root"
 
     @classmethod
-    def start(cls, base: Path, snapshotter_socket: Path) -> Containerd:
+    def start(cls, base: Path, snapshotter_socket: Path, cri_registry: str = ""
+              ) -> Containerd:
+        """With ``cri_registry`` (HOST:PORT, plain HTTP) the CRI plugin runs too, pulling
+        through the snapshotter with the layer labels (its namespace is k8s.io)."""
         base.mkdir(parents=True, exist_ok=True)
         cfg = base / "config.toml"
+        cri = f"""[plugins."io.containerd.grpc.v1.cri"]
+  disable_cgroup = true
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "soci"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{cri_registry}"]
+    endpoint = ["http://{cri_registry}"]
+""" if cri_registry else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
         cfg.write_text(f"""version = 2
 root = "{base}/root"
 state = "{base}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
+{cri}[grpc]
   address = "{base}/containerd.sock"
 [ttrpc]
   address = "{base}/containerd.sock.ttrpc"
