@@ -14,12 +14,14 @@ any container reads them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,39 @@ def test_rpull_of_an_image_without_index_is_a_full_pull(env: Env) -> None:
     assert [r["how"] for r in res["layers"]] == ["unpacked"] * 3
     assert env.run(env.plain_ref, "r3") == ce.EXPECTED
     assert len(env.mounts()) == 2  # still only the lazy image's two
+
+
+def _put_index(env: Env, manifest_digest: str, size: int, tag: str) -> str:
+    """A hand-made OCI image index in front of the lazy image's manifest (listed for arm64
+    and amd64: the registry wants every entry present): rpull picks the platform's entry and
+    keeps the index as the image's target."""
+    entries = [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": size,
+                "digest": manifest_digest, "platform": {"os": "linux", "architecture": a}}
+               for a in ("arm64", "amd64")]
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": entries}).encode()
+    req = urllib.request.Request(f"http://{env.reg.host}/v2/app/manifests/{tag}", data=body,
+                                 method="PUT", headers={
+                                     "Content-Type": "application/vnd.oci.image.index.v1+json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 201
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_rpull_of_an_index_picks_the_platform(env: Env) -> None:
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{env.lazy_ref}"], check=True, capture_output=True).stdout
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    index = _put_index(env, digest, len(raw), "multi")
+    ref = f"{env.reg.host}/app:multi"
+    res = json.loads(env.rpull("--json", "--platform", "linux/amd64", ref).stdout)
+    assert res["manifest"] == digest
+    assert [r["how"] for r in res["layers"]] == ["present"] * 3  # the same chain as app:v1
+    assert index in env.ctrd.content_blobs()
+    ls = env.ctrd.ctr("images", "ls").stdout
+    assert any(ref in line and "index" in line for line in ls.splitlines()), ls
+    assert env.run(ref, "r5") == ce.EXPECTED
+    env.ctrd.ctr("images", "rm", "--sync", ref)
 
 
 def test_remove_frees_the_lazy_mounts(env: Env) -> None:
