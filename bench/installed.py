@@ -5,7 +5,7 @@ The project venv has an editable install: a meta-path finder of scikit-build-cor
 every `import soci_native...` and pulls importlib.util, contextlib and friends into each
 start (several ms) that no wheel install pays. This builds bench/data/inst-venv/: a venv
 without pip whose site-packages holds a byte-compiled copy of soci_native (sources and the
-built C extension) and a .pth line reaching the project venv's site-packages for the
+built C extensions) and a .pth line reaching the project venv's site-packages for the
 dependencies (click, urllib3, ...). .pth files in a directory added by a .pth line are not
 run, so the editable finder stays out. bin/soci-native is the console script pip writes.
 """
@@ -32,10 +32,11 @@ if __name__ == '__main__':
 """
 
 
-def core_extension() -> Path:
+def extensions() -> list[Path]:
+    """The built C extensions (_core, _fuse, ...), wherever the install put them."""
     from soci_native import _core
 
-    return Path(_core.__file__)
+    return sorted(Path(_core.__file__).parent.glob("_*.so"))
 
 
 def make() -> Path:
@@ -50,7 +51,8 @@ def make() -> Path:
     dest = site / "soci_native"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    shutil.copy2(core_extension(), dest / core_extension().name)
+    for ext in extensions():
+        shutil.copy2(ext, dest / ext.name)
     compileall.compile_dir(str(dest), quiet=1)
     (site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     script = VENV / "bin" / "soci-native"
