@@ -38,11 +38,12 @@ constexpr size_t NAME_MAX_BYTES = 4096;
 constexpr int64_t MAX_OFFSET = INT64_C(1) << 62;  // sizes and offsets beyond this are hostile
 constexpr const char *STATS_DIR = ".soci-native";
 constexpr const char *STATS_FILE = "stats.json";
+constexpr uint32_t FLAG_SPARSE = 1;  // data is not one range: Python reads it
 
-// The columns of one inode's row in the table Python exports (soci_native.mount.inodes).
-enum Field { F_MODE, F_NLINK, F_UID, F_GID, F_SIZE, F_MTIME, F_RDEV, F_LAYER, F_OFFSET, F_FLAGS,
-             F_PARENT, F_CHILD_START, F_CHILD_COUNT, NFIELDS };
-constexpr int64_t FLAG_SPARSE = 1;  // data is not one range: Python reads it
+// The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
+// attributes (a hard-linked inode may have several identical rows), and a directory's place.
+enum Field { F_INO, F_KIND, F_PERM, F_NLINK, F_UID, F_GID, F_SIZE, F_MTIME, F_RDEV, F_LAYER, F_OFFSET, NFIELDS };
+enum DirField { D_INO, D_PARENT, D_START, D_COUNT, NDIRFIELDS };
 
 struct Node {
     uint32_t mode = 0, nlink = 0, uid = 0, gid = 0;
@@ -66,7 +67,7 @@ struct Xattr {
 // (it is a function of the span's key, which never changes) before its state first becomes 1.
 struct SpanTable {
     std::vector<uint64_t> starts;  // n + 1: each span's uncompressed start, then the end
-    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched;
+    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted;
     std::vector<std::string> paths;
     std::mutex mu;  // writers of paths
     std::atomic<bool> trusted{true};
@@ -97,11 +98,15 @@ std::vector<int64_t> int64s(const nb::bytes &b, const char *what, size_t per) {
 
 class Frontend {
 public:
-    Frontend(nb::bytes nodes, nb::bytes child_ino, nb::bytes child_name_len, nb::bytes names,
-             nb::list targets, nb::list xattrs, int layers, uint64_t total_size, nb::object ops)
+    Frontend(uint64_t inodes, nb::bytes rows, nb::bytes dirs, nb::bytes child_ino, nb::bytes child_name_len,
+             nb::bytes names, nb::bytes sparse, nb::list targets, nb::list xattrs, int layers, uint64_t total_size,
+             nb::object ops)
         : layers_(layers), total_size_(total_size), ops_(std::move(ops)) {
         if (layers < 0 || layers > (1 << 20)) bad("bad layer count");
-        load_nodes(int64s(nodes, "inode table: nodes", NFIELDS));
+        if (inodes < 1 || inodes > (UINT64_C(1) << 40)) bad("bad inode count");
+        load_nodes(inodes + 1, int64s(rows, "inode table: rows", NFIELDS));
+        load_dirs(int64s(dirs, "inode table: dirs", NDIRFIELDS));
+        load_sparse(int64s(sparse, "inode table: sparse", 1));
         load_children(int64s(child_ino, "inode table: child_ino", 1), int64s(child_name_len, "inode table: child_name_len", 1), names);
         load_targets(targets);
         load_xattrs(xattrs);
@@ -127,7 +132,8 @@ public:
         size_t n = t->spans();
         t->cached = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         t->touched = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
-        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = 0;
+        t->hinted = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
+        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = 0;
         t->paths.resize(n);
         spans_[static_cast<size_t>(layer)] = std::move(t);
     }
@@ -235,49 +241,73 @@ public:
 private:
     // ---------------------------------------------------------------- loading the table
 
-    void load_nodes(const std::vector<int64_t> &v) {
-        size_t n = v.size() / NFIELDS;
-        if (n < 2) bad("needs slot 0 and the root");
-        if (n > (UINT64_C(1) << 40)) bad("too many inodes");
+    void load_nodes(size_t n, const std::vector<int64_t> &v) {
         nodes_.resize(n);
-        for (size_t ino = 1; ino < n; ino++) {
-            const int64_t *r = &v[ino * NFIELDS];
-            Node &x = nodes_[ino];
-            auto u32 = [&](int f) {
-                if (r[f] < 0 || r[f] > UINT32_MAX) bad("inode " + std::to_string(ino) + ": field out of range");
-                return static_cast<uint32_t>(r[f]);
-            };
+        std::vector<uint8_t> seen(n, 0);
+        for (size_t k = 0; k < v.size() / NFIELDS; k++) {
+            const int64_t *r = &v[k * NFIELDS];
+            if (r[F_INO] < 1 || static_cast<uint64_t>(r[F_INO]) >= n) bad("row " + std::to_string(k) + ": inode out of range");
+            size_t ino = static_cast<size_t>(r[F_INO]);
+            auto what = [&](const char *s) { return "inode " + std::to_string(ino) + ": " + s; };
             auto off = [&](int f) {
-                if (r[f] < 0 || r[f] > MAX_OFFSET) bad("inode " + std::to_string(ino) + ": size/offset out of range");
+                if (r[f] < 0 || r[f] > MAX_OFFSET) bad(what("size/offset out of range"));
                 return static_cast<uint64_t>(r[f]);
             };
-            x.mode = u32(F_MODE);
-            x.nlink = u32(F_NLINK);
-            x.uid = u32(F_UID);
-            x.gid = u32(F_GID);
+            Node x;
+            if (r[F_PERM] < 0 || r[F_PERM] > 07777) bad(what("bad permissions"));
+            if (r[F_NLINK] < 1 || r[F_NLINK] > UINT32_MAX) bad(what("bad link count"));
+            x.mode = static_cast<uint32_t>(r[F_KIND] & ~INT64_C(07777)) | static_cast<uint32_t>(r[F_PERM]);
+            if (r[F_KIND] != (x.mode & S_IFMT)) bad(what("unknown file type"));
+            x.nlink = static_cast<uint32_t>(r[F_NLINK]);
+            x.uid = static_cast<uint32_t>(r[F_UID] & 0xFFFFFFFF);  // as tar's ids wrap in 32 bits
+            x.gid = static_cast<uint32_t>(r[F_GID] & 0xFFFFFFFF);
             x.size = off(F_SIZE);
             x.mtime_ns = r[F_MTIME];
             x.rdev = static_cast<uint64_t>(r[F_RDEV]);
             x.offset = off(F_OFFSET);
-            x.flags = u32(F_FLAGS);
-            x.parent = off(F_PARENT);
-            x.child_start = off(F_CHILD_START);
-            x.child_count = off(F_CHILD_COUNT);
             switch (x.mode & S_IFMT) {
             case S_IFREG:
-                if (r[F_LAYER] < 0 || r[F_LAYER] >= layers_) bad("inode " + std::to_string(ino) + ": no such layer");
+                if (r[F_LAYER] < 0 || r[F_LAYER] >= layers_) bad(what("no such layer"));
                 x.layer = static_cast<int32_t>(r[F_LAYER]);
-                if (x.offset + x.size > static_cast<uint64_t>(MAX_OFFSET)) bad("file data out of range");
+                if (x.offset + x.size > static_cast<uint64_t>(MAX_OFFSET)) bad(what("file data out of range"));
                 break;
             case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
                 break;
             default:
-                bad("inode " + std::to_string(ino) + ": unknown file type");
+                bad(what("unknown file type"));
             }
-            if (!S_ISDIR(x.mode) && x.child_count) bad("inode " + std::to_string(ino) + ": a non-directory has children");
-            if (x.parent >= n) bad("inode " + std::to_string(ino) + ": parent out of range");
+            if (seen[ino]++ && std::memcmp(&nodes_[ino], &x, sizeof x) != 0) bad(what("rows disagree"));
+            nodes_[ino] = x;
         }
+        for (size_t ino = 1; ino < n; ino++)
+            if (!seen[ino]) bad("inode " + std::to_string(ino) + " has no row");
         if (!S_ISDIR(nodes_[1].mode)) bad("the root is not a directory");
+    }
+
+    void load_dirs(const std::vector<int64_t> &v) {
+        size_t n = nodes_.size();
+        std::vector<uint8_t> seen(n, 0);
+        for (size_t k = 0; k < v.size() / NDIRFIELDS; k++) {
+            const int64_t *r = &v[k * NDIRFIELDS];
+            if (r[D_INO] < 1 || static_cast<uint64_t>(r[D_INO]) >= n || !S_ISDIR(nodes_[r[D_INO]].mode))
+                bad("dir row " + std::to_string(k) + ": not a directory's inode");
+            size_t ino = static_cast<size_t>(r[D_INO]);
+            if (seen[ino]++) bad("directory " + std::to_string(ino) + " has two dir rows");
+            if (r[D_PARENT] < 0 || static_cast<uint64_t>(r[D_PARENT]) >= n) bad("directory " + std::to_string(ino) + ": parent out of range");
+            if (r[D_START] < 0 || r[D_COUNT] < 0) bad("directory " + std::to_string(ino) + ": children out of range");
+            Node &x = nodes_[ino];
+            x.parent = static_cast<uint64_t>(r[D_PARENT]);
+            x.child_start = static_cast<uint64_t>(r[D_START]);
+            x.child_count = static_cast<uint64_t>(r[D_COUNT]);
+        }
+    }
+
+    void load_sparse(const std::vector<int64_t> &v) {
+        for (int64_t ino : v) {
+            if (ino < 1 || static_cast<uint64_t>(ino) >= nodes_.size() || !S_ISREG(nodes_[ino].mode))
+                bad("sparse: not a regular file's inode");
+            nodes_[ino].flags |= FLAG_SPARSE;
+        }
     }
 
     void load_children(const std::vector<int64_t> &ino, const std::vector<int64_t> &len, const nb::bytes &names) {
@@ -607,7 +637,7 @@ private:
 
     // [pos, pos + len) of a layer's uncompressed stream from cache files, if every span it
     // touches is whole there; false (nothing replied) otherwise.
-    bool cached_read(SpanTable &t, uint64_t pos, size_t len, char *out) {
+    bool cached_read(SpanTable &t, uint64_t pos, size_t len, char *out, size_t &last) {
         if (!t.trusted.load(std::memory_order_acquire)) return false;
         uint64_t end = pos + len;
         if (end > t.starts.back()) return false;
@@ -641,6 +671,7 @@ private:
             close(fd);
             if (!ok) return false;
             t.touched[i].store(1, std::memory_order_relaxed);
+            last = i;
             served += take;
             pos += take;
             i++;
@@ -694,13 +725,29 @@ private:
         SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
         if (t && !(x->flags & FLAG_SPARSE)) {
             char *buf = tls_buf.get(len);
-            if (cached_read(*t, x->offset + static_cast<uint64_t>(off), len, buf)) {
+            size_t last = 0;
+            if (cached_read(*t, x->offset + static_cast<uint64_t>(off), len, buf, last)) {
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 fuse_reply_buf(req, buf, len);
+                hint_ahead(*t, x->layer, last + 1, x->offset + x->size);
                 return;
             }
         }
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
+    }
+
+    // The file goes on into span ``next``, not cached: Python fills it in the background
+    // (once per span per mount from here; Python's own reads ask for it too).
+    void hint_ahead(SpanTable &t, int layer, size_t next, uint64_t file_end) {
+        if (next >= t.spans() || t.starts[next] >= file_end || t.cached[next].load(std::memory_order_acquire) ||
+            t.hinted[next].exchange(1))
+            return;
+        nb::gil_scoped_acquire g;
+        try {
+            ops_.attr("read_ahead")(layer, next);
+        } catch (nb::python_error &e) {
+            e.discard_as_unraisable("soci_native._fuse read_ahead");
+        }
     }
 
     static fuse_lowlevel_ops make_ops() {
@@ -745,11 +792,13 @@ NB_MODULE(_fuse, m) {
     // A frontend alive at exit (a daemon thread's mount) is not a leak worth a warning on stderr.
     nb::set_leak_warnings(false);
     m.attr("FIELDS") = static_cast<int>(NFIELDS);
-    m.attr("FLAG_SPARSE") = FLAG_SPARSE;
+    m.attr("DIR_FIELDS") = static_cast<int>(NDIRFIELDS);
     nb::class_<Frontend>(m, "Frontend")
-        .def(nb::init<nb::bytes, nb::bytes, nb::bytes, nb::bytes, nb::list, nb::list, int, uint64_t, nb::object>(),
-             nb::arg("nodes"), nb::arg("child_ino"), nb::arg("child_name_len"), nb::arg("names"),
-             nb::arg("targets"), nb::arg("xattrs"), nb::arg("layers"), nb::arg("total_size"), nb::arg("ops"))
+        .def(nb::init<uint64_t, nb::bytes, nb::bytes, nb::bytes, nb::bytes, nb::bytes, nb::bytes, nb::list, nb::list,
+                      int, uint64_t, nb::object>(),
+             nb::arg("inodes"), nb::arg("rows"), nb::arg("dirs"), nb::arg("child_ino"), nb::arg("child_name_len"),
+             nb::arg("names"), nb::arg("sparse"), nb::arg("targets"), nb::arg("xattrs"), nb::arg("layers"),
+             nb::arg("total_size"), nb::arg("ops"))
         .def_prop_ro("stats_dir_ino", &Frontend::stats_dir_ino)
         .def_prop_ro("stats_ino", &Frontend::stats_ino)
         .def("set_spans", &Frontend::set_spans, nb::arg("layer"), nb::arg("starts"))

@@ -3,10 +3,11 @@
 from typing import Any
 
 FIELDS: int
-FLAG_SPARSE: int
+DIR_FIELDS: int
 
 class Frontend:
-    def __init__(self, nodes: bytes, child_ino: bytes, child_name_len: bytes, names: bytes,
+    def __init__(self, inodes: int, rows: bytes, dirs: bytes, child_ino: bytes,
+                 child_name_len: bytes, names: bytes, sparse: bytes,
                  targets: list[tuple[int, bytes]], xattrs: list[tuple[int, bytes, bytes]],
                  layers: int, total_size: int, ops: Any) -> None: ...
     @property

@@ -95,13 +95,15 @@ class SociFS:
     def read(self, ino: int, offset: int, length: int) -> bytes | int:
         """``length`` bytes (the frontend clipped it to the file) at ``offset`` of regular
         file ``ino``, or an errno."""
-        node = self._nodes[ino] if 0 < ino < len(self._nodes) else None
+        node = self._nodes.get(ino)
         if node is None or node.layer < 0:
             return errno.EINVAL
         layer = self.m.layers[node.layer]
         try:
             if node.entry is not None and node.entry.sparse and isinstance(layer, LocalLayer):
                 data = layer.read_sparse(node.entry.header_offset, node.size, offset, length)
+            elif isinstance(layer, ZtocLayer):
+                data = layer.read(node.offset + offset, length, node.offset + node.size)
             else:
                 data = layer.read(node.offset + offset, length)
         except OSError as e:
@@ -114,6 +116,13 @@ class SociFS:
             log.error("read of inode %d [%d, +%d): got %d bytes", ino, offset, length, len(data))
             return errno.EIO
         return data
+
+    def read_ahead(self, layer: int, span: int) -> None:
+        """The frontend served a file's bytes from a cached span and the file goes on into
+        span ``span``, which is not cached: fill it in the background."""
+        lazy = self.m.layers[layer]
+        if isinstance(lazy, ZtocLayer):
+            lazy.read_ahead(span)
 
     def stats_size(self) -> int:
         return len(self._stats_bytes())

@@ -13,7 +13,9 @@
   inflate (``_core.SpanInflater``) that every reader of the span continues: into a cache
   temp file, renamed into the :class:`SpanCache` once whole and its window chain checked, or,
   for a span too big to cache, straight into the replies. Plain tar layers' spans are the
-  fetched bytes themselves.
+  fetched bytes themselves. A read of a file that goes on into the next span starts that
+  span's fill in the background (:meth:`ZtocLayer.read_ahead`, one span ahead, never past
+  the file), so fetch and inflate overlap serving.
 * :class:`LocalLayer` serves a layer without a zTOC from a complete local copy, indexed in
   memory (checkpoints every 1 MiB, so a read inflates at most that much before its data);
   sparse members from their sparse map (holes are zeros made on the fly).
@@ -469,6 +471,7 @@ class ZtocLayer:
         self._uncached: OrderedDict[int, None] = OrderedDict()
         self._filler: ThreadPoolExecutor | None = None
         self._filler_lock = threading.Lock()
+        self._ahead: set[int] = set()  # spans queued by read_ahead
         self._untrusted: str | None = None
         self._closing = False
         # Set by the FUSE frontend: span i is whole and verified in the cache at this path
@@ -551,7 +554,10 @@ class ZtocLayer:
         if hook is not None:
             hook(i, path)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, ahead_until: int = 0) -> bytes:
+        """Bytes [offset, offset+length) of the tar stream. ``ahead_until``: the end of the
+        file being read; the span after this read's is then filled in the background if it
+        starts before that (:meth:`read_ahead`)."""
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
@@ -566,7 +572,37 @@ class ZtocLayer:
                 parts.append(self._span_slice(i, pos - s.ustart, take))
                 pos += take
             i += 1
+        if i < len(self.spans) and self.spans[i].ustart < ahead_until:
+            self.read_ahead(i)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_ahead(self, i: int) -> None:
+        """Starts filling span ``i`` into the cache in the background (a reader of a file is
+        about to need it), unless it is cached, being filled or too big to cache: its fetch
+        and inflate then overlap serving the span before it. One span ahead of the reader,
+        never past the file it reads, so no more is fetched than a sequential read takes."""
+        if not 0 <= i < len(self.spans) or self._closing or self._untrusted is not None:
+            return
+        s = self.spans[i]
+        if not 0 < s.uend - s.ustart <= self.cache.max_span:
+            return
+        with self._filler_lock:
+            if i in self._ahead or i in self._fills:
+                return
+            self._ahead.add(i)
+            if self._filler is None:
+                self._filler = ThreadPoolExecutor(1, thread_name_prefix="soci-span-fill")
+            self._filler.submit(self._fill_ahead, i)
+
+    def _fill_ahead(self, i: int) -> None:
+        try:
+            if not self._closing and i not in self._fills and not os.path.exists(self._path(i)):
+                self.resolve(i)
+        except Exception as e:  # noqa: BLE001 - a reader that needs the span gets the error
+            log.debug("reading span %d of %s ahead failed: %s", i, self.digest, e)
+        finally:
+            with self._filler_lock:
+                self._ahead.discard(i)
 
     def _span_slice(self, i: int, rel: int, length: int) -> bytes:
         """Bytes [rel, rel+length) of span ``i``: from the cache, else from the span's one
