@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
 """Whole-process times of the short commands, beside a bare interpreter and `import click` in
 the same run: `--help`, `--version`, `ztoc info` on a large zTOC, `ztoc get-file` of a small
-file from a local image.
+file from a local image, the imports of `create`; and `soci-native mount` until the mountpoint
+answers, beside listing the same .tar.gz with `tar -tzf`.
 
 Everything runs from a regular (non-editable), byte-compiled copy of soci_native
 (bench/installed.py), as a user's installation would. Timed with hyperfine (-N, no shell),
 `--rounds` times over; the table gives the median of the rounds' medians and the ratio to
 the bare interpreter. The zTOC is of the `big` bench layer (bench/make_layers.py), indexed
-once into bench/data/cli-store/.
+once into bench/data/cli-store-LAYER/. Mount ready: `soci-native mount` (it returns once the
+mount is live) then one stat of a file in the mount, timed together, unmounted between runs;
+interleaved with `tar -tzf` (what any tool that reads the layer itself must at least do).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import installed
@@ -50,7 +55,10 @@ def hyperfine(cmds: dict[str, list[str]], runs: int) -> dict[str, float]:
                 "--style", "none", "--output", "pipe"]
         for name, cmd in cmds.items():
             args += ["-n", name, " ".join(cmd)]
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, env=installed.env())
+        # from "/": `python -c` puts the working directory first on sys.path, and the
+        # checkout's soci_native (no C extension in it) must not shadow the copy
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, env=installed.env(),
+                       cwd="/")
         res = json.load(open(out.name))["results"]
     return {r["command"]: r["median"] for r in res}
 
@@ -81,6 +89,7 @@ def main() -> int:
         f"ztoc get-file ({size} B, local)": [*sn, "ztoc", "get-file", digest, small,
                                              "--image", f"oci:{lay}:bench", "-o", "/dev/null"],
     }
+    cmds["imports of create"] = [py, "-c", "'import soci_native.cli, soci_native.build'"]
     # the first --help renders through click and saves its text; time the saved path
     sh([str(script), "--help"])
     rounds: dict[str, list[float]] = {k: [] for k in cmds}
@@ -94,7 +103,35 @@ def main() -> int:
     for k, ts in rounds.items():
         med = statistics.median(ts)
         print(f"{k:36} {med * 1e3:10.1f} {med / base:14.1f}x")
+    mount_ready(script, store, lay, small, args.layer, args.rounds * 3)
     return 0
+
+
+def mount_ready(script: Path, store: Path, lay: Path, probe: str, layer: str,
+                runs: int) -> None:
+    mp = DATA / "cli-mnt"
+    mp.mkdir(exist_ok=True)
+    tgz = DATA / f"{layer}.tar.gz"
+    times: dict[str, list[float]] = {"soci-native mount, ready": [], "tar -tzf": []}
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([str(script), "--root", str(store), "mount", f"oci:{lay}:bench",
+                        str(mp)], check=True, capture_output=True, env=installed.env())
+        try:
+            os.stat(mp / probe)
+            times["soci-native mount, ready"].append(time.perf_counter() - t)
+        finally:
+            subprocess.run([str(script), "--root", str(store), "umount", str(mp)],
+                           capture_output=True, env=installed.env())
+        t = time.perf_counter()
+        subprocess.run(["tar", "-tzf", str(tgz)], check=True, stdout=subprocess.DEVNULL)
+        times["tar -tzf"].append(time.perf_counter() - t)
+    base = statistics.median(times["tar -tzf"])
+    print(f"\n== mount ready, {layer} layer ({runs} runs, interleaved)")
+    print(f"{'what':36} {'median s':>10} {'vs tar -tzf':>12}")
+    for k, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{k:36} {med:10.3f} {base / med:11.2f}x")
 
 
 if __name__ == "__main__":
