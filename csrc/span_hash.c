@@ -221,6 +221,10 @@ int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err) {
     return rc;
 }
 
+int sh_wait_hashed(span_hasher *h, uint64_t upto, sn_err *err) {
+    return h->threaded ? sh_sync_to(h, upto, err) : SN_OK; /* threaded never changes */
+}
+
 int sh_finish(span_hasher *h, sn_err *err) {
     int rc = sh_sync(h, err);
     if (rc) return rc;

@@ -29,6 +29,9 @@ int sh_sync(span_hasher *h, sn_err *err);
 /* Waits until the bytes before stream position `upto` are hashed (their buffers are free).
  * At most 4 buffers may be in flight. */
 int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err);
+/* sh_sync_to for another thread than the producer's, about bytes whose feed has returned:
+ * inline mode hashed them already, so it only waits for a hashing thread. */
+int sh_wait_hashed(span_hasher *h, uint64_t upto, sn_err *err);
 /* Ends the last span at the end of the stream; digests: 32 bytes per span. */
 int sh_finish(span_hasher *h, sn_err *err);
 const uint8_t *sh_digests(const span_hasher *h, size_t *count);
