@@ -285,7 +285,7 @@ def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexIn
     zd = info.ztocs.get(desc.digest)
     if zd is not None:
         try:
-            raw = store.read_blob(zd)
+            raw = store.map_blob(zd)  # verified, not copied into the heap
             z = ztoc_mod.from_bytes(raw, files=False)  # the entries go straight to the tree
             entries = toc_entries(raw)
         except (StoreError, ztoc_mod.ZtocError) as e:

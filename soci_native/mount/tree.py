@@ -34,12 +34,15 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from soci_native import _core
 from soci_native.layer import TarEntry
 from soci_native.ztoc import FileMetadata, ZtocError
 from soci_native.ztoc_info import check_entries
+
+if TYPE_CHECKING:
+    from soci_native.ztoc import ZtocBuffer
 
 log = logging.getLogger("soci_native.mount")
 
@@ -147,7 +150,7 @@ class Entry(NamedTuple):
                    _xattrs(e.pax.items()) if e.pax else NO_XATTRS, e.sparse, e.header_offset)
 
 
-def toc_entries(buf: bytes) -> list[Entry]:
+def toc_entries(buf: ZtocBuffer) -> list[Entry]:
     """A zTOC's entries, in archive order, checked as
     :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data). Made in C
     (``_core.ztoc_entries``): from the parser's generic tuples this was a third of a
@@ -156,7 +159,7 @@ def toc_entries(buf: bytes) -> list[Entry]:
         return _toc_entries(buf)
 
 
-def _toc_entries(buf: bytes) -> list[Entry]:
+def _toc_entries(buf: ZtocBuffer) -> list[Entry]:
     try:
         files: list[Entry] = _core.ztoc_entries(buf, Entry, parse_rfc3339_ns, _xattrs,
                                                 NO_XATTRS)
