@@ -89,8 +89,11 @@ def click_dir() -> str | None:
 
 
 def signature() -> str:
-    """One line that changes whenever soci_native's or click's modules do."""
-    parts = [__version__, sys.version.split()[0], *module_stats(os.path.dirname(__file__))]
+    """One line that changes whenever soci_native's or click's modules do (or the locale)."""
+    # gettext picks click's messages by these (click ships no translations, but one could)
+    locale = [os.environ.get(k, "") for k in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")]
+    parts = [__version__, sys.version.split()[0], "locale", *locale,
+             *module_stats(os.path.dirname(__file__))]
     cdir = click_dir()
     parts += ["click", *(module_stats(cdir) if cdir else ["missing"])]
     return " ".join(parts)

@@ -61,6 +61,14 @@ def test_a_changed_module_is_rendered_again(tmp_path: Path) -> None:
     assert saved.read_text() == f"{sig}\n{text}"  # saved again, current
 
 
+def test_another_locale_is_rendered_again(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run(ENTRY, "--help", cache=tmp_path)
+    monkeypatch.setenv("LANG", "C" if os.environ.get("LANG") == "C.UTF-8" else "C.UTF-8")
+    code, _, _, clicked = run(ENTRY, "--help", cache=tmp_path, profile=True)
+    assert code == 0 and clicked  # the saved text was for another locale
+
+
 def test_unwritable_cache_still_answers(tmp_path: Path) -> None:
     (tmp_path / "soci-native").write_text("not a directory")
     want = run(CLICK, "--help", cache=tmp_path / "ref")
