@@ -13,6 +13,9 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <thread>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -67,10 +70,12 @@ struct Xattr {
 // (it is a function of the span's key, which never changes) before its state first becomes 1.
 struct SpanTable {
     std::vector<uint64_t> starts;  // n + 1: each span's uncompressed start, then the end
-    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted;
+    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted, pushed;
+    std::vector<std::vector<uint64_t>> files;  // per span: the regular files wholly inside it
     std::vector<std::string> paths;
     std::mutex mu;  // writers of paths
     std::atomic<bool> trusted{true};
+    int layer = -1;
     size_t spans() const { return starts.size() - 1; }
 };
 
@@ -129,12 +134,24 @@ public:
                 throw nb::value_error("span table: offsets must be non-negative and non-decreasing");
         auto t = std::make_unique<SpanTable>();
         t->starts.assign(s.begin(), s.end());
+        t->layer = layer;
         size_t n = t->spans();
         t->cached = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         t->touched = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         t->hinted = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
-        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = 0;
+        t->pushed = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
+        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = t->pushed[i] = 0;
         t->paths.resize(n);
+        t->files.resize(n);
+        for (size_t ino = 1; ino < nodes_.size(); ino++) {
+            const Node &x = nodes_[ino];
+            if (!S_ISREG(x.mode) || x.layer != layer || !x.size || (x.flags & FLAG_SPARSE)) continue;
+            size_t i = static_cast<size_t>(std::upper_bound(t->starts.begin(), t->starts.end(), x.offset) - t->starts.begin());
+            if (i == 0 || i > n) continue;
+            if (x.offset + x.size <= t->starts[i]) t->files[i - 1].push_back(ino);
+        }
+        for (auto &f : t->files)  // in stream order: the order a tree walk reads them in, roughly
+            std::sort(f.begin(), f.end(), [this](uint64_t a, uint64_t b) { return nodes_[a].offset < nodes_[b].offset; });
         spans_[static_cast<size_t>(layer)] = std::move(t);
     }
 
@@ -218,6 +235,7 @@ public:
             std::unique_lock<std::shared_mutex> g(se_mu_);
             se_ = se;
         }
+        std::thread pusher([this] { push_loop(); });
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(cfg, 1);
         fuse_loop_cfg_set_idle_threads(cfg, max_idle);
@@ -225,6 +243,12 @@ public:
         {
             nb::gil_scoped_release unlocked;
             rc = fuse_session_loop_mt(se, cfg);
+            {
+                std::lock_guard<std::mutex> g(push_mu_);
+                push_stop_ = true;
+            }
+            push_cv_.notify_all();
+            pusher.join();
             std::unique_lock<std::shared_mutex> g(se_mu_);
             se_ = nullptr;
         }
@@ -671,6 +695,7 @@ private:
             close(fd);
             if (!ok) return false;
             t.touched[i].store(1, std::memory_order_relaxed);
+            if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i);
             last = i;
             served += take;
             pos += take;
@@ -734,6 +759,67 @@ private:
             }
         }
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
+        if (t && !(x->flags & FLAG_SPARSE)) {  // Python may have found the span cached, or cached it
+            uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
+            size_t i = static_cast<size_t>(std::upper_bound(t->starts.begin(), t->starts.end(), pos) - t->starts.begin());
+            for (i = i ? i - 1 : 0; i < t->spans() && t->starts[i] < end; i++)
+                if (t->cached[i].load(std::memory_order_acquire)) push_later(t->layer, i);
+        }
+    }
+
+    // Once per span per mount, when it is whole in the cache and read here: the files wholly inside
+    // it go into the kernel's page cache (fuse_lowlevel_notify_store), so a reader walking a
+    // tree of small files finds their pages there instead of making a FUSE read per file. On a
+    // thread of its own: a store waits for the page locks of reads in flight, which the FUSE
+    // workers must stay free to answer. Files the kernel has no inode for yet are skipped.
+    void push_later(int layer, size_t i) {
+        if (layer < 0) return;
+        SpanTable &t = *spans_[static_cast<size_t>(layer)];
+        if (t.files[i].empty() || t.pushed[i].exchange(1)) return;
+        {
+            std::lock_guard<std::mutex> g(push_mu_);
+            if (push_q_.size() >= 1024) return;  // far behind: let the reads come
+            push_q_.emplace_back(layer, i);
+        }
+        push_cv_.notify_one();
+    }
+
+    void push_loop() {
+        std::vector<char> buf;
+        for (;;) {
+            std::pair<int, size_t> job;
+            {
+                std::unique_lock<std::mutex> g(push_mu_);
+                push_cv_.wait(g, [this] { return push_stop_ || !push_q_.empty(); });
+                if (push_stop_) return;
+                job = push_q_.front();
+                push_q_.pop_front();
+            }
+            push_span(*spans_[static_cast<size_t>(job.first)], job.second, buf);
+        }
+    }
+
+    void push_span(SpanTable &t, size_t i, std::vector<char> &buf) {
+        if (!t.trusted.load(std::memory_order_acquire) || !t.cached[i].load(std::memory_order_acquire)) return;
+        int fd = open(t.paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        uint64_t lo = t.starts[i], hi = t.starts[i + 1];
+        struct stat st;
+        if (fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == hi - lo) {
+            for (uint64_t ino : t.files[i]) {
+                const Node &x = nodes_[ino];
+                buf.resize(x.size);
+                ssize_t got = pread(fd, buf.data(), x.size, static_cast<off_t>(x.offset - lo));
+                if (got != static_cast<ssize_t>(x.size)) break;
+                struct fuse_bufvec bv = FUSE_BUFVEC_INIT(x.size);
+                bv.buf[0].mem = buf.data();
+                std::shared_lock<std::shared_mutex> g(se_mu_);
+                if (!se_ || push_stop_) break;
+                if (fuse_lowlevel_notify_store(se_, ino, 0, &bv, FUSE_BUF_SPLICE_NONBLOCK) == 0)
+                    pushed_files_.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+        close(fd);
     }
 
     // The file goes on into span ``next``, not cached: Python fills it in the background
@@ -782,7 +868,14 @@ private:
     uint64_t stats_dir_ = 0, stats_ino_ = 0;
     std::atomic<bool> stats_cached_{false};
     std::shared_mutex se_mu_;
+    std::mutex push_mu_;
+    std::condition_variable push_cv_;
+    std::deque<std::pair<int, size_t>> push_q_;
+    std::atomic<bool> push_stop_{false};
     struct fuse_session *se_ = nullptr;
+
+public:
+    std::atomic<uint64_t> pushed_files_{0};  // read by the pushed_files property
 };
 
 }  // namespace
@@ -804,6 +897,7 @@ NB_MODULE(_fuse, m) {
         .def("set_spans", &Frontend::set_spans, nb::arg("layer"), nb::arg("starts"))
         .def("span_cached", &Frontend::span_cached, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
         .def("untrust", &Frontend::untrust, nb::arg("layer"))
+        .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def("take_hits", &Frontend::take_hits)
         .def("take_touched", &Frontend::take_touched, nb::arg("layer"))
         .def("invalidate_stats", &Frontend::invalidate_stats, nb::call_guard<nb::gil_scoped_release>())

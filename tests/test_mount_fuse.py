@@ -317,3 +317,40 @@ def test_a_file_read_in_order_has_its_next_span_filled_ahead(tmp_path: Path) -> 
         assert st.errors == 0 and st.to_json()["inflate_ratio"] == 1.0
     finally:
         layer.close()
+
+
+def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """On a fresh mount over a warm span cache, the first read served from a span puts the
+    other files inside it into the kernel's page cache: reading them then mostly makes no
+    FUSE read at all, and every byte is still the image's."""
+    cache = tmp_path / "warm"
+    mp = mount("--cache-dir", str(cache))
+    tree = "usr/lib/python/json"
+    files = _regular_files(img.ref / tree)
+    assert len(files) >= 5
+    for rel in files:
+        (mp / tree / rel).read_bytes()
+    for _ in range(200):  # until the spans' background fills are committed
+        committed = [p for p in cache.rglob("*") if p.is_file() and ".tmp-" not in p.name]
+        if len(committed) >= mi.stats(mp)["totals"]["spans_fetched"]:
+            break
+        threading.Event().wait(0.05)
+    assert mi.umount_cmd(mp, store).returncode == 0
+
+    mp = mount("--cache-dir", str(cache))
+    os.listdir(mp / tree)  # the kernel learns the inodes (READDIRPLUS)
+    first = mp / tree / files[0]
+    assert first.read_bytes() == (img.ref / tree / files[0]).read_bytes()
+    for _ in range(100):
+        pushed = mi.stats(mp)["pushed_files"]
+        if pushed:
+            break
+        threading.Event().wait(0.05)
+    assert pushed > 0
+    before = mi.stats(mp)["direct_reads"]
+    for rel in files:
+        assert (mp / tree / rel).read_bytes() == (img.ref / tree / rel).read_bytes(), rel
+    s = mi.stats(mp)
+    assert s["direct_reads"] - before < len(files) - 1  # most were in the page cache already
+    assert s["totals"]["errors"] == 0 and s["totals"]["spans_fetched"] == 0

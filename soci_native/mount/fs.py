@@ -22,8 +22,14 @@ with every child's attributes, so listing a directory also makes its lookups.
 no-open mode its pages would stay cached, so after it is read its inode is invalidated
 (``fuse_lowlevel_notify_inval_inode``) at the next data read and at least every
 :data:`STATS_REFRESH` seconds. It hides an image's own ``/.soci-native``, if it has one.
-Cache hits served in C and the spans they read are folded into the layer stats and the span
-cache's LRU order at the same ticks.
+Cache hits served in C (``direct_reads``) and the spans they read are folded into the layer
+stats and the span cache's LRU order at the same ticks.
+
+When C first serves a read from a span, the other files wholly inside that span are put into
+the kernel's page cache (``fuse_lowlevel_notify_store``, on a thread of its own; counted as
+``pushed_files``): a walk over a tree of small files then finds most of them cached instead of
+making a FUSE round trip per file. Only bytes already verified and cached are pushed; nothing
+more is fetched.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class SociFS:
         self._stats_size = 0
         self._done = threading.Event()
         mounted.extra["direct_reads"] = 0
+        mounted.extra["pushed_files"] = 0  # put into the page cache before anyone read them
 
     # -- called by the frontend (from libfuse's threads, with the GIL)
 
@@ -170,6 +177,7 @@ class SociFS:
                 self.m.layers[li].stats.add(cache_hits=n)
         with self._fold_lock:  # reads answered from span cache files without Python
             self.m.extra["direct_reads"] = self.m.extra.get("direct_reads", 0) + sum(hits)
+            self.m.extra["pushed_files"] = self.front.pushed_files
         for li, layer in self._lazy:
             for i in self.front.take_touched(li):
                 self.m.cache.touch(layer.span_path(i))
