@@ -426,6 +426,8 @@ def main() -> int:
               f"{b.image_bytes / 1e6:.1f} MB compressed "
               f"({', '.join(f'{s / 1e6:.1f}' for s in b.layer_sizes)} MB); index build + "
               f"push {b.index_seconds:.1f} s", flush=True)
+        print("image: Debian 12 + python3 + numpy " + version + "; layers: " + "; ".join(
+            f"{name} ({len(pkgs)} packages)" for name, pkgs in layers), flush=True)
         variants = [("loopback", None)]
         if not args.no_throttle:
             variants.append(("50 MB/s", THROTTLE))
