@@ -191,6 +191,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> object:
+    """``PRAGMA journal_mode = WAL``, retried while the database is locked. On a store just
+    created by another process (still in rollback-journal mode) the switch needs an exclusive
+    lock, and while a third holds a write transaction SQLite answers SQLITE_BUSY at once
+    instead of waiting (its deadlock rule skips the busy handler), so the wait is ours."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _temp_name(prefix: str = TEMP_PREFIX) -> str:
     return f"{prefix}{os.getpid()}-{os.urandom(8).hex()}"
 
@@ -588,7 +605,7 @@ class Store:
             raise StoreError(f"cannot open {self.db_path}: {e}") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(
                     f"{self.db_path}: SQLite could not switch to WAL mode (got {mode!r}); "

@@ -782,3 +782,22 @@ def test_content_is_valid_oci_layout(store: Store) -> None:
         [umoci, "ls", "--layout", str(content)], capture_output=True, text=True, timeout=20
     )
     assert bad.returncode != 0
+
+
+def test_open_waits_for_a_writer_on_a_new_database(tmp_path: Path) -> None:
+    """A store whose database file another process has just created (still in rollback-journal
+    mode) while a third holds a write transaction: the switch to WAL must wait for it, not
+    call the database unusable (SQLite answers that switch with SQLITE_BUSY at once)."""
+    tmp_path.mkdir(exist_ok=True)
+    holder = sqlite3.connect(tmp_path / "artifacts.db", isolation_level=None,
+                             check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        with Store(tmp_path) as s:
+            s.add_artifact(ArtifactRecord(fake_digest("a"), 1, "soci_layer", MEDIA_TYPE_ZTOC))
+            assert len(s.list_artifacts()) == 1
+    finally:
+        release.join()
+        holder.close()
