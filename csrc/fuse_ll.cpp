@@ -27,6 +27,8 @@
 #include <string>
 #include <string_view>
 #include <sys/stat.h>
+#include <cstdio>
+#include <chrono>
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <vector>
@@ -41,7 +43,8 @@ constexpr size_t NAME_MAX_BYTES = 4096;
 constexpr int64_t MAX_OFFSET = INT64_C(1) << 62;  // sizes and offsets beyond this are hostile
 constexpr const char *STATS_DIR = ".soci-native";
 constexpr const char *STATS_FILE = "stats.json";
-constexpr uint32_t FLAG_SPARSE = 1;  // data is not one range: Python reads it
+constexpr uint32_t FLAG_SPARSE = 1;
+constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into the page cache  // data is not one range: Python reads it
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
 // attributes (a hard-linked inode may have several identical rows), and a directory's place.
@@ -248,7 +251,7 @@ public:
                 push_stop_ = true;
             }
             push_cv_.notify_all();
-            pusher.join();
+            stop_pusher(pusher, mountpoint);
             std::unique_lock<std::shared_mutex> g(se_mu_);
             se_ = nullptr;
         }
@@ -784,7 +787,64 @@ private:
         push_cv_.notify_one();
     }
 
+    // A store waits for the page lock of a read in flight; once the loop has ended nobody
+    // answers that read, so a pusher still stuck after a while has the connection aborted
+    // (fusectl), which ends the read and the store.
+    void stop_pusher(std::thread &pusher, const std::string &mountpoint) {
+        {
+            std::unique_lock<std::mutex> g(push_mu_);
+            unsigned conn;
+            if (!push_done_cv_.wait_for(g, std::chrono::seconds(2), [this] { return push_done_; }) &&
+                connection(mountpoint, conn)) {
+                std::string p = "/sys/fs/fuse/connections/" + std::to_string(conn) + "/abort";
+                int fd = open(p.c_str(), O_WRONLY | O_CLOEXEC);
+                if (fd >= 0) {
+                    if (write(fd, "1", 1) < 0) { /* nothing more to try: wait */ }
+                    close(fd);
+                }
+            }
+        }
+        pusher.join();
+    }
+
+    // The FUSE connection's number (the mount's device minor) from /proc/self/mountinfo: a
+    // stat of the mountpoint would be a request to this very mount, which nobody answers here.
+    static bool connection(const std::string &mountpoint, unsigned &conn) {
+        std::string want;
+        for (char c : mountpoint) {
+            if (c == ' ' || c == '\t' || c == '\n' || c == '\\') {
+                char o[5];
+                std::snprintf(o, sizeof o, "\\%03o", static_cast<unsigned char>(c));
+                want += o;
+            } else {
+                want += c;
+            }
+        }
+        FILE *f = std::fopen("/proc/self/mountinfo", "re");
+        if (!f) return false;
+        char line[8192];
+        bool found = false;
+        while (std::fgets(line, sizeof line, f)) {
+            unsigned major = 0, minor_ = 0;
+            char point[4096];
+            if (std::sscanf(line, "%*s %*s %u:%u %*s %4095s", &major, &minor_, point) == 3 && want == point) {
+                conn = minor_;  // the last match: a mount over an older one
+                found = true;
+            }
+        }
+        std::fclose(f);
+        return found;
+    }
+
     void push_loop() {
+        struct Done {
+            Frontend *f;
+            ~Done() {
+                std::lock_guard<std::mutex> g(f->push_mu_);
+                f->push_done_ = true;
+                f->push_done_cv_.notify_all();
+            }
+        } done{this};
         std::vector<char> buf;
         for (;;) {
             std::pair<int, size_t> job;
@@ -808,6 +868,7 @@ private:
         if (fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == hi - lo) {
             for (uint64_t ino : t.files[i]) {
                 const Node &x = nodes_[ino];
+                if (x.size > PUSH_MAX_FILE) continue;  // read in large requests anyway
                 buf.resize(x.size);
                 ssize_t got = pread(fd, buf.data(), x.size, static_cast<off_t>(x.offset - lo));
                 if (got != static_cast<ssize_t>(x.size)) break;
@@ -872,6 +933,8 @@ private:
     std::condition_variable push_cv_;
     std::deque<std::pair<int, size_t>> push_q_;
     std::atomic<bool> push_stop_{false};
+    bool push_done_ = false;
+    std::condition_variable push_done_cv_;
     struct fuse_session *se_ = nullptr;
 
 public:

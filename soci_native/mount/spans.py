@@ -423,6 +423,8 @@ class _Fill:
         self.lock = threading.Lock()
 
 
+FILLERS = 2  # threads per layer finishing spans and reading ahead: the next span's fetch and
+#             inflate run beside the rest of the current one's (one thread made them take turns)
 FILL_STEP = 4 << 20  # the background fill advances this far per turn of the fill lock
 READ_AHEAD = 1 << 20  # a reader of a filling span inflates at least this far past the fill
 RECENT = 4 << 20  # an uncacheable span's bytes kept behind its inflater
@@ -591,7 +593,7 @@ class ZtocLayer:
                 return
             self._ahead.add(i)
             if self._filler is None:
-                self._filler = ThreadPoolExecutor(1, thread_name_prefix="soci-span-fill")
+                self._filler = ThreadPoolExecutor(FILLERS, thread_name_prefix="soci-span-fill")
             self._filler.submit(self._fill_ahead, i)
 
     def _fill_ahead(self, i: int) -> None:
@@ -789,7 +791,7 @@ class ZtocLayer:
     def _fill_later(self, fill: _Fill) -> None:
         with self._filler_lock:
             if self._filler is None:
-                self._filler = ThreadPoolExecutor(1, thread_name_prefix="soci-span-fill")
+                self._filler = ThreadPoolExecutor(FILLERS, thread_name_prefix="soci-span-fill")
             self._filler.submit(self._complete, fill)
 
     def _complete(self, fill: _Fill) -> None:
