@@ -45,6 +45,20 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
+def need_tools(what: str) -> None:
+    """Skips the caller's tests when containerd's tools or root are missing; under CI
+    (``CI=true``) that is a failure instead."""
+    import pytest
+
+    missing = missing_tools()
+    if os.geteuid() != 0:
+        missing.append("root (containerd, overlayfs)")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"missing for {what}: {', '.join(missing)}")
+        pytest.skip(f"needs {', '.join(missing)}")
+
+
 def run(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
     p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
     if p.returncode != 0:

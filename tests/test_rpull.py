@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +27,6 @@ from typing import Any
 import ctr_env as ce
 import pytest
 import reg_server
-
-IN_CI = os.environ.get("CI") == "true"
 
 
 class Env:
@@ -83,13 +80,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Any:
-    missing = ce.missing_tools()
-    if os.geteuid() != 0:
-        missing.append("root (containerd, overlayfs)")
-    if missing:
-        if IN_CI:
-            pytest.fail(f"missing for the rpull tests: {', '.join(missing)}")
-        pytest.skip(f"needs {', '.join(missing)}")
+    ce.need_tools("the rpull tests")
     e = Env(ce.short_tempdir())
     try:
         yield e

@@ -31,18 +31,6 @@ from soci_native.snapshotter import config as snap_config
 from soci_native.snapshotter import filters
 from soci_native.snapshotter.metadata import KIND_ACTIVE, KIND_COMMITTED, Metadata, MetaError
 
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _need_tools() -> None:
-    missing = ce.missing_tools()
-    if os.geteuid() != 0:
-        missing.append("root (containerd, overlayfs)")
-    if missing:
-        if IN_CI:
-            pytest.fail(f"missing for the snapshotter tests: {', '.join(missing)}")
-        pytest.skip(f"needs {', '.join(missing)}")
-
 
 class Env:
     def __init__(self, base: Path) -> None:
@@ -102,7 +90,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Any:
-    _need_tools()
+    ce.need_tools("the snapshotter tests")
     e = Env(ce.short_tempdir())
     try:
         yield e

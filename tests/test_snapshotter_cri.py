@@ -13,7 +13,6 @@ all three layers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +22,6 @@ from typing import Any
 import ctr_env as ce
 import pytest
 import reg_server
-
-IN_CI = os.environ.get("CI") == "true"
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -65,13 +62,7 @@ def cri_pull(address: Path, ref: str) -> str:
 
 @pytest.fixture(scope="module")
 def env() -> Any:
-    missing = ce.missing_tools()
-    if os.geteuid() != 0:
-        missing.append("root (containerd, overlayfs)")
-    if missing:
-        if IN_CI:
-            pytest.fail(f"missing for the CRI test: {', '.join(missing)}")
-        pytest.skip(f"needs {', '.join(missing)}")
+    ce.need_tools("the CRI test")
     base = ce.short_tempdir()
     reg = sn = ctrd = None
     try:
