@@ -736,12 +736,18 @@ private:
         Frontend *fs = self(req);
         if (fi->fh) return fs->python_read(req, "stats_read", size, false, fi->fh, static_cast<int64_t>(off), size);
         if (ino == fs->stats_ino_) {  // no-open mode: a fresh render from offset 0
+            // Marked before the reply: once the reader has these pages, the next data read
+            // must see the mark and drop them (invalidated then or at the refresh tick).
+            fs->stats_cached_ = true;
             fs->python_read(req, "stats_read", size, false, uint64_t(0), static_cast<int64_t>(off), size);
-            fs->stats_cached_ = true;  // invalidated at the next data read or refresh tick
             return;
         }
+        // This read changes the counters (never under the GIL): dropped before the reply, so a
+        // reader that reads stats.json after this read's data never sees a render older than
+        // it, and again after, for a render a concurrent reader made meanwhile.
+        fs->invalidate_stats();
         fs->read_file(req, ino, size, off);
-        fs->invalidate_stats();  // this read changed the counters (never under the GIL)
+        fs->invalidate_stats();
     }
 
     void read_file(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off) {
