@@ -291,23 +291,15 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path,
         os.close(w)
         if secrets is not None:
             os.close(secrets)
-    with os.fdopen(r, "rb") as rf:
-        msg = rf.read().decode("utf-8", "replace").strip()
-    if msg == "OK":
-        click.echo(f"mounted at {mp} (pid {proc.pid}, log {log_file})", err=True)
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if msg.startswith("ERR "):
-        cause = _fuse_lines(log_file, since) if msg.startswith("ERR FUSE could not") else ""
-        _fail(f"{msg[4:]} ({cause})" if cause else msg[4:])
-    tail = ""
-    with contextlib.suppress(OSError):
-        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
-    _fail(f"mounting {mp} failed (exit {proc.returncode}); last lines of {log_file}:\n{tail}")
+
+    def reap() -> int | None:
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    _await_ready(r, proc.pid, reap, mp, log_file, since)
 
 
 def _daemon(root: Path, mp: str, log_file: Path, debug: bool,
@@ -355,12 +347,20 @@ def _daemon(root: Path, mp: str, log_file: Path, debug: bool,
             os._exit(code)
     os.close(w)
     os.close(logfd)
+    _await_ready(r, pid, lambda: _wait(pid, 10.0), mp, log_file, since)
+
+
+def _await_ready(r: int, pid: int, reap: Callable[[], int | None], mp: str, log_file: Path,
+                 since: int) -> None:
+    """Reads the daemon's report from pipe ``r``: "OK" once the mount is live, else "ERR
+    why" (or nothing, if it died): then reaps it (``reap``) and fails with the reason, or
+    with the last lines of its log (written after ``since``)."""
     with os.fdopen(r, "rb") as rf:
         msg = rf.read().decode("utf-8", "replace").strip()
     if msg == "OK":
         click.echo(f"mounted at {mp} (pid {pid}, log {log_file})", err=True)
         return
-    status = _wait(pid, 10.0)
+    status = reap()
     if msg.startswith("ERR "):
         cause = _fuse_lines(log_file, since) if msg.startswith("ERR FUSE could not") else ""
         _fail(f"{msg[4:]} ({cause})" if cause else msg[4:])
