@@ -18,6 +18,7 @@ state and socket under ``dir`` (CRI disabled) and the snapshotter as proxy plugi
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -135,6 +136,13 @@ def push(lay: Path, ref: str) -> None:
         f"oci:{lay}:t", f"docker://{ref}")
 
 
+def layer_digests(ref: str) -> list[str]:
+    """The layer digests of the manifest ``ref`` names in a plain-HTTP registry (skopeo)."""
+    manifest = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{ref}").stdout)
+    return [d["digest"] for d in manifest["layers"]]
+
+
 def soci(*args: str, root: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
     return run(sys.executable, "-m", "soci_native.cli", *args, env=env, timeout=timeout)
@@ -204,6 +212,14 @@ class Snapshotter:
     def stop_mounts(self) -> None:
         subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
                         str(self.root), "stop-mounts"], capture_output=True, timeout=120)
+
+    def mounts(self) -> list[dict[str, Any]]:
+        """`snapshotter mounts`: the layer mounts its store records, as JSON."""
+        p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
+                            str(self.root), "mounts"], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        return list(json.loads(p.stdout))
 
 
 class Containerd:
@@ -284,3 +300,17 @@ state = "{base}/state"
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def teardown(base: Path, ctrd: Containerd | None, sn: Snapshotter | None, reg: Any) -> None:
+    """Stops what a test environment started (any of them may be None: it failed to start)
+    in dependency order, unmounts what is left below ``base`` and removes it."""
+    if ctrd is not None:
+        ctrd.stop()
+    if sn is not None:
+        sn.stop()
+        sn.stop_mounts()
+    if reg is not None:
+        reg.stop()
+    unmount_under(base)
+    shutil.rmtree(base, ignore_errors=True)

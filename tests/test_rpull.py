@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -43,10 +42,7 @@ class Env:
         ce.soci("create", f"docker://{self.lazy_ref}", *ce.CREATE_OPTS, "--prefetch-file",
                 "/data/random1.bin", root=self.store)
         ce.soci("push", f"docker://{self.lazy_ref}", root=self.store)
-        manifest = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{self.lazy_ref}"],
-            check=True, capture_output=True).stdout)
-        self.layers = [d["digest"] for d in manifest["layers"]]
+        self.layers = ce.layer_digests(self.lazy_ref)
         self.sn = ce.Snapshotter.start(base / "sn", base / "sn.sock")
         self.ctrd = ce.Containerd.start(base / "ctrd", base / "sn.sock")
 
@@ -59,23 +55,14 @@ class Env:
         return p
 
     def mounts(self) -> list[dict[str, Any]]:
-        p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
-                            str(self.sn.root), "mounts"], capture_output=True, text=True,
-                           timeout=60)
-        assert p.returncode == 0, p.stderr
-        return list(json.loads(p.stdout))
+        return self.sn.mounts()
 
     def run(self, ref: str, name: str) -> str:
         return str(self.ctrd.ctr("run", "--rm", "--snapshotter", "soci", ref, name,
                                  "/bin/sh", "-c", ce.COMMAND).stdout)
 
     def close(self) -> None:
-        self.ctrd.stop()
-        self.sn.stop()
-        self.sn.stop_mounts()
-        self.reg.stop()
-        ce.unmount_under(self.base)
-        shutil.rmtree(self.base, ignore_errors=True)
+        ce.teardown(self.base, self.ctrd, self.sn, self.reg)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ Also: the filter syntax, the state rules and the config file, without containerd
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -45,10 +44,7 @@ class Env:
                 self.plain_ref)
         ce.soci("create", f"docker://{self.lazy_ref}", *ce.CREATE_OPTS, root=self.store)
         ce.soci("push", f"docker://{self.lazy_ref}", root=self.store)
-        manifest = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{self.lazy_ref}"],
-            check=True, capture_output=True).stdout)
-        self.layers = [d["digest"] for d in manifest["layers"]]
+        self.layers = ce.layer_digests(self.lazy_ref)
         self.sn_root = base / "sn"
         self.sock = base / "sn.sock"
         # the snapshotter's own store (<root>/store): the index comes from the registry
@@ -68,11 +64,7 @@ class Env:
             time.sleep(0.2)
 
     def mounts(self) -> list[dict[str, Any]]:
-        p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
-                            str(self.sn_root), "mounts"], capture_output=True, text=True,
-                           timeout=60)
-        assert p.returncode == 0, p.stderr
-        return list(json.loads(p.stdout))
+        return self.sn.mounts()
 
     def close(self) -> None:
         for c in self.ctrd.ctr("containers", "ls", "-q", ok=False).stdout.split():
@@ -80,12 +72,7 @@ class Env:
             time.sleep(0.2)
             self.ctrd.ctr("task", "rm", "-f", c, ok=False)
             self.ctrd.ctr("containers", "rm", c, ok=False)
-        self.ctrd.stop()
-        self.sn.stop()
-        self.sn.stop_mounts()
-        self.reg.stop()
-        ce.unmount_under(self.base)
-        shutil.rmtree(self.base, ignore_errors=True)
+        ce.teardown(self.base, self.ctrd, self.sn, self.reg)
 
 
 @pytest.fixture(scope="module")

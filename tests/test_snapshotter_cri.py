@@ -12,10 +12,7 @@ all three layers.
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,32 +69,19 @@ def env() -> Any:
         store = base / "store"
         ce.soci("create", f"docker://{ref}", *ce.CREATE_OPTS, root=store)
         ce.soci("push", f"docker://{ref}", root=store)
-        manifest = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-            check=True, capture_output=True).stdout)
+        layers = ce.layer_digests(ref)
         sn = ce.Snapshotter.start(base / "sn", base / "sn.sock")
         ctrd = ce.Containerd.start(base / "ctrd", base / "sn.sock", cri_registry=reg.host)
-        yield base, ref, [d["digest"] for d in manifest["layers"]], sn, ctrd
+        yield base, ref, layers, sn, ctrd
     finally:
-        if ctrd is not None:
-            ctrd.stop()
-        if sn is not None:
-            sn.stop()
-            sn.stop_mounts()
-        if reg is not None:
-            reg.stop()
-        ce.unmount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
+        ce.teardown(base, ctrd, sn, reg)
 
 
 def test_cri_pull_mounts_lazily_and_runs(env: Any) -> None:
     _, ref, layers, sn, ctrd = env
     image_ref = cri_pull(ctrd.address, ref)
     assert image_ref.startswith("sha256:"), image_ref  # the config's digest
-    p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter", "--root",
-                        str(sn.root), "mounts"], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    assert sorted(m["layer"] for m in json.loads(p.stdout)) == sorted(layers[:2]), \
+    assert sorted(m["layer"] for m in sn.mounts()) == sorted(layers[:2]), \
         sn.log.read_text()[-3000:]
     blobs = ctrd.content_blobs()
     assert layers[0] not in blobs and layers[1] not in blobs  # never downloaded
