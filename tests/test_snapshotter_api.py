@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,20 +49,13 @@ class Client:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[tuple[Client, ce.Snapshotter, Path]]:
-    if os.geteuid() != 0 or ce.missing_tools():
-        why = f"needs root and {', '.join(ce.missing_tools()) or 'nothing else'}"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+    ce.need_tools("the snapshotter API tests")
     base = ce.short_tempdir()
     sn = ce.Snapshotter.start(base / "sn", base / "sn.sock")
     try:
         yield Client(base / "sn.sock"), sn, base
     finally:
-        sn.stop()
-        sn.stop_mounts()
-        ce.unmount_under(base)
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        ce.teardown(base, None, sn, None)
 
 
 def test_state_rules_and_codes(api: Any) -> None:
@@ -152,11 +144,7 @@ def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
     cache and no further registry traffic for that layer."""
     import fault_proxy
 
-    if os.geteuid() != 0 or ce.missing_tools():
-        why = f"needs root and {', '.join(ce.missing_tools()) or 'nothing else'}"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+    ce.need_tools("the snapshotter API tests")
     base = ce.short_tempdir()
     limit = 192 << 10
     cfg = base / "c.toml"
@@ -198,31 +186,20 @@ def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
         for key in ("ns/2/extract y", "ns/1/P"):
             c.call("Remove", sp.RemoveSnapshotRequest(key=key), empty_pb2.Empty)
 
-        def mounts() -> list[dict[str, Any]]:
-            p = subprocess.run([sys.executable, "-m", "soci_native.cli", "snapshotter",
-                                "--root", str(base / "sn"), "mounts"], capture_output=True,
-                               text=True, check=True)
-            return list(json.loads(p.stdout))
-
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            (m,) = mounts()
+            (m,) = sn.mounts()
             if m["totals"]["spans_fetched"] >= 2:
                 break
             time.sleep(0.2)
         assert m["totals"]["spans_fetched"] >= 2  # nobody read: the background fetch did
         assert 0 < m["cache_bytes"] <= limit
         c.call("Remove", sp.RemoveSnapshotRequest(key=target), empty_pb2.Empty)
-        assert mounts() == []
+        assert sn.mounts() == []
         assert not Path(m["cache_dir"]).exists() and not os.path.ismount(m["mountpoint"])
         blob_gets = proxy.stats.total_requests("GET", f"/blobs/{layer}")
         time.sleep(1.0)  # 40 spans/s would have asked for more by now
         assert proxy.stats.total_requests("GET", f"/blobs/{layer}") == blob_gets
     finally:
-        if sn is not None:
-            sn.stop()
-            sn.stop_mounts()
         proxy.close()
-        reg.stop()
-        ce.unmount_under(base)
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        ce.teardown(base, None, sn, reg)
