@@ -25,9 +25,11 @@ SMALL = ["--min-layer-size", "1000", "--span-size", str(256 << 10)]
 
 
 def cli(*args: str, root: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """``soci-native ARGS`` with store ``root``; with ``ok``, it must succeed. The timeout is
+    a guard against a hang (registry tests included), never a measure."""
     env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
     p = subprocess.run([sys.executable, "-m", "soci_native.cli", *args], env=env, text=True,
-                       capture_output=True)
+                       capture_output=True, timeout=300)
     if ok:
         assert p.returncode == 0, p.stderr
     return p

@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 from peak_rss import split_peak, wrapped
+from test_cli import cli
 
 Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def cli(*args: str, root: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
-    p = subprocess.run([sys.executable, "-m", "soci_native.cli", *args], env=env, text=True,
-                       capture_output=True)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def put(lay: Path, data: bytes) -> dict:

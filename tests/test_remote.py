@@ -15,21 +15,12 @@ from typing import Any
 
 import pytest
 import reg_server
-from test_cli import SMALL, STDLIB, image, layers_of  # noqa: F401 (the `image` fixture)
+from test_cli import SMALL, STDLIB, cli, image, layers_of  # noqa: F401 (the `image` fixture)
 
 pytestmark = pytest.mark.skipif(not reg_server.available(),
                                 reason="needs docker-registry (apt) and skopeo")
 USER, PASSWORD = "sociuser", "s3cret!"
 EMPTY_CONFIG_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-
-
-def cli(*args: str, root: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
-    p = subprocess.run([sys.executable, "-m", "soci_native.cli", *args], env=env, text=True,
-                       capture_output=True, timeout=300)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def skopeo_raw(ref: str, *extra: str) -> bytes:
