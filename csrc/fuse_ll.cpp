@@ -681,13 +681,12 @@ private:
             }
             if (!t.cached[i].load(std::memory_order_acquire)) return false;
             uint64_t take = std::min(end, hi) - pos;
-            int fd = open(t.paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+            int fd = open_span(t, i);
             if (fd < 0) {
                 if (errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
                 return false;
             }
-            struct stat st;
-            bool ok = fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == hi - lo;
+            bool ok = true;
             uint64_t got = 0;
             while (ok && got < take) {
                 ssize_t r = pread(fd, out + served + got, take - got, static_cast<off_t>(pos - lo + got));
@@ -867,26 +866,37 @@ private:
 
     void push_span(SpanTable &t, size_t i, std::vector<char> &buf) {
         if (!t.trusted.load(std::memory_order_acquire) || !t.cached[i].load(std::memory_order_acquire)) return;
-        int fd = open(t.paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+        int fd = open_span(t, i);
         if (fd < 0) return;
-        uint64_t lo = t.starts[i], hi = t.starts[i + 1];
-        struct stat st;
-        if (fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == hi - lo) {
-            for (uint64_t ino : t.files[i]) {
-                const Node &x = nodes_[ino];
-                if (x.size > PUSH_MAX_FILE) continue;  // read in large requests anyway
-                buf.resize(x.size);
-                ssize_t got = pread(fd, buf.data(), x.size, static_cast<off_t>(x.offset - lo));
-                if (got != static_cast<ssize_t>(x.size)) break;
-                struct fuse_bufvec bv = FUSE_BUFVEC_INIT(x.size);
-                bv.buf[0].mem = buf.data();
-                std::shared_lock<std::shared_mutex> g(se_mu_);
-                if (!se_ || push_stop_) break;
-                if (fuse_lowlevel_notify_store(se_, ino, 0, &bv, FUSE_BUF_SPLICE_NONBLOCK) == 0)
-                    pushed_files_.fetch_add(1, std::memory_order_relaxed);
-            }
+        uint64_t lo = t.starts[i];
+        for (uint64_t ino : t.files[i]) {
+            const Node &x = nodes_[ino];
+            if (x.size > PUSH_MAX_FILE) continue;  // read in large requests anyway
+            buf.resize(x.size);
+            ssize_t got = pread(fd, buf.data(), x.size, static_cast<off_t>(x.offset - lo));
+            if (got != static_cast<ssize_t>(x.size)) break;
+            struct fuse_bufvec bv = FUSE_BUFVEC_INIT(x.size);
+            bv.buf[0].mem = buf.data();
+            std::shared_lock<std::shared_mutex> g(se_mu_);
+            if (!se_ || push_stop_) break;
+            if (fuse_lowlevel_notify_store(se_, ino, 0, &bv, FUSE_BUF_SPLICE_NONBLOCK) == 0)
+                pushed_files_.fetch_add(1, std::memory_order_relaxed);
         }
         close(fd);
+    }
+
+    // Span i's cache file, open, if it holds exactly the span's bytes (a file of any other
+    // size is not the one Python verified and committed); else -1 with errno set (ENOENT:
+    // evicted).
+    static int open_span(const SpanTable &t, size_t i) {
+        int fd = open(t.paths[i].c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return -1;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == t.starts[i + 1] - t.starts[i])
+            return fd;
+        close(fd);
+        errno = EIO;
+        return -1;
     }
 
     // The file goes on into span ``next``, not cached: Python fills it in the background
