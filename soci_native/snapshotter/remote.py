@@ -29,10 +29,10 @@ log = logging.getLogger("soci_native.snapshotter")
 
 LABEL_REF = "containerd.io/snapshot.ref"
 LABEL_PREFIX = "containerd.io/snapshot/"
-IMAGE_REF_LABELS = ("containerd.io/snapshot/cri.image-ref",
-                    "containerd.io/snapshot/remote/stargz.reference")
-LAYER_LABELS = ("containerd.io/snapshot/cri.layer-digest",
-                "containerd.io/snapshot/remote/stargz.digest")
+CRI_IMAGE_REF_LABEL = "containerd.io/snapshot/cri.image-ref"
+CRI_LAYER_LABEL = "containerd.io/snapshot/cri.layer-digest"
+IMAGE_REF_LABELS = (CRI_IMAGE_REF_LABEL, "containerd.io/snapshot/remote/stargz.reference")
+LAYER_LABELS = (CRI_LAYER_LABEL, "containerd.io/snapshot/remote/stargz.digest")
 MANIFEST_LABEL = "containerd.io/snapshot/cri.manifest-digest"
 INDEX_LABEL = "containerd.io/snapshot/remote/soci.index.digest"
 REMOTE_LABEL = "containerd.io/snapshot/soci-native.remote"

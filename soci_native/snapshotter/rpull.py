@@ -33,10 +33,14 @@ from soci_native.images import ImageError, ResolvedImage
 from soci_native.oci import Platform
 from soci_native.refs import Reference
 from soci_native.snapshotter.containerd import Containerd, ContainerdError, descriptor
-from soci_native.snapshotter.remote import INDEX_LABEL, LABEL_REF, MANIFEST_LABEL
+from soci_native.snapshotter.remote import (
+    CRI_IMAGE_REF_LABEL,
+    CRI_LAYER_LABEL,
+    INDEX_LABEL,
+    LABEL_REF,
+    MANIFEST_LABEL,
+)
 
-LABEL_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-LABEL_LAYER = "containerd.io/snapshot/cri.layer-digest"
 LABEL_LAYERS = "containerd.io/snapshot/cri.image-layers"
 LABEL_MAX = 4096  # containerd's limit on one label's key + value
 READ_CHUNK = 1 << 20
@@ -128,8 +132,8 @@ class Puller:
             digests = [d.digest for d in img.layers]
             for i, (layer, chain) in enumerate(zip(img.layers, chain_ids(diff_ids),
                                                    strict=True)):
-                labels = {LABEL_REF: chain, LABEL_IMAGE_REF: str(self.ref),
-                          LABEL_LAYER: layer.digest, MANIFEST_LABEL: img.manifest.digest,
+                labels = {LABEL_REF: chain, CRI_IMAGE_REF_LABEL: str(self.ref),
+                          CRI_LAYER_LABEL: layer.digest, MANIFEST_LABEL: img.manifest.digest,
                           LABEL_LAYERS: layers_label(digests[i:])}
                 if self.index_digest:
                     labels[INDEX_LABEL] = self.index_digest
