@@ -78,7 +78,7 @@ def serve(address: str, paths: Paths, cfg: Config, ready: threading.Event | None
     if server.add_insecure_port("unix:" + address) == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
-    warm_imports(RESOLVE_MODULES)
+    warm_imports(RESOLVE_MODULES, tls_insecure=(cfg.registry_insecure,))
     os.chmod(address, 0o660)
     log.info("soci-native snapshotter serving %s (root %s, store %s, %d lazy snapshots)",
              address, paths.root, paths.store, len(remote))
