@@ -38,11 +38,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from soci_native.images import ImageError
     from soci_native.index import SociIndexError
     from soci_native.layer import FormatError
+    from soci_native.outfile import OutputError
     from soci_native.store import StoreError
     from soci_native.ztoc import ZtocError
 
     return (ImageError, StoreError, BuildError, FormatError, ZtocError, SociIndexError,
-            OSError)
+            OutputError, OSError)
 
 
 def fail(msg: str) -> NoReturn:
@@ -574,6 +575,7 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
     """
     from soci_native import getfile, ztoc
     from soci_native.images import open_image
+    from soci_native.outfile import open_output
     from soci_native.ztoc_info import span_size
 
     with user_errors(), store_of(ctx) as store:
@@ -610,41 +612,6 @@ def sibling_ztocs(store: Store, digest: str) -> list[str]:
             if digest in zs:
                 out.update(dict.fromkeys(d for d in reversed(zs) if d != digest))
     return list(out)
-
-
-class _Output:
-    """A binary output whose write errors name the file (a full disk, /proc, a pipe gone)."""
-
-    def __init__(self, fh: Any, name: str) -> None:
-        self.fh, self.name = fh, name
-
-    def write(self, data: bytes) -> int:
-        try:
-            return int(self.fh.write(data))
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            fail(f"cannot write {self.name}: {e.strerror or e}")
-
-
-@contextmanager
-def open_output(output: str | None) -> Iterator[Any]:
-    """stdout, or the -o file; an unwritable path is a one-line error."""
-    if output is None:
-        yield _Output(sys.stdout.buffer, "stdout")
-        sys.stdout.buffer.flush()
-        return
-    try:
-        fh = open(output, "wb")  # noqa: SIM115 (closed below, after the error check)
-    except OSError as e:
-        fail(f"cannot write {output}: {e.strerror or e}")
-    try:
-        yield _Output(fh, output)
-    finally:
-        try:
-            fh.close()
-        except OSError as e:
-            fail(f"cannot write {output}: {e.strerror or e}")
 
 
 def local_or_registry_options(ref: str, kw: dict[str, Any]) -> RegistryOptions | None:

@@ -4,29 +4,19 @@ in bounded pieces, reading only the spans each piece needs."""
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from soci_native import ztoc
-from soci_native.index import clean_prefetch_path
+from soci_native import pathwalk, ztoc
+from soci_native.filestream import is_gzip_blob, pieces, stream_gzip
 from soci_native.layer import extract, extract_span, span_range
+from soci_native.pathwalk import PathError as PathError  # the error of resolve, as before
 
 if TYPE_CHECKING:
+    from soci_native.filestream import Writable
     from soci_native.images import ImageSource
 
-MAX_LINKS = 40  # as Linux's path walk
-PIECE = 16 << 20  # uncompressed bytes per piece: the memory bound, whatever the file size
-
 Lookup = Callable[[str], "ztoc.FileMetadata | None"]
-
-
-class Writable(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-class PathError(Exception):
-    """A path that does not name a regular file in the layer; the message says why."""
 
 
 class SpanMismatch(Exception):
@@ -40,50 +30,8 @@ def lookup_in(raw: ztoc.ZtocBuffer) -> Lookup:
 
 
 def resolve(path: str, here: Lookup, others: Sequence[Lookup] = ()) -> ztoc.FileMetadata:
-    """The regular file ``path`` names in this layer (``here``), following symbolic links
-    in every directory component and at the end, and hard links. A link that is not in this
-    layer is looked for in ``others`` (the image's other layers): merged-/usr images keep
-    ``bin -> usr/bin`` in one layer and the files in another."""
-    todo = [c for c in clean_prefetch_path(path).split("/") if c]
-    done = ""
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        name = posixpath.join(done, part) if done else part
-        f = here(name) or next((g for g in (o(name) for o in others)
-                                if g is not None and g.type == "symlink"), None)
-        if f is not None and f.type == "symlink":
-            hops += 1
-            if hops > MAX_LINKS:
-                raise PathError(f"{path}: too many levels of symbolic links")
-            base = "" if f.linkname.startswith("/") else posixpath.dirname(name)
-            target = clean_prefetch_path(posixpath.join(base, f.linkname))
-            todo = [c for c in target.split("/") if c] + todo
-            done = ""
-            continue
-        done = name  # a directory a layer does not list is still a directory (its parent's)
-    f = here(done)
-    for _ in range(MAX_LINKS):
-        if f is None or f.type != "hardlink":
-            break
-        f = here(clean_prefetch_path(f.linkname))
-    if f is None:
-        where = f" (resolved to /{done})" if done != clean_prefetch_path(path) else ""
-        raise PathError(f"{path}: no such file in this layer{where}")
-    if f.type != "reg":
-        raise PathError(f"{path} is a {f.type}, not a regular file")
-    return f
-
-
-def pieces(offset: int, size: int, span_size: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) pieces of at most PIECE bytes (a few spans, so re-inflating from a
-    piece's checkpoint costs little next to the piece)."""
-    step = max(PIECE, 4 * span_size)
-    end = offset + size
-    while offset < end:
-        n = min(step, end - offset)
-        yield offset, n
-        offset += n
+    """pathwalk.resolve over zTOC lookups (see there)."""
+    return pathwalk.resolve(path, here, others)
 
 
 def stream_file(src: ImageSource, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileMetadata,
@@ -107,6 +55,9 @@ def stream_file(src: ImageSource, layer_digest: str, z: ztoc.Ztoc, f: ztoc.FileM
             fetched += len(comp)
         return fetched
     blob = src.blob_path(layer_digest)
+    if blob is not None and is_gzip_blob(z.checkpoints):
+        return stream_gzip(blob, z.checkpoints, z.compressed_archive_size,
+                           f.uncompressed_offset, f.uncompressed_size, span_size, out)
     fh: BinaryIO | None = None if blob is not None else src.open_blob(layer_digest)
     layer: str | BinaryIO = blob if blob is not None else fh  # type: ignore[assignment]
     try:

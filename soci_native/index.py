@@ -4,12 +4,11 @@ reference writes byte for byte (Go encoding/json field order, sorted map keys, c
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from soci_native import gojson
+from soci_native import gojson, pathwalk
 from soci_native.ztoc import digest
 
 INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
@@ -124,9 +123,8 @@ def parse_index_manifest(raw: bytes) -> SociIndex:
 
 # ------------------------------------------------------------------------------- prefetch
 
-def clean_prefetch_path(path: str) -> str:
-    """Go's filepath.Clean("/" + path) without the leading slash, as the reference does."""
-    return posixpath.normpath("/" + path).lstrip("/")
+clean_prefetch_path = pathwalk.clean
+"""Go's filepath.Clean("/" + path) without the leading slash, as the reference does."""
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

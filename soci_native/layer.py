@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, Protocol, Union, overload
 
 from soci_native import _core, tarzinfo
+from soci_native.filestream import is_gzip_blob
 
 FormatError = _core.FormatError
 """Corrupt or hostile input (a :class:`ValueError`); the message names the problem and offset."""
@@ -164,12 +165,8 @@ def _read_into(src: Readable, view: memoryview) -> int:
 
 def _tar_zinfo(checkpoints: bytes) -> tarzinfo.TarZinfo | None:
     """The TarZinfo if ``checkpoints`` is one, None for a gzip checkpoint blob."""
-    if len(checkpoints) >= 12:
-        count = int.from_bytes(checkpoints[:4], "little", signed=True)
-        body = len(checkpoints) - 12
-        size = _core.CHECKPOINT_SIZE
-        if count >= 0 and body in (count * size, (count - 1) * size):  # v2 or v1 length form
-            return None
+    if is_gzip_blob(checkpoints):
+        return None
     try:
         return tarzinfo.decode(checkpoints)
     except ValueError as e:
