@@ -654,15 +654,16 @@ std::string_view plain_name(sn_bytes name) {
     return {p, n};
 }
 
-// Whether Go's path.Clean could change a plain name: only through an empty, "." or ".."
-// component, so only where "//" or a "." starting a component appears (dotfiles too: the
-// caller compares).
-bool may_clean_differently(std::string_view s) {
-    for (size_t i = 0; i < s.size(); i++) {
-        if (s[i] == '.' && (i == 0 || s[i - 1] == '/')) return true;
-        if (s[i] == '/' && i + 1 < s.size() && s[i + 1] == '/') return true;
-    }
-    return false;
+// A plain name's last "/"-separated component (all of it when it has no "/") in 32 bits: its
+// length, first and last byte. Equal components have equal keys.
+uint32_t last_component_key(std::string_view s) {
+    const void *slash = s.empty() ? nullptr : memrchr(s.data(), '/', s.size());
+    size_t from = slash ? static_cast<size_t>(static_cast<const char *>(slash) - s.data()) + 1 : 0;
+    std::string_view c = s.substr(from);
+    if (c.empty()) return 0;
+    size_t n = c.size() < 0xffff ? c.size() : 0xffff;
+    return static_cast<uint32_t>(n) << 16 | static_cast<uint32_t>(static_cast<uint8_t>(c.front())) << 8 |
+           static_cast<uint8_t>(c.back());
 }
 
 // Go's path.Clean("/" + name) without the leading "/" (index.clean_prefetch_path), on bytes:
@@ -692,28 +693,40 @@ std::string clean_name(std::string_view s) {
 // and a link's target): one pass over the names, each lookup then a scan of string views
 // (~0.2 ms for 5*10^4 entries; a hash map's nodes cost more to build than the few lookups
 // of one command save). find() gives what ztoc_find gives, else the entry whose cleaned name
-// ("a//b", "a/./b" -> ...) is the path: the last one, for both. The buffer is held
-// (read-only) while this lives.
+// ("a//b", "a/./b" -> ...) is the path: the last one, for both. Names are cleaned only on a
+// miss, and only those that can clean to the path: cleaning keeps a name's last component
+// unless that is "." or "..", so the others must end in the path's last component, which a
+// scan of the keys (last_component_key, 4 bytes a name) finds without touching the names.
+// (Checking every name for "//" and "/." up front was half of a one-file get-file's lookup
+// time.) The buffer is held (read-only) while this lives.
 struct ZtocNames {
     Buffer buf;
     sn_ztoc z{};
     std::vector<std::string_view> plain;
-    std::vector<std::pair<std::string, uint32_t>> cleaned;
+    std::vector<uint32_t> keys;
 
     explicit ZtocNames(nb::handle obj) : buf(obj) {
         sn_err e{};
         if (sn_ztoc_parse(buf.data(), buf.size(), &z, &e)) raise(e);
         plain.reserve(z.nfiles);
+        keys.reserve(z.nfiles);
         for (uint32_t i = 0; i < z.nfiles; i++) {
             sn_bytes name;
             if (sn_ztoc_file_name(&z, i, &name, &e)) raise(e);
-            std::string_view s = plain_name(name);
-            plain.push_back(s);
-            if (may_clean_differently(s)) {
-                std::string c = clean_name(s);
-                if (c != s) cleaned.emplace_back(std::move(c), i);
-            }
+            plain.push_back(plain_name(name));
+            keys.push_back(last_component_key(plain.back()));
         }
+    }
+
+    int64_t cleaned_match(std::string_view want) const {
+        const uint32_t key = last_component_key(want), dot = last_component_key("."),
+                       dotdot = last_component_key("..");
+        for (size_t i = plain.size(); i-- > 0;) {
+            uint32_t k = keys[i];
+            if ((k == key || k == dot || k == dotdot) && clean_name(plain[i]) == want)
+                return static_cast<int64_t>(i);
+        }
+        return -1;
     }
 
     nb::object find(nb::bytes path) {
@@ -725,8 +738,7 @@ struct ZtocNames {
                 break;
             }
         }
-        for (size_t k = cleaned.size(); at < 0 && k-- > 0;)
-            if (cleaned[k].first == want) at = cleaned[k].second;
+        if (at < 0) at = cleaned_match(want);
         if (at < 0) return nb::none();
         sn_ztoc_file f;
         sn_err e{};
@@ -795,7 +807,10 @@ nb::list ztoc_entries(nb::handle buf_obj, nb::handle entry_type, nb::handle pars
 }
 
 // A zTOC as plain Python values; files as tuples in archive order (see ztoc.py).
-nb::dict ztoc_parse(nb::handle buf_obj, bool with_files) {
+// "checkpoints_at" is where the checkpoint blob lies in the buffer (start, length): with
+// copy_checkpoints false the caller slices it there instead of paying for a copy (8 MB on a
+// 1 GB layer, several ms of page faults for one get-file) and "checkpoints" is None.
+nb::dict ztoc_parse(nb::handle buf_obj, bool with_files, bool copy_checkpoints) {
     Buffer buf(buf_obj);
     sn_ztoc z;
     sn_err e{};
@@ -807,7 +822,12 @@ nb::dict ztoc_parse(nb::handle buf_obj, bool with_files) {
     r["uncompressed_size"] = z.uncompressed_size;
     r["algorithm"] = z.algorithm == 1 ? "gzip" : "uncompressed";
     r["max_span_id"] = z.max_span_id;
-    r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(z.checkpoints.p), z.checkpoints.n);
+    if (copy_checkpoints)
+        r["checkpoints"] = nb::bytes(reinterpret_cast<const char *>(z.checkpoints.p), z.checkpoints.n);
+    else
+        r["checkpoints"] = nb::none();
+    size_t at = z.checkpoints.p ? static_cast<size_t>(z.checkpoints.p - z.buf) : 0;  // absent: none
+    r["checkpoints_at"] = nb::make_tuple(at, z.checkpoints.n);
     nb::list digests, files;
     for (uint32_t i = 0; i < z.ndigests; i++) {
         sn_bytes d;
@@ -911,6 +931,7 @@ NB_MODULE(_core, m) {
     m.def("checkpoint_table", &checkpoint_table, nb::arg("blob"));
     m.def("raw_inflate_file", &raw_inflate_file, nb::arg("path"));
     m.def("ztoc_parse", &ztoc_parse, nb::arg("buf"), nb::arg("files") = true,
+          nb::arg("copy_checkpoints") = true,
           "Parse a zTOC FlatBuffer (bounds-checked).");
     m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
     m.def("ztoc_entries", &ztoc_entries, nb::arg("buf"), nb::arg("entry_type"), nb::arg("parse_mtime"),
