@@ -45,6 +45,12 @@ constexpr const char *STATS_DIR = ".soci-native";
 constexpr const char *STATS_FILE = "stats.json";
 constexpr uint32_t FLAG_SPARSE = 1;
 constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into the page cache  // data is not one range: Python reads it
+// A reader is taken as sequential after this many reads in a row, each starting in the span the
+// last one reached, the one before or the one after, that have crossed into a later span; its
+// next AHEAD_SPANS spans are then filled on Python's workers (two inflating at once is how a
+// cold read gets past one core's inflate speed).
+constexpr size_t SEQ_READS = 3;
+constexpr size_t AHEAD_SPANS = 4;
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
 // attributes (a hard-linked inode may have several identical rows), and a directory's place.
@@ -79,7 +85,18 @@ struct SpanTable {
     std::mutex mu;  // writers of paths
     std::atomic<bool> trusted{true};
     int layer = -1;
+    // The sequential-reader guess (Frontend::advise): the furthest span the current run of
+    // nearby reads reached, how many reads the run has, whether it crossed into a later span,
+    // the file it started in and whether it read others (a tree walk, not one file).
+    std::mutex seq_mu;
+    size_t seq_span = SIZE_MAX, seq_reads = 0;
+    bool seq_moved = false, seq_files = false;
+    uint64_t seq_ino = 0;
     size_t spans() const { return starts.size() - 1; }
+    size_t span_of(uint64_t pos) const {  // the span holding byte pos (pos < the end)
+        size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin());
+        return i ? i - 1 : 0;
+    }
 };
 
 struct ReplyBuf {  // one per FUSE worker thread: reads of up to max_read bytes
@@ -759,20 +776,22 @@ private:
         if (t && !(x->flags & FLAG_SPARSE)) {
             char *buf = tls_buf.get(len);
             size_t last = 0;
-            if (cached_read(*t, x->offset + static_cast<uint64_t>(off), len, buf, last)) {
+            uint64_t pos = x->offset + static_cast<uint64_t>(off);
+            if (cached_read(*t, pos, len, buf, last)) {
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 fuse_reply_buf(req, buf, len);
-                hint_ahead(*t, x->layer, last + 1, x->offset + x->size);
+                advise(*t, ino, t->span_of(pos), last, x->offset + x->size);
                 return;
             }
         }
+        uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
+        bool lazy = t && !(x->flags & FLAG_SPARSE) && end <= t->starts.back();
+        // before the read: the spans after it are fetched and inflated beside it
+        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), x->offset + x->size);
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
-        if (t && !(x->flags & FLAG_SPARSE)) {  // Python may have found the span cached, or cached it
-            uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
-            size_t i = static_cast<size_t>(std::upper_bound(t->starts.begin(), t->starts.end(), pos) - t->starts.begin());
-            for (i = i ? i - 1 : 0; i < t->spans() && t->starts[i] < end; i++)
+        if (lazy)  // Python may have found the span cached, or cached it
+            for (size_t i = t->span_of(pos); i < t->spans() && t->starts[i] < end; i++)
                 if (t->cached[i].load(std::memory_order_acquire)) push_later(t->layer, i);
-        }
     }
 
     // Once per span per mount, when it is whole in the cache and read here: the files wholly inside
@@ -899,15 +918,42 @@ private:
         return -1;
     }
 
-    // The file goes on into span ``next``, not cached: Python fills it in the background
-    // (once per span per mount from here; Python's own reads ask for it too).
-    void hint_ahead(SpanTable &t, int layer, size_t next, uint64_t file_end) {
-        if (next >= t.spans() || t.starts[next] >= file_end || t.cached[next].load(std::memory_order_acquire) ||
-            t.hinted[next].exchange(1))
-            return;
+    // After a read of spans [first, last] of file ino, which ends at file_end: which spans to
+    // fill ahead of the reader, in the background on Python's workers (once per span per mount
+    // from here; Python bounds them by the cache budget). The next span if the file goes on
+    // into it; for a reader that looks sequential (SEQ_READS reads in a row near each other,
+    // moving forward), the next AHEAD_SPANS: up to the file's end while the run reads one file,
+    // past it once it reads several (a tree walk in stream order).
+    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, uint64_t file_end) {
+        bool seq, walk;
+        {
+            std::lock_guard<std::mutex> g(t.seq_mu);
+            if (t.seq_span != SIZE_MAX && first + 1 >= t.seq_span && first <= t.seq_span + 1) {
+                t.seq_reads++;
+                t.seq_files = t.seq_files || ino != t.seq_ino;
+                if (last > t.seq_span) {
+                    t.seq_moved = true;
+                    t.seq_span = last;
+                }
+            } else {
+                t.seq_span = last;
+                t.seq_reads = 1;
+                t.seq_moved = t.seq_files = false;
+                t.seq_ino = ino;
+            }
+            seq = t.seq_moved && t.seq_reads >= SEQ_READS;
+            walk = t.seq_files;
+        }
+        size_t n = t.spans(), stop = std::min(n, last + 1 + (seq ? AHEAD_SPANS : 1));
+        if (!walk || !seq)  // within the file
+            while (stop > last + 1 && t.starts[stop - 1] >= file_end) stop--;
+        std::vector<size_t> want;
+        for (size_t k = last + 1; k < stop; k++)
+            if (!t.cached[k].load(std::memory_order_acquire) && !t.hinted[k].exchange(1)) want.push_back(k);
+        if (want.empty()) return;
         nb::gil_scoped_acquire g;
         try {
-            ops_.attr("read_ahead")(layer, next);
+            for (size_t k : want) ops_.attr("read_ahead")(t.layer, k);
         } catch (nb::python_error &e) {
             e.discard_as_unraisable("soci_native._fuse read_ahead");
         }

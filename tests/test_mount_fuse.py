@@ -319,6 +319,114 @@ def test_a_file_read_in_order_has_its_next_span_filled_ahead(tmp_path: Path) -> 
         layer.close()
 
 
+def test_a_tree_walk_in_stream_order_has_the_spans_after_it_filled_ahead(
+        mount: Mount, img: mi.Image, tmp_path: Path) -> None:  # noqa: F811
+    """Small files read one after another in the layer's order make the frontend take the
+    reader as sequential: the spans after the last file read (no file read goes on into
+    them) are fetched and cached in the background, verified like any other."""
+    import tarfile
+
+    from soci_native import ztoc
+    from soci_native.mount.spans import span_table
+
+    blob = img.layout / "blobs" / "sha256" / img.layers[0]["digest"].split(":", 1)[1]
+    spans = span_table(ztoc.from_bytes(ztoc.build(str(blob), span_size=mi.SPAN)[1]))
+    starts = [s.ustart for s in spans]
+
+    def span_of(pos: int) -> int:
+        return max(i for i, u in enumerate(starts) if u <= pos)
+
+    with tarfile.open(blob, "r:gz") as tf:
+        members = [(m.name, m.offset_data, m.size) for m in tf
+                   if m.isreg() and 0 < m.size < mi.SPAN and m.name.startswith("usr/")]
+    cache = tmp_path / "c"
+    mp = mount("--cache-dir", str(cache))
+    touched: set[int] = set()
+    end = 0
+    for name, off, size in members:  # until the walk has crossed a few span boundaries
+        assert (mp / name).read_bytes() == (img.ref / name).read_bytes(), name
+        touched |= {span_of(off), span_of(off + size - 1)}
+        end = off + size
+        if len(touched) >= 5:
+            break
+    assert len(touched) >= 5
+    for _ in range(200):  # the background fills are committed
+        ahead = [p for p in cache.rglob("*+*") if p.is_file() and ".tmp-" not in p.name
+                 and int(p.name.split("+", 1)[0]) >= end]
+        if ahead:
+            break
+        threading.Event().wait(0.05)
+    assert ahead, "no span past the walk was filled ahead"
+    s = mi.stats(mp)
+    assert s["totals"]["errors"] == 0
+    assert s["layers"][0]["spans_fetched"] > len(touched)
+    assert s["layers"][0]["inflate_ratio"] == 1.0
+
+
+def test_spans_read_ahead_stay_within_a_quarter_of_the_cache(tmp_path: Path) -> None:
+    """However many spans are asked for ahead, those queued or filling take at most a
+    quarter of the cache's bound (one always may)."""
+    import gzip
+    import io
+    import tarfile
+
+    from soci_native import ztoc
+    from soci_native.mount.spans import (
+        FileBlobReader,
+        LayerStats,
+        SpanCache,
+        ZtocLayer,
+        span_table,
+    )
+
+    data = random.Random(8).randbytes(1 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        ti = tarfile.TarInfo("a")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    blob = tmp_path / "layer.gz"
+    blob.write_bytes(gzip.compress(buf.getvalue(), 6, mtime=0))
+    z = ztoc.from_bytes(ztoc.build(str(blob), span_size=1 << 16)[1])
+    gate = threading.Event()
+
+    class Gated(FileBlobReader):
+        def read_range(self, start: int, end: int) -> bytes:
+            gate.wait(30)
+            return super().read_range(start, end)
+
+    st = LayerStats("sha256:" + "cd" * 32, blob.stat().st_size, "lazy")
+    span = max(s.uend - s.ustart for s in span_table(z))
+    cache = SpanCache(tmp_path / "c", 4 * (2 * span + span // 2))  # room for two ahead
+    layer = ZtocLayer(st.digest, z, Gated(blob), cache, st)
+    try:
+        n = len(layer.spans)
+        assert n > 8
+        for i in range(1, n):
+            layer.read_ahead(i)
+        gate.set()
+        layer.drain()
+        assert 1 <= st.spans_fetched <= 2, st.spans_fetched  # the rest were turned away
+        assert st.errors == 0 and st.to_json()["inflate_ratio"] == 1.0
+    finally:
+        layer.close()
+
+
+def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:
+    from soci_native.mount.spans import _Workers
+
+    w = _Workers(1, "test-workers")
+    gate, ran = threading.Event(), []
+    w.submit((1, 0), lambda: gate.wait(30))  # keeps the one thread busy while jobs queue
+    for prio in ((1, 7), (1, 3), (0, 9), (1, 5)):
+        w.submit(prio, lambda p=prio: ran.append(p))
+    gate.set()
+    w.shutdown(cancel=False)
+    assert ran == [(0, 9), (1, 3), (1, 5), (1, 7)]
+    w.submit((0, 1), lambda: ran.append((0, 1)))  # after shutdown: dropped
+    assert len(ran) == 4
+
+
 def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
         mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
     """On a fresh mount over a warm span cache, the first read served from a span puts the

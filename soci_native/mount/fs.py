@@ -34,9 +34,11 @@ more is fetched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -55,6 +57,7 @@ STATS_DIR = ".soci-native"
 STATS_FILE = "stats.json"
 STATS_PATH = f"/{STATS_DIR}/{STATS_FILE}"
 STATS_REFRESH = 0.25
+INIT_WAIT = 2.0  # seconds the mount waits for the kernel to take its INIT reply
 READ_AHEAD_KB = 1024  # the kernel's default for a FUSE mount is 128: 8x the requests
 MAX_IDLE_THREADS = 10
 MAX_THREADS = 16
@@ -96,8 +99,6 @@ class SociFS:
 
     def init(self) -> None:
         threading.Thread(target=self._refresh, name="soci-stats-refresh", daemon=True).start()
-        if self.on_ready is not None:
-            self.on_ready()
 
     def read(self, ino: int, offset: int, length: int) -> bytes | int:
         """``length`` bytes (the frontend clipped it to the file) at ``offset`` of regular
@@ -125,8 +126,9 @@ class SociFS:
         return data
 
     def read_ahead(self, layer: int, span: int) -> None:
-        """The frontend served a file's bytes from a cached span and the file goes on into
-        span ``span``, which is not cached: fill it in the background."""
+        """The frontend saw a read that will want span ``span`` soon (the file read goes on
+        into it, or a sequential reader is heading there), and it is not cached: fill it in
+        the background."""
         lazy = self.m.layers[layer]
         if isinstance(lazy, ZtocLayer):
             lazy.read_ahead(span)
@@ -183,19 +185,34 @@ class SociFS:
                 self.m.cache.touch(layer.span_path(i))
 
     def _refresh(self) -> None:
-        tuned = False
+        self._tune()
+        if self.on_ready is not None:
+            self.on_ready()
         while not self._done.wait(STATS_REFRESH):
-            if not tuned:  # after our INIT reply: the kernel sets the window from it
-                tuned = True
-                tune_read_ahead(self.m.mountpoint)
             self.front.invalidate_stats()
             self.fold()
+
+    def _tune(self) -> None:
+        """Raises the read-ahead window before the mount is reported ready (the first reads
+        are then 1 MiB too), but after the kernel has our INIT reply, which sets the window:
+        a stat of the mountpoint waits for that (bounded, should the loop never answer)."""
+        mp = self.m.mountpoint
+        t = threading.Thread(target=_stat_quietly, args=(mp,), name="soci-init-wait",
+                             daemon=True)
+        t.start()
+        t.join(INIT_WAIT)
+        tune_read_ahead(mp)
 
     def close(self) -> None:
         self._done.set()
         self.fold()
         for _, layer in self._lazy:
             layer.on_cached = layer.on_untrusted = None
+
+
+def _stat_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.stat(path)
 
 
 def _mountinfo_escape(path: str) -> str:

@@ -14,8 +14,11 @@
   temp file, renamed into the :class:`SpanCache` once whole and its window chain checked, or,
   for a span too big to cache, straight into the replies. Plain tar layers' spans are the
   fetched bytes themselves. A read of a file that goes on into the next span starts that
-  span's fill in the background (:meth:`ZtocLayer.read_ahead`, one span ahead, never past
-  the file), so fetch and inflate overlap serving.
+  span's fill in the background (:meth:`ZtocLayer.read_ahead`) before it is served, so fetch
+  and inflate overlap serving; the FUSE frontend asks for more spans ahead of a reader it
+  sees reading sequentially. Fills run on a few worker threads per layer (:class:`_Workers`:
+  a span a reader waits on first, then the ones ahead in stream order), 1 MiB at a time,
+  and readers of a span still being filled read what is there so far.
 * :class:`LocalLayer` serves a layer without a zTOC from a complete local copy, indexed in
   memory (checkpoints every 1 MiB, so a read inflates at most that much before its data);
   sparse members from their sparse map (holes are zeros made on the fly).
@@ -26,7 +29,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import heapq
 import io
+import itertools
 import logging
 import os
 import secrets
@@ -35,8 +40,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -404,12 +409,17 @@ def span_table(z: Ztoc) -> list[Span]:
 
 class _Fill:
     """A span being inflated: its verified compressed bytes and the one inflate of them that
-    every reader continues (``lock`` held while it advances), writing into a cache temp file
-    (``fd``) or, for a span too big to cache, keeping the last :data:`RECENT` bytes in
-    ``recent`` for reads that arrive slightly out of order."""
+    every reader continues, writing into a cache temp file (``fd``) or, for a span too big to
+    cache, keeping the last :data:`RECENT` bytes in ``recent`` for reads that arrive slightly
+    out of order (that one advances under ``lock``).
+
+    A cached span's inflate runs outside the lock, by one thread at a time (``busy``), a
+    :data:`FILL_STEP` at a time: ``done`` grows after each step and ``cond`` wakes the readers
+    waiting for it, who read what is there under the lock meanwhile (the fd stays open while
+    ``busy``: only its owner closes it then)."""
 
     __slots__ = ("i", "comp", "inf", "fd", "tmp", "size", "done", "recent", "recent_start",
-                 "state", "error", "scheduled", "lock")
+                 "state", "error", "scheduled", "busy", "lock", "cond")
 
     def __init__(self, i: int, comp: bytes, inf: _core.SpanInflater | None, size: int) -> None:
         self.i, self.comp, self.inf, self.size = i, comp, inf, size
@@ -420,16 +430,73 @@ class _Fill:
         self.state = "filling"  # | "committed" | "failed"
         self.error: SpanError | None = None
         self.scheduled = False
+        self.busy = False
         self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
 
 
 FILLERS = 2  # threads per layer finishing spans and reading ahead: the next span's fetch and
 #             inflate run beside the rest of the current one's (one thread made them take turns)
-FILL_STEP = 4 << 20  # the background fill advances this far per turn of the fill lock
+FILL_STEP = 1 << 20  # a fill advances this far between wake-ups of the span's readers
 READ_AHEAD = 1 << 20  # a reader of a filling span inflates at least this far past the fill
 RECENT = 4 << 20  # an uncacheable span's bytes kept behind its inflater
 UNCACHED_FILLS = 2  # uncacheable spans per layer whose inflater is kept between reads
 MAX_COMPRESSED_SPAN = 256 << 20  # held in memory while the span is read
+
+
+class _Workers:
+    """A few threads running queued jobs, the most urgent first: finishing a span a reader
+    is on goes before filling the spans ahead of it, and those go in stream order. Threads
+    start as jobs come; :meth:`shutdown` stops them (dropping what is still queued, or
+    running it first)."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self._n, self._name = n, name
+        self._heap: list[tuple[tuple[int, int], int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._stop = False
+
+    def submit(self, prio: tuple[int, int], job: Callable[[], None]) -> None:
+        with self._cv:
+            if self._stop:
+                return
+            heapq.heappush(self._heap, (prio, next(self._seq), job))
+            if self._idle == 0 and len(self._threads) < self._n:
+                t = threading.Thread(target=self._run, daemon=True,
+                                     name=f"{self._name}_{len(self._threads)}")
+                self._threads.append(t)
+                t.start()
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap and not self._stop:
+                    self._idle += 1
+                    self._cv.wait()
+                    self._idle -= 1
+                if not self._heap:
+                    return
+                job = heapq.heappop(self._heap)[2]
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - a job's failure is its reader's EIO, not ours
+                log.exception("background span job failed")
+
+    def shutdown(self, cancel: bool) -> None:
+        """Stops taking jobs and waits for the threads: after the queued jobs, or (cancel)
+        after only the ones running."""
+        with self._cv:
+            self._stop = True
+            if cancel:
+                self._heap.clear()
+            self._cv.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
 
 
 def _slice_chunks(chunks: list[bytes], start: int, lo: int, hi: int) -> bytes:
@@ -471,9 +538,10 @@ class ZtocLayer:
         self._reached: dict[int, int] = {}  # how far each span was ever inflated
         self._fills: dict[int, _Fill] = {}
         self._uncached: OrderedDict[int, None] = OrderedDict()
-        self._filler: ThreadPoolExecutor | None = None
+        self._filler: _Workers | None = None
         self._filler_lock = threading.Lock()
         self._ahead: set[int] = set()  # spans queued by read_ahead
+        self._ahead_bytes = 0  # their uncompressed size
         self._untrusted: str | None = None
         self._closing = False
         # Set by the FUSE frontend: span i is whole and verified in the cache at this path
@@ -565,7 +633,10 @@ class ZtocLayer:
             return b""
         self._check_trusted()
         parts: list[bytes] = []
-        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        first = i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        after = bisect.bisect_left(self._starts, end, lo=first)  # the first span past the read
+        if after < len(self.spans) and self.spans[after].ustart < ahead_until:
+            self.read_ahead(after)  # before reading: its fetch and inflate overlap this read
         pos = offset
         while pos < end:
             s = self.spans[i]
@@ -574,27 +645,31 @@ class ZtocLayer:
                 parts.append(self._span_slice(i, pos - s.ustart, take))
                 pos += take
             i += 1
-        if i < len(self.spans) and self.spans[i].ustart < ahead_until:
-            self.read_ahead(i)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_ahead(self, i: int) -> None:
         """Starts filling span ``i`` into the cache in the background (a reader of a file is
         about to need it), unless it is cached, being filled or too big to cache: its fetch
-        and inflate then overlap serving the span before it. One span ahead of the reader,
-        never past the file it reads, so no more is fetched than a sequential read takes."""
+        and inflate then overlap serving the span before it. Asked for by a read for the span
+        after it in the same file, and by the FUSE frontend for a few spans ahead of a
+        sequential reader. What is queued or filling ahead stays within a quarter of the
+        cache's bound."""
         if not 0 <= i < len(self.spans) or self._closing or self._untrusted is not None:
             return
         s = self.spans[i]
-        if not 0 < s.uend - s.ustart <= self.cache.max_span:
+        size = s.uend - s.ustart
+        if not 0 < size <= self.cache.max_span:
             return
         with self._filler_lock:
             if i in self._ahead or i in self._fills:
                 return
+            # what is being read ahead stays within a quarter of the cache: it must not
+            # evict the spans the reader is still on
+            if self._ahead and self._ahead_bytes + size > self.cache.limit // 4:
+                return
             self._ahead.add(i)
-            if self._filler is None:
-                self._filler = ThreadPoolExecutor(FILLERS, thread_name_prefix="soci-span-fill")
-            self._filler.submit(self._fill_ahead, i)
+            self._ahead_bytes += size
+            self._workers().submit((1, i), partial(self._fill_ahead, i))
 
     def _fill_ahead(self, i: int) -> None:
         try:
@@ -605,6 +680,7 @@ class ZtocLayer:
         finally:
             with self._filler_lock:
                 self._ahead.discard(i)
+                self._ahead_bytes -= self.spans[i].uend - self.spans[i].ustart
 
     def _span_slice(self, i: int, rel: int, length: int) -> bytes:
         """Bytes [rel, rel+length) of span ``i``: from the cache, else from the span's one
@@ -679,30 +755,35 @@ class ZtocLayer:
         return SpanError(msg)
 
     def _serve(self, fill: _Fill, rel: int, length: int) -> bytes | None:
-        """The bytes from the fill (advancing it as far as needed), or None once it has been
-        committed to the cache (read them there)."""
-        with fill.lock:
-            if fill.state == "failed":
-                assert fill.error is not None
-                raise fill.error
-            if fill.state == "committed":
-                return None
-            need = rel + length
-            if fill.fd < 0:
-                return self._serve_uncached(fill, rel, length)
-            if fill.done < need:
-                self._advance(fill, min(fill.size, max(need, fill.done + READ_AHEAD)))
-            data = os.pread(fill.fd, length, rel)
-            if len(data) != length:
-                self._fail(fill, self._fail_msg(fill.i, f"short read of the span being cached "
-                                                        f"({len(data)} of {length} at {rel})"))
-                assert fill.error is not None
-                raise fill.error
-            if fill.done == fill.size:
-                self._finish(fill)
-            elif not fill.scheduled:
-                fill.scheduled = True
-                self._fill_later(fill)
+        """The bytes from the fill (waiting for, or else advancing, its inflate as far as
+        needed), or None once it has been committed to the cache (read them there)."""
+        need = rel + length
+        while True:
+            with fill.lock:
+                while True:
+                    if fill.state == "failed":
+                        assert fill.error is not None
+                        raise fill.error
+                    if fill.state == "committed":
+                        return None
+                    if fill.fd < 0:
+                        return self._serve_uncached(fill, rel, length)
+                    if fill.done >= need:
+                        return self._pread_fill(fill, rel, length)
+                    if not fill.busy:
+                        break
+                    fill.cond.wait()  # another thread's inflate is on its way there
+                fill.busy = True
+            self._inflate(fill, min(fill.size, max(need, fill.done + READ_AHEAD)))
+
+    def _pread_fill(self, fill: _Fill, rel: int, length: int) -> bytes:
+        """(Under the fill lock.) Inflated bytes of the span's temp file."""
+        data = os.pread(fill.fd, length, rel)
+        if len(data) != length:
+            self._fail(fill, self._fail_msg(fill.i, f"short read of the span being cached "
+                                                    f"({len(data)} of {length} at {rel})"))
+            assert fill.error is not None
+            raise fill.error
         return data
 
     def _serve_uncached(self, fill: _Fill, rel: int, length: int) -> bytes:
@@ -752,9 +833,11 @@ class ZtocLayer:
             raise fill.error from None
 
     def _fail(self, fill: _Fill, err: SpanError) -> None:
-        """(Under the fill lock.) The fill is over: later readers get ``err``."""
+        """(Under the fill lock.) The fill is over: later readers get ``err``. The temp file
+        goes now, or when the thread inflating into it is done with its step."""
         fill.state, fill.error = "failed", err
-        if fill.fd >= 0:
+        fill.cond.notify_all()
+        if fill.fd >= 0 and not fill.busy:
             self.cache.abort(fill.fd, fill.tmp, fill.size)
             fill.fd = -1
         with self._locks[fill.i]:
@@ -762,23 +845,52 @@ class ZtocLayer:
                 del self._fills[fill.i]
             self._uncached.pop(fill.i, None)
 
-    def _advance(self, fill: _Fill, target: int) -> None:
-        """(Under the fill lock.) Inflates the span into its temp file up to ``target``;
-        at the end, checks the window chain and moves the file into the cache."""
+    def _inflate(self, fill: _Fill, target: int) -> None:
+        """(By the fill's owner: ``busy`` set, the lock not held.) Inflates the span into its
+        temp file up to ``target``, a step at a time, waking the readers of what is there
+        after each; once whole, checks the window chain and moves the file into the cache.
+        Stops at unmount. Leaves the rest to a background completion."""
         assert fill.inf is not None
-        n = target - fill.done
-        try:
-            fill.inf.write_to(fill.fd, fill.done, n)
-        except (ValueError, OSError) as e:
-            self._fail(fill, self._fail_msg(fill.i, f"cannot inflate: {e}"))
-            assert fill.error is not None
-            raise fill.error from None
-        fill.done = target
-        self._count(fill, n)
+        while True:
+            start = fill.done  # only the owner moves it
+            stop = min(target, start + FILL_STEP)
+            err: SpanError | None = None
+            try:
+                if self._closing:
+                    raise SpanError(f"layer {self.digest}: unmounted")
+                fill.inf.write_to(fill.fd, start, stop - start)
+            except SpanError as e:
+                err = e
+            except (ValueError, OSError) as e:
+                err = self._fail_msg(fill.i, f"cannot inflate: {e}")
+            with fill.lock:
+                if err is None and fill.state == "filling":
+                    fill.done = stop
+                    self._count(fill, stop - start)
+                    if stop == fill.size:
+                        with contextlib.suppress(SpanError):  # _chain has failed the fill
+                            self._finish(fill)
+                elif err is not None and fill.state == "filling":
+                    self._fail(fill, err)
+                over = fill.state != "filling" or stop >= target
+                if over:
+                    fill.busy = False
+                    if fill.state == "failed" and fill.fd >= 0:
+                        self.cache.abort(fill.fd, fill.tmp, fill.size)
+                        fill.fd = -1
+                    elif fill.state == "filling" and not fill.scheduled:
+                        fill.scheduled = True
+                        self._fill_later(fill)
+                fill.cond.notify_all()
+                if fill.state == "failed":
+                    assert fill.error is not None
+                    raise fill.error
+            if over:
+                return
 
     def _finish(self, fill: _Fill) -> None:
-        """(Under the fill lock, the span inflated whole.) Checks the window chain and moves
-        the file into the cache."""
+        """(Under the fill lock, by its owner, the span inflated whole.) Checks the window
+        chain and moves the file into the cache."""
         self._chain(fill)
         path = self._path(fill.i)
         self.cache.commit(fill.fd, fill.tmp, path, fill.size)
@@ -790,24 +902,27 @@ class ZtocLayer:
 
     def _fill_later(self, fill: _Fill) -> None:
         with self._filler_lock:
-            if self._filler is None:
-                self._filler = ThreadPoolExecutor(FILLERS, thread_name_prefix="soci-span-fill")
-            self._filler.submit(self._complete, fill)
+            self._workers().submit((0, fill.i), partial(self._complete, fill))
+
+    def _workers(self) -> _Workers:
+        """(Under the filler lock.)"""
+        if self._filler is None:
+            self._filler = _Workers(FILLERS, "soci-span-fill")
+        return self._filler
 
     def _complete(self, fill: _Fill) -> None:
-        """Inflates the rest of a span into the cache, a step at a time, so readers of the
-        span (who continue the same inflate) get the lock in between."""
-        while not self._closing:
-            with fill.lock:
-                if fill.state != "filling":
-                    return
-                try:
-                    self._advance(fill, min(fill.size, fill.done + FILL_STEP))
-                    if fill.done == fill.size:
-                        self._finish(fill)
-                except SpanError as e:
-                    log.warning("caching span %d of %s failed: %s", fill.i, self.digest, e)
-                    return
+        """Inflates the rest of a span into the cache (readers of the span wait for it, or
+        read what is there, between its steps)."""
+        with fill.lock:
+            while fill.busy and fill.state == "filling":
+                fill.cond.wait()
+            if fill.state != "filling" or self._closing:
+                return
+            fill.busy = True
+        try:
+            self._inflate(fill, fill.size)
+        except SpanError as e:
+            log.warning("caching span %d of %s failed: %s", fill.i, self.digest, e)
 
     def resolve(self, i: int) -> None:
         """Fetch, verify, inflate and cache span ``i`` unless it is cached (prefetch and
@@ -847,7 +962,7 @@ class ZtocLayer:
         with self._filler_lock:
             filler, self._filler = self._filler, None
         if filler is not None:
-            filler.shutdown(wait=True)
+            filler.shutdown(cancel=False)
 
     def close(self) -> None:
         """Stops the background fills (unmount does not wait for spans nobody reads any
@@ -856,9 +971,11 @@ class ZtocLayer:
         with self._filler_lock:
             filler, self._filler = self._filler, None
         if filler is not None:
-            filler.shutdown(wait=True, cancel_futures=True)
+            filler.shutdown(cancel=True)
         for fill in list(self._fills.values()):
             with fill.lock:
+                while fill.busy:  # its owner stops after the step it is in
+                    fill.cond.wait()
                 if fill.fd >= 0:
                     self.cache.abort(fill.fd, fill.tmp, fill.size)
                     fill.fd, fill.state = -1, "failed"
