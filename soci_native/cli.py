@@ -576,13 +576,15 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
     from soci_native import getfile, ztoc
     from soci_native.images import open_image
     from soci_native.outfile import open_output
+    from soci_native.pathwalk import lazy
     from soci_native.ztoc_info import span_size
 
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
         raw = store.map_blob(digest)
         z = ztoc.from_bytes(raw, files=False)  # one lookup in C instead of every entry
-        others = [getfile.lookup_in(store.read_blob(d)) for d in sibling_ztocs(store, digest)]
+        others = [lazy(lambda d: getfile.lookup_in(store.read_blob(d)), d)
+                  for d in sibling_ztocs(store, digest)]
         try:
             f = getfile.resolve(path, getfile.lookup_in(raw), others)
         except getfile.PathError as e:

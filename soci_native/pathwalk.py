@@ -38,6 +38,19 @@ def clean(path: str) -> str:
     return posixpath.normpath("/" + path).lstrip("/")
 
 
+def lazy(make: Callable[[str], Callable[[str], E | None]], key: str) -> Callable[[str], E | None]:
+    """The lookup ``make(key)``, made when first asked: another layer's zTOC is read (and
+    verified, and its names indexed) only if the walk looks in it, which it does only for a
+    name this layer does not list."""
+    made: list[Callable[[str], E | None]] = []
+
+    def find(name: str) -> E | None:
+        if not made:
+            made.append(make(key))
+        return made[0](name)
+    return find
+
+
 def resolve(path: str, here: Callable[[str], E | None],
             others: Sequence[Callable[[str], E | None]] = ()) -> E:
     """The regular file ``path`` names in this layer (``here``, a lookup by cleaned name),

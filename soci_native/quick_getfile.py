@@ -155,7 +155,8 @@ class Plan:
             indexes = cat.of_type("soci_index")
             members = {i.digest: [r.digest for r in cat.ztocs_of_index(i.digest)
                                   if r.type == "soci_layer"] for i in indexes}
-            others = [lookup_in(cat.map(d)) for d in siblings(members, rec)]
+            others = [pathwalk.lazy(lambda d: lookup_in(cat.map(d)), d)
+                      for d in siblings(members, rec)]
             try:
                 self.entry = pathwalk.resolve(args.path, lookup_in(raw), others)
             except pathwalk.PathError:

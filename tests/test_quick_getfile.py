@@ -192,3 +192,18 @@ def test_big_file_and_write_errors(tmp_path: Path) -> None:
                                           env_of(root))
         assert code == 1 and not clicked
         assert err == "soci-native: error: cannot write /dev/full: No space left on device\n"
+
+
+def test_other_layers_read_only_when_the_walk_needs_them(
+        store: tuple[Path, str, str, bytes], merged_usr: tuple[str, bytes]) -> None:
+    """Another layer's zTOC is read only for a name this layer does not list (bin -> usr/bin
+    lives in the base layer): with the base layer's zTOC gone, /usr/bin/tool is still found,
+    /bin/tool is the store's one-line error; the same from both."""
+    root, z, ref, tool = store
+    base = ztoc_of_layer(root, 0, ref)
+    (root / "content" / "blobs" / "sha256" / base[7:]).unlink()
+    (code, stdout, err, _), clicked = same(["ztoc", "get-file", z, "/usr/bin/tool"],
+                                           env_of(root))
+    assert code == 0 and not clicked and stdout == tool, err
+    (code, _, err, _), clicked = same(["ztoc", "get-file", z, "/bin/tool"], env_of(root))
+    assert code == 1 and clicked and base in err and len(err.splitlines()) == 1, err
