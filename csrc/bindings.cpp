@@ -25,6 +25,7 @@
 
 extern "C" {
 #include "layer_index.h"
+#include "mount_tree.h"
 #include "span_read.h"
 #include "tar_parse.h"
 #include "ztoc_info.h"
@@ -884,6 +885,187 @@ uint64_t raw_inflate_file(const std::string &path) {
     return n;
 }
 
+// ---------------------------------------------------------------- the mount tree (mount_tree.h)
+
+// A Python int as the int64 closest to it (what does not fit is refused further on, where
+// its range is checked), and as the 32 bits tar's ids and device numbers wrap to.
+int64_t clamped_i64(PyObject *o) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+    if (overflow) return overflow > 0 ? INT64_MAX : INT64_MIN;
+    return v;
+}
+
+uint32_t wrapped_u32(PyObject *o) {
+    nb::object mask = nb::int_(0xFFFFFFFFu);
+    nb::object v = checked(PyNumber_And(o, mask.ptr()));
+    return static_cast<uint32_t>(PyLong_AsUnsignedLong(v.ptr()));
+}
+
+sn_bytes view_of(nb::handle bytes_obj) {
+    return {reinterpret_cast<const uint8_t *>(PyBytes_AS_STRING(bytes_obj.ptr())),
+            static_cast<uint32_t>(PyBytes_GET_SIZE(bytes_obj.ptr()))};
+}
+
+// Builds the merged tree of a mount a layer at a time (bottom first) and exports its inode
+// table. What the entries point to (zTOC buffers, encoded names) is held until finish.
+class TreeBuilder {
+public:
+    explicit TreeBuilder(bool single_layer) : t_(sn_tree_new(single_layer ? 1 : 0)) {
+        if (!t_) throw std::bad_alloc();
+    }
+    ~TreeBuilder() { sn_tree_free(t_); }
+    TreeBuilder(const TreeBuilder &) = delete;
+    TreeBuilder &operator=(const TreeBuilder &) = delete;
+
+    // A zTOC's entries (checked as sorted_files checks them), parsed and applied without the GIL.
+    void add_ztoc(nb::handle buf_obj) {
+        live();
+        auto buf = std::make_unique<Buffer>(buf_obj);
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            sn_ztoc z;
+            sn_tlayer l{};
+            rc = sn_ztoc_parse(buf->data(), buf->size(), &z, &e);
+            if (!rc) rc = sn_ztoc_tree_layer(&z, &l, &e);
+            if (!rc) rc = sn_tree_add_layer(t_, l.e, l.n, &e);
+            sn_tlayer_free(&l);
+        }
+        bufs_.push_back(std::move(buf));
+        if (rc) fail(e);
+    }
+
+    // Entry tuples (soci_native.mount.tree.Entry: a local layer's, or a test's).
+    void add_entries(nb::handle seq_obj) {
+        live();
+        nb::object seq = checked(PySequence_Fast(seq_obj.ptr(), "entries must be a sequence"));
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+        std::vector<sn_tentry> ents(static_cast<size_t>(n));
+        std::vector<std::vector<sn_txattr>> xs(static_cast<size_t>(n));
+        PyObject **items = PySequence_Fast_ITEMS(seq.ptr());
+        for (Py_ssize_t i = 0; i < n; i++) entry(items[i], ents[static_cast<size_t>(i)], xs[static_cast<size_t>(i)]);
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = sn_tree_add_layer(t_, ents.data(), ents.size(), &e);
+        }
+        if (rc) fail(e);
+    }
+
+    // (inodes, rows, dirs, child_ino, child_name_len, names, sparse, targets, xattrs, files,
+    // warnings): the first nine are soci_native.mount.inodes.InodeTable's fields.
+    nb::tuple finish() {
+        live();
+        sn_ttable o{};
+        sn_err e{};
+        int rc;
+        {
+            nb::gil_scoped_release unlocked;
+            rc = sn_tree_finish(t_, &o, &e);
+        }
+        done_ = true;
+        if (rc) fail(e);
+        struct Free {
+            sn_ttable *o;
+            ~Free() { sn_ttable_free(o); }
+        } guard{&o};
+        auto bytes = [](const void *p, size_t n) {
+            return checked(PyBytes_FromStringAndSize(static_cast<const char *>(p), static_cast<Py_ssize_t>(n)));
+        };
+        nb::list targets, xattrs;
+        for (size_t k = 0; k < o.ntargets; k++)
+            targets.append(nb::make_tuple(o.targets[k].ino, bytes(o.targets[k].target.p, o.targets[k].target.n)));
+        for (size_t k = 0; k < o.nxattrs; k++)
+            xattrs.append(nb::make_tuple(o.xattrs[k].ino, bytes(o.xattrs[k].name.p, o.xattrs[k].name.n),
+                                         bytes(o.xattrs[k].value.p, o.xattrs[k].value.n)));
+        nb::tuple out = nb::make_tuple(
+            o.inodes, bytes(o.rows, o.nrows * SN_TROW * 8), bytes(o.dirs, o.ndirs * SN_TDIR * 8),
+            bytes(o.child_ino, o.nchildren * 8), bytes(o.child_len, o.nchildren * 8), bytes(o.names, o.names_len),
+            bytes(o.sparse, o.nsparse * 8), targets, xattrs, bytes(o.files, (o.inodes + 1) * SN_TFILE * 8),
+            checked(PyUnicode_DecodeUTF8(reinterpret_cast<const char *>(o.warnings.p),
+                                         static_cast<Py_ssize_t>(o.warnings.len), "replace")));
+        release();
+        return out;
+    }
+
+private:
+    void live() const {
+        if (done_) throw nb::value_error("mount tree: already finished");
+    }
+
+    [[noreturn]] void fail(const sn_err &e) {
+        done_ = true;  // a half-applied layer: the tree is not to be used
+        release();
+        raise(e);
+    }
+
+    void release() {
+        sn_tree_free(t_);
+        t_ = sn_tree_new(0);
+        bufs_.clear();
+        keep_.clear();
+    }
+
+    sn_bytes encoded(PyObject *s, const char *what) {
+        if (!PyUnicode_Check(s)) throw nb::type_error((std::string("Entry.") + what + " must be a str").c_str());
+        nb::object b = checked(PyUnicode_AsEncodedString(s, "utf-8", "surrogateescape"));
+        sn_bytes v = view_of(b);
+        keep_.push_back(std::move(b));
+        return v;
+    }
+
+    void entry(PyObject *o, sn_tentry &e, std::vector<sn_txattr> &xs) {
+        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) < 14) throw nb::type_error("entries must be mount tree Entry tuples");
+        auto at = [o](Py_ssize_t k) { return PyTuple_GET_ITEM(o, k); };
+        e.name = encoded(at(0), "name");
+        e.type = encoded(at(1), "type");
+        e.kind = sn_tree_kind(e.type);
+        e.offset = clamped_i64(at(2));
+        e.size = clamped_i64(at(3));
+        e.link = encoded(at(4), "linkname");
+        e.perm = wrapped_u32(at(5)) & 07777;
+        e.uid = wrapped_u32(at(6));
+        e.gid = wrapped_u32(at(7));
+        e.mtime_ns = clamped_i64(at(8));
+        e.devmajor = wrapped_u32(at(9));
+        e.devminor = wrapped_u32(at(10));
+        int sparse = PyObject_IsTrue(at(12));
+        if (sparse < 0) throw nb::python_error();
+        e.header_offset = -1;
+        if (sparse) {
+            e.header_offset = clamped_i64(at(13));
+            if (e.header_offset < 0) e.header_offset = 0;
+        }
+        PyObject *m = at(11);
+        Py_ssize_t nx = PyObject_Length(m);
+        if (nx < 0) throw nb::python_error();
+        if (nx) {
+            nb::object items = checked(PyMapping_Items(m));
+            for (nb::handle kv : items) {
+                auto t = nb::cast<nb::tuple>(kv);
+                if (!PyBytes_Check(t[1].ptr())) throw nb::type_error("Entry.xattrs values must be bytes");
+                keep_.push_back(nb::borrow(t[1]));
+                xs.push_back({encoded(t[0].ptr(), "xattrs key"), view_of(t[1])});
+            }
+        }
+        e.nxattrs = static_cast<uint32_t>(xs.size());
+        e.xattrs = xs.empty() ? nullptr : xs.data();
+    }
+
+    sn_tree *t_;
+    bool done_ = false;
+    std::vector<std::unique_ptr<Buffer>> bufs_;
+    std::vector<nb::object> keep_;
+};
+
+int64_t rfc3339_ns(nb::bytes text) {
+    return sn_rfc3339_ns({reinterpret_cast<const uint8_t *>(text.c_str()), static_cast<uint32_t>(text.size())});
+}
+
 } // namespace
 
 NB_MODULE(_core, m) {
@@ -937,6 +1119,12 @@ NB_MODULE(_core, m) {
     m.def("ztoc_entries", &ztoc_entries, nb::arg("buf"), nb::arg("entry_type"), nb::arg("parse_mtime"),
           nb::arg("xattrs_of"), nb::arg("no_xattrs"),
           "A zTOC's files as mount tree Entry tuples (see soci_native.mount.tree).");
+    nb::class_<TreeBuilder>(m, "TreeBuilder", "A mount's merged tree, a layer at a time (bottom first), as an inode table.")
+        .def(nb::init<bool>(), nb::arg("single_layer") = false)
+        .def("add_ztoc", &TreeBuilder::add_ztoc, nb::arg("buf"), "Apply a zTOC's entries as the next layer.")
+        .def("add_entries", &TreeBuilder::add_entries, nb::arg("entries"), "Apply Entry tuples as the next layer.")
+        .def("finish", &TreeBuilder::finish, "The inode table, per-inode file data and warnings (once).");
+    m.def("rfc3339_ns", &rfc3339_ns, nb::arg("text"), "Nanoseconds of an RFC 3339 time, as the mount tree reads zTOC times.");
     nb::class_<ZtocNames>(m, "ZtocNames", "A zTOC's entries by name, for many lookups.")
         .def(nb::init<nb::handle>(), nb::arg("buf"))
         .def("find", &ZtocNames::find, nb::arg("path"),

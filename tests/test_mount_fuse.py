@@ -17,7 +17,7 @@ import pytest
 from test_mount import Mount, img, mount, store  # noqa: F401 - fixtures
 
 from soci_native import _fuse
-from soci_native.mount.inodes import InodeTable, export
+from soci_native.mount.inodes import InodeTable
 from soci_native.mount.tree import Entry, build_tree
 
 FIELDS, DIR_FIELDS = _fuse.FIELDS, _fuse.DIR_FIELDS
@@ -34,8 +34,7 @@ def _table() -> InodeTable:
         Entry("d/g", "reg", 1024, 3, mode=0o644),
         Entry("l", "symlink", 0, 0, "d/f", mode=0o777),
     ]])
-    table, _ = export(tree)
-    return table
+    return tree.table
 
 
 def _frontend(t: InodeTable, layers: int = 1) -> _fuse.Frontend:
@@ -157,15 +156,15 @@ def test_a_bad_span_table_is_refused(starts: list[int]) -> None:
 def test_names_fuse_cannot_pass_are_left_out() -> None:
     tree = build_tree([[Entry("ok", "reg", 0, 0), Entry("bad\0name", "reg", 512, 0),
                         Entry("x" * 5000, "reg", 1024, 0)]])
-    table, by_ino = export(tree)
-    assert table.names == b"ok" and len(by_ino) == 4
+    table = tree.table
+    assert table.names == b"ok" and tree.inodes == 4 and len(tree.warnings) == 2
     _frontend(table)
 
 
 def test_times_and_devices_past_64_bits_are_clamped() -> None:
     tree = build_tree([[Entry("f", "reg", 0, 0, mtime_ns=1 << 70),
                         Entry("c", "char", 0, 0, devmajor=-1, devminor=-1)]])
-    table, _ = export(tree)
+    table = tree.table
     _frontend(table)
     rows = array("q", table.rows)
     assert (1 << 63) - 1 in rows

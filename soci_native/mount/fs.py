@@ -47,7 +47,6 @@ from collections.abc import Callable
 from functools import partial
 
 from soci_native import _fuse
-from soci_native.mount import inodes
 from soci_native.mount.image import MountedImage
 from soci_native.mount.spans import LocalLayer, ZtocLayer
 
@@ -71,7 +70,7 @@ class SociFS:
                  on_ready: Callable[[], None] | None = None) -> None:
         self.m = mounted
         self.on_ready = on_ready
-        table, self._nodes = inodes.export(mounted.tree)
+        table = mounted.tree.table
         total = sum(layer.stats.size for layer in mounted.layers)
         self.front = _fuse.Frontend(*table, len(mounted.layers), total, self)
         self._lazy: list[tuple[int, ZtocLayer]] = []
@@ -103,17 +102,17 @@ class SociFS:
     def read(self, ino: int, offset: int, length: int) -> bytes | int:
         """``length`` bytes (the frontend clipped it to the file) at ``offset`` of regular
         file ``ino``, or an errno."""
-        node = self._nodes.get(ino)
-        if node is None or node.layer < 0:
+        li, start, size, header = self.m.tree.file(ino)
+        if li < 0:
             return errno.EINVAL
-        layer = self.m.layers[node.layer]
+        layer = self.m.layers[li]
         try:
-            if node.entry is not None and node.entry.sparse and isinstance(layer, LocalLayer):
-                data = layer.read_sparse(node.entry.header_offset, node.size, offset, length)
+            if header >= 0 and isinstance(layer, LocalLayer):  # sparse: not one range
+                data = layer.read_sparse(header, size, offset, length)
             elif isinstance(layer, ZtocLayer):
-                data = layer.read(node.offset + offset, length, node.offset + node.size)
+                data = layer.read(start + offset, length, start + size)
             else:
-                data = layer.read(node.offset + offset, length)
+                data = layer.read(start + offset, length)
         except OSError as e:
             log.error("read of inode %d [%d, +%d): %s", ino, offset, length, e)
             return errno.EIO

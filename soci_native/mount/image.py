@@ -50,7 +50,7 @@ from soci_native.mount.spans import (
     ZtocLayer,
     fetch_blob,
 )
-from soci_native.mount.tree import Entry, Tree, build_tree, toc_entries
+from soci_native.mount.tree import Entry, MountTree, TreeBuilder
 from soci_native.store import Store, StoreError
 
 log = logging.getLogger("soci_native.mount")
@@ -89,7 +89,7 @@ class MountedImage:
     manifest_digest: str
     index_digest: str
     layers: list[Layer]
-    tree: Tree
+    tree: MountTree
     cache: SpanCache
     scratch: Path
     source: ImageSource
@@ -230,13 +230,11 @@ def open_mount(opts: MountOptions) -> MountedImage:
                                      ) from None
             info = _index_layers(store, index_digest)
             descs = [_pick_layer(image.layers, opts.layer)] if opts.layer else image.layers
-            entries: list[list[Entry]] = []
+            builder = TreeBuilder(single_layer=opts.layer is not None)
             for desc in descs:
-                layer, ents = _open_layer(src, store, desc, info, cache, scratch)
-                layers.append(layer)
-                entries.append(ents)
+                layers.append(_open_layer(src, store, desc, info, cache, scratch, builder))
             prefetch = _prefetch_plan(store, info, layers) if opts.prefetch else {}
-        tree = build_tree(entries, single_layer=opts.layer is not None)
+        tree = builder.finish()
         mounted = MountedImage(opts.image, str(image.platform), image.manifest.digest,
                                index_digest, layers, tree, cache, scratch, src,
                                single_layer=opts.layer is not None)
@@ -281,13 +279,14 @@ def _index_layers(store: Store, index_digest: str) -> _IndexInfo:
 
 
 def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexInfo,
-                cache: SpanCache, scratch: Path) -> tuple[Layer, list[Entry]]:
+                cache: SpanCache, scratch: Path, tree: TreeBuilder) -> Layer:
+    """The layer's reader; its entries go to ``tree`` (the next layer up)."""
     zd = info.ztocs.get(desc.digest)
     if zd is not None:
         try:
             raw = store.map_blob(zd)  # verified, not copied into the heap
             z = ztoc_mod.from_bytes(raw, files=False)  # the entries go straight to the tree
-            entries = toc_entries(raw)
+            tree.add_ztoc(raw)
         except (StoreError, ztoc_mod.ZtocError) as e:
             raise MountError(f"zTOC {zd} of layer {desc.digest}: {e}") from None
         reader = blob_reader(src, desc)
@@ -297,11 +296,11 @@ def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexIn
         except (ValueError, FormatError) as e:
             reader.close()
             raise MountError(f"zTOC {zd} of layer {desc.digest}: {e}") from None
-        return layer, entries
-    return _local_layer(src, desc, scratch)
+        return layer
+    return _local_layer(src, desc, scratch, tree)
 
 
-def _local_layer(src: ImageSource, desc: Descriptor, scratch: Path) -> tuple[Layer, list[Entry]]:
+def _local_layer(src: ImageSource, desc: Descriptor, scratch: Path, tree: TreeBuilder) -> Layer:
     kind = layer_compression(desc.media_type)
     if kind == "zstd":
         raise MountError(f"layer {desc.digest} is zstd-compressed and has no zTOC: zstd "
@@ -321,9 +320,9 @@ def _local_layer(src: ImageSource, desc: Descriptor, scratch: Path) -> tuple[Lay
     if ix.blob_digest != desc.digest:
         raise MountError(f"layer {desc.digest} does not match its digest (content hashes to "
                          f"{ix.blob_digest}): corrupt or tampered image")
+    tree.add_entries([Entry.from_tar(e) for e in ix.entries])
     stats = LayerStats(desc.digest, desc.size, "local", bytes_fetched=desc.size)
-    return LocalLayer(desc.digest, path, ix, stats, scratch), [Entry.from_tar(e)
-                                                              for e in ix.entries]
+    return LocalLayer(desc.digest, path, ix, stats, scratch)
 
 
 def _prefetch_plan(store: Store, info: _IndexInfo,

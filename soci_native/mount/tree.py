@@ -18,14 +18,23 @@ NAME) and a directory holding ``.wh..wh..opq`` carries the xattr ``trusted.overl
 
 Nothing here reads file contents: a regular file records which layer holds its bytes and at
 which uncompressed offset, and metadata calls never touch layer data.
+
+The tree is built in C (``csrc/mount_tree.c``, through :class:`TreeBuilder`) straight from
+each zTOC (or a local layer's entries) into the flat inode table the FUSE frontend serves
+(:class:`~soci_native.mount.inodes.InodeTable`), with the GIL released: a Python tree of
+65k nodes and its export were most of a mount's start. Memory is linear in the entries and
+the bytes of their names, time linear in those bytes. A name the kernel could never pass back
+(holding a NUL, or over 4096 bytes) is left out of its directory with a warning, and so is an
+xattr Linux cannot ask for; an mtime beyond 64 bits is clamped. ``tests/tree_oracle.py`` keeps
+the rules above as plain Python, the oracle the C tree is compared with.
 """
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import functools
 import gc
+import itertools
 import logging
 import operator
 import posixpath
@@ -38,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from soci_native import _core
 from soci_native.layer import TarEntry
+from soci_native.mount.inodes import InodeTable
 from soci_native.ztoc import FileMetadata, ZtocError
 from soci_native.ztoc_info import check_entries
 
@@ -51,37 +61,15 @@ OPAQUE_MARKER = ".wh..wh..opq"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
-_KINDS = {
-    "reg": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-}
-_RFC3339 = re.compile(
-    r"(-?\d{4,})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))")
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def parse_rfc3339_ns(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time as Go's ``Time.MarshalText`` writes it
-    (any zone offset, up to nanosecond fractions); 0 for an empty or unreadable value.
-    Cached: the files of a layer share few distinct mtimes, and parsing was ~40% of the
-    tree build for a 55k-entry image."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        return 0
-    year, mon, day, hh, mm, ss = (int(m.group(i)) for i in range(1, 7))
-    frac = (m.group(7) or "")[:9].ljust(9, "0")
-    try:
-        secs = calendar.timegm((year, mon, day, hh, mm, ss, 0, 0, 0))
-    except (ValueError, OverflowError):
-        return 0
-    if m.group(9):
-        off = int(m.group(10)) * 3600 + int(m.group(11)) * 60
-        secs -= off if m.group(9) == "+" else -off
-    return secs * 1_000_000_000 + int(frac)
+    (any zone offset, up to nanosecond fractions, ASCII digits only), clamped to int64; 0 for
+    an empty or unreadable value. The C tree's own reading of zTOC times (one rule for both).
+    Cached: the files of a layer share few distinct mtimes."""
+    return _core.rfc3339_ns(text.encode("utf-8", "surrogateescape"))
 
 
 def _xattrs(pax: Iterable[tuple[str, str]]) -> Mapping[str, bytes]:
@@ -175,60 +163,6 @@ def _toc_entries(buf: ZtocBuffer) -> list[Entry]:
     return files
 
 
-class Node:
-    """One inode. Hard links are several names for the same Node."""
-
-    __slots__ = ("ino", "kind", "perm", "uid", "gid", "mtime_ns", "size", "target", "rdev",
-                 "xattrs", "layer", "offset", "children", "nlink", "entry", "_sorted")
-
-    def __init__(self, kind: int, perm: int = 0o755, uid: int = 0, gid: int = 0,
-                 mtime_ns: int = 0) -> None:
-        self.ino = 0
-        self.kind = kind
-        self.perm = perm
-        self.uid = uid
-        self.gid = gid
-        self.mtime_ns = mtime_ns
-        self.size = 0
-        self.target = ""  # symlink target
-        self.rdev = 0
-        self.xattrs: Mapping[str, bytes] = NO_XATTRS  # replaced, never changed in place
-        self.layer = -1  # index of the layer holding a regular file's bytes
-        self.offset = 0  # their uncompressed offset in that layer
-        self.entry: Entry | None = None  # the tar member of a sparse file
-        self.children: dict[str, Node] | None = {} if kind == stat.S_IFDIR else None
-        self.nlink = 1
-        self._sorted: list[str] | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == stat.S_IFDIR
-
-    @property
-    def mode(self) -> int:
-        return self.kind | self.perm
-
-    def names(self) -> list[str]:
-        """Children's names, sorted (computed once: the tree is immutable once mounted)."""
-        if self._sorted is None:
-            self._sorted = sorted(self.children or ())
-        return self._sorted
-
-    @classmethod
-    def from_entry(cls, e: Entry, layer: int) -> Node:
-        n = cls(_KINDS[e.type], e.mode & 0o7777, e.uid, e.gid, e.mtime_ns)
-        n.xattrs = e.xattrs
-        if e.type == "reg":
-            n.size, n.layer, n.offset = e.size, layer, e.offset
-            if e.sparse:  # its data is not one range: reads need the member
-                n.entry = e
-        elif e.type == "symlink":
-            n.target = e.linkname
-            n.size = len(e.linkname.encode("utf-8", "surrogateescape"))
-        elif e.type in ("char", "block"):
-            n.rdev = mkdev(e.devmajor, e.devminor)
-        return n
-
 
 def mkdev(major: int, minor: int) -> int:
     """Linux's dev_t for a tar header's numbers as the snapshotter makes it (Go's
@@ -257,181 +191,69 @@ def clean_path(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
-def _is_whiteout(path: str) -> bool:
-    return path.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
 
 
-class Tree:
-    """The merged tree. Build with :meth:`add_layer` (bottom layer first), then
-    :meth:`finish`, which numbers inodes and counts links.
-
-    Memory is linear in the bytes of the names: a node holds its own name only (as its
-    parent's dict key), paths are resolved component by component (:meth:`get`), and the
-    build's directory cache is keyed by entries' parent paths, each a prefix of its entry's
-    name. (A table of every full path made a 40,000-deep name cost 1.8 GB.)"""
+class TreeBuilder:
+    """The merged tree, a layer at a time, bottom first (``_core.TreeBuilder``: parsed and
+    built in C without the GIL); :meth:`finish` once."""
 
     def __init__(self, single_layer: bool = False) -> None:
-        self.root = Node(stat.S_IFDIR, 0o755)
         self.single_layer = single_layer
-        self.inodes = 0
-        self._layers = 0
-        self._dirs: dict[str, Node] = {}  # parent path -> its directory, while adding
+        self._b = _core.TreeBuilder(single_layer)
 
-    # -- building
+    def add_ztoc(self, buf: ZtocBuffer) -> None:
+        """A zTOC's entries as the next layer, checked as
+        :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data). Raises
+        ZtocError; the builder is spent then."""
+        try:
+            self._b.add_ztoc(buf)
+        except ValueError as e:
+            raise ZtocError(str(e)) from None
 
-    def _lookup(self, parts: list[str]) -> Node | None:
-        node = self.root
-        for p in parts:
-            if node.children is None:
-                return None
-            child = node.children.get(p)
-            if child is None:
-                return None
-            node = child
-        return node
+    def add_entries(self, entries: Iterable[Entry]) -> None:
+        self._b.add_entries(entries if isinstance(entries, list) else list(entries))
 
-    def _parent(self, parts: list[str]) -> Node:
-        """The directory for ``parts[:-1]``, made (implicitly) where missing."""
-        node = self.root
-        for p in parts[:-1]:
-            assert node.children is not None
-            child = node.children.get(p)
-            if child is None or not child.is_dir:
-                child = Node(stat.S_IFDIR, 0o755)
-                node.children[p] = child
-            node = child
-        return node
+    def finish(self) -> MountTree:
+        tree = MountTree(self._b.finish(), self.single_layer)
+        for line in tree.warnings:
+            log.warning("%s", line)
+        return tree
 
-    def _dir(self, parent: str) -> Node:
-        """The directory at the clean path ``parent`` ("" is the root), made where missing.
-        Cached: a layer lists a directory's entries together, so most entries find their
-        parent in one dict lookup instead of a walk from the root."""
-        node = self._dirs.get(parent)
-        if node is None:
-            node = self._parent([*parent.split("/"), ""]) if parent else self.root
-            self._dirs[parent] = node
-        return node
 
-    def add_layer(self, entries: Iterable[Entry]) -> None:
-        layer = self._layers
-        self._layers += 1
-        items = [(clean_path(e.name), e) for e in entries]
-        self._dirs.clear()
-        if self.single_layer:
-            self._add_single(layer, items)
-            return
-        whiteouts = [path for path, _ in items
-                     if WHITEOUT_PREFIX in path and _is_whiteout(path)]
-        for path in whiteouts:  # whiteouts first: they only hide what lower layers made
-            parts = path.split("/")
-            parent = self._lookup(parts[:-1])
-            if parent is None or parent.children is None:
-                continue
-            if parts[-1] == OPAQUE_MARKER:
-                parent.children.clear()
-            else:
-                parent.children.pop(parts[-1][len(WHITEOUT_PREFIX):], None)
-        add, dirs, parent_dir, new = self._add, self._dirs, self._dir, Node.from_entry
-        kinds = _KINDS
-        for path, e in items:
-            if whiteouts and WHITEOUT_PREFIX in path and _is_whiteout(path):
-                continue
-            # the usual entry, inline: a new name of a known kind in a cached directory
-            # (a call per entry was a third of the build); the rest through _add
-            if e.type not in kinds or not path:
-                add(layer, path, e)
-                continue
-            dirname, _, name = path.rpartition("/")
-            parent = dirs.get(dirname) or parent_dir(dirname)
-            children = parent.children
-            assert children is not None
-            if name in children:
-                add(layer, path, e)
-            else:
-                children[name] = new(e, layer)
-        self._dirs.clear()
+def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> MountTree:
+    b = TreeBuilder(single_layer)
+    for entries in layers:
+        b.add_entries(entries)
+    return b.finish()
 
-    def _add_single(self, layer: int, items: list[tuple[str, Entry]]) -> None:
-        whiteouts: list[tuple[str, Entry]] = []
-        for path, e in items:
-            base = path.rpartition("/")[2]
-            if base.startswith(WHITEOUT_PREFIX):
-                whiteouts.append((path, e))
-            else:
-                self._add(layer, path, e)
-        self._dirs.clear()
-        for path, e in whiteouts:
-            parts = path.split("/")
-            parent = self._parent(parts)
-            assert parent.children is not None
-            if parts[-1] == OPAQUE_MARKER:
-                parent.xattrs = {**parent.xattrs, OPAQUE_XATTR: b"y"}
-                continue
-            name = parts[-1][len(WHITEOUT_PREFIX):]
-            if name and name not in parent.children:
-                parent.children[name] = Node(stat.S_IFCHR, 0, e.uid, e.gid, e.mtime_ns)
 
-    def _add(self, layer: int, path: str, e: Entry) -> None:
-        kind = e.type
-        if kind not in _KINDS and kind != "hardlink":
-            if kind != "pax_global":
-                log.warning("skipping %r: unsupported tar entry type %r", e.name, kind)
-            return
-        if not path:  # the root directory itself ("./")
-            if kind == "dir":
-                self._set_dir_meta(self.root, e)
-            return
-        dirname, _, name = path.rpartition("/")
-        parent = self._dir(dirname)
-        assert parent.children is not None
-        old = parent.children.get(name)
-        if kind == "dir" and old is not None and old.children is not None:
-            self._set_dir_meta(old, e)
-            return
-        if kind == "hardlink":
-            target = self._lookup(clean_path(e.linkname).split("/"))
-            if target is None or target.is_dir or not clean_path(e.linkname):
-                log.warning("skipping hard link %r: its target %r is missing or a directory",
-                            e.name, e.linkname)
-                return
-            new = target
-        else:
-            new = Node.from_entry(e, layer)
-        if old is not None and old.children is not None:
-            self._dirs.clear()  # a directory (maybe cached, maybe holding cached ones) goes
-        parent.children[name] = new
+class MountTree:
+    """A finished tree: the inode table the frontend serves (:attr:`table`), each regular
+    file's data (:meth:`file`, for the reads handed back to Python), and node views by path
+    (:meth:`get`, :meth:`walk`: for tests and tools, made on demand)."""
 
-    @staticmethod
-    def _set_dir_meta(node: Node, e: Entry) -> None:
-        node.perm, node.uid, node.gid = e.mode & 0o7777, e.uid, e.gid
-        node.mtime_ns, node.xattrs = e.mtime_ns, e.xattrs
+    def __init__(self, parts: tuple[Any, ...], single_layer: bool = False) -> None:
+        self.table = InodeTable(*parts[:9])
+        self.inodes: int = self.table.inodes
+        self.single_layer = single_layer
+        self._files = memoryview(parts[9]).cast("q")
+        self.warnings: list[str] = parts[10].splitlines()
+        self._index: _Index | None = None
 
-    # -- finishing
+    def file(self, ino: int) -> tuple[int, int, int, int]:
+        """(layer, offset, size, header offset) of regular file ``ino``: layer -1 for any
+        other inode; a header offset >= 0 marks a sparse file (its data is not one range)."""
+        if not 0 < ino <= self.inodes:
+            return -1, 0, 0, -1
+        k = ino * 4
+        f = self._files
+        return f[k], f[k + 1], f[k + 2], f[k + 3]
 
-    def finish(self) -> Tree:
-        """Numbers inodes (root is 1, hard links share one) and sets link counts, in one
-        walk over the nodes (no paths made)."""
-        root = self.root
-        root.ino = ino = 1
-        stack = [root]
-        while stack:
-            d = stack.pop()
-            assert d.children is not None
-            subdirs = 0
-            for c in d.children.values():
-                if c.children is not None:  # a directory has one name: it is new
-                    subdirs += 1
-                    ino += 1
-                    c.ino = ino
-                    stack.append(c)
-                elif c.ino == 0:
-                    ino += 1
-                    c.ino, c.nlink = ino, 1
-                else:  # another name of a hard-linked node
-                    c.nlink += 1
-            d.nlink = 2 + subdirs
-        self.inodes = ino
-        return self
+    # -- views
+
+    @property
+    def root(self) -> Node:
+        return self._idx().node(1)
 
     def get(self, path: str) -> Node | None:
         """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
@@ -449,8 +271,7 @@ class Tree:
         return node
 
     def walk(self) -> Iterator[tuple[str, Node]]:
-        """(path, node) for every name, parents first. Makes every path: for tests and
-        tools, not for the mount."""
+        """(path, node) for every name, parents first. Makes every path."""
         stack: list[tuple[str, Node]] = [("/", self.root)]
         while stack:
             path, node = stack.pop()
@@ -465,10 +286,92 @@ class Tree:
         """Every path's node (see :meth:`walk`)."""
         return dict(self.walk())
 
+    def _idx(self) -> _Index:
+        if self._index is None:
+            self._index = _Index(self.table)
+        return self._index
 
-def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> Tree:
-    tree = Tree(single_layer)
-    with gc_paused():
-        for entries in layers:
-            tree.add_layer(entries)
-        return tree.finish()
+
+class _Index:
+    """The table by inode, for :class:`Node` views."""
+
+    def __init__(self, t: InodeTable) -> None:
+        rows = memoryview(t.rows).cast("q")
+        self.rows: dict[int, tuple[int, ...]] = {}
+        for k in range(0, len(rows), ROW_FIELDS):
+            self.rows.setdefault(rows[k], tuple(rows[k:k + ROW_FIELDS]))
+        dirs = memoryview(t.dirs).cast("q")
+        self.dirs = {dirs[k]: (dirs[k + 2], dirs[k + 3]) for k in range(0, len(dirs), 4)}
+        self.child_ino = memoryview(t.child_ino).cast("q")
+        lens = memoryview(t.child_name_len).cast("q")
+        self.starts = list(itertools.accumulate(lens, initial=0))
+        self.names = t.names
+        self.targets = {ino: b.decode("utf-8", "surrogateescape") for ino, b in t.targets}
+        self.xattrs: dict[int, dict[str, bytes]] = {}
+        for ino, name, value in t.xattrs:
+            self.xattrs.setdefault(ino, {})[name.decode("utf-8", "surrogateescape")] = value
+        self.sparse = set(memoryview(t.sparse).cast("q"))
+        self.views: dict[int, Node] = {}
+
+    def node(self, ino: int) -> Node:
+        n = self.views.get(ino)
+        if n is None:
+            n = self.views[ino] = Node(self, ino)
+        return n
+
+    def children(self, ino: int) -> dict[str, Node]:
+        start, count = self.dirs[ino]
+        out: dict[str, Node] = {}
+        for k in range(start, start + count):
+            name = self.names[self.starts[k]:self.starts[k + 1]]
+            out[name.decode("utf-8", "surrogateescape")] = self.node(self.child_ino[k])
+        return out
+
+
+ROW_FIELDS = 11  # ino kind perm nlink uid gid size mtime rdev layer offset (_fuse.FIELDS)
+
+
+class Node:
+    """A view of one inode of a :class:`MountTree` (one object per inode: hard links are
+    several names for the same Node)."""
+
+    __slots__ = ("_idx", "ino", "kind", "perm", "nlink", "uid", "gid", "size", "mtime_ns",
+                 "rdev", "layer", "offset", "_children")
+
+    def __init__(self, idx: _Index, ino: int) -> None:
+        self._idx = idx
+        (self.ino, self.kind, self.perm, self.nlink, self.uid, self.gid, self.size,
+         self.mtime_ns, rdev, self.layer, self.offset) = idx.rows[ino]
+        self.rdev = rdev & 0xFFFFFFFFFFFFFFFF
+        self._children: dict[str, Node] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def mode(self) -> int:
+        return self.kind | self.perm
+
+    @property
+    def target(self) -> str:
+        return self._idx.targets.get(self.ino, "")
+
+    @property
+    def xattrs(self) -> Mapping[str, bytes]:
+        return self._idx.xattrs.get(self.ino, NO_XATTRS)
+
+    @property
+    def sparse(self) -> bool:
+        return self.ino in self._idx.sparse
+
+    @property
+    def children(self) -> dict[str, Node] | None:
+        if not self.is_dir:
+            return None
+        if self._children is None:
+            self._children = self._idx.children(self.ino)
+        return self._children
+
+    def names(self) -> list[str]:
+        return sorted(self.children or ())
