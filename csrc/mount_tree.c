@@ -542,7 +542,10 @@ int sn_tree_add_layer(sn_tree *t, const sn_tentry *e, size_t n, sn_err *err) {
             continue;
         }
         sn_bytes name = {base.p + 4, base.n - 4};
-        if (!name.n || child(t, parent, name) != NONE) continue;
+        /* ".wh.." and ".wh...": no entry can be named "." or "..", nor be hidden */
+        if (!name.n || beq(name, (const uint8_t *)".", 1) || beq(name, (const uint8_t *)"..", 2) ||
+            child(t, parent, name) != NONE)
+            continue;
         uint32_t dev;
         if ((rc = new_node(t, S_IFCHR, &dev, err))) break;
         tnode *x = &t->nodes[dev];
@@ -966,7 +969,8 @@ int sn_ztoc_tree_layer(sn_ztoc *z, sn_tlayer *out, sn_err *err) {
         }
         if (rc) break;
         if (out->nx - first > UINT32_MAX) { rc = sn_fail(err, SN_EFORMAT, "zTOC entry with too many xattrs"); break; }
-        uint32_t m = dedupe(out->x + first, (uint32_t)(out->nx - first), err);
+        uint32_t m = (uint32_t)(out->nx - first);
+        if (m > 1) m = dedupe(out->x + first, m, err);
         if (err->code) { rc = err->code; break; }
         out->nx = first + m;
         e->nxattrs = m;

@@ -317,13 +317,34 @@ def ztoc_seeds(out: Path, tmp: Path, tars: dict[str, bytes]) -> None:
                 write(out, f"{kind}_{name}", ix.ztoc, MAX_BLOB)
 
 
+def tree_seeds(out: Path, ztocs: Path) -> None:
+    """The mount tree target: the zTOC seeds (first byte even) and synthetic layer stacks
+    (first byte odd; see fuzz_tree.c): whiteouts, opaque markers, dot parts, hard links."""
+    for p in sorted(ztocs.iterdir()):
+        write(out, f"z_{p.name}", b"\0" + p.read_bytes(), MAX_BLOB)
+    kinds = {"reg": 0, "dir": 1, "sym": 2, "hard": 3, "chr": 4, "other": 8}
+    stacks = [
+        [[("dir", "a/"), ("reg", "a/f"), ("reg", "a/g"), ("sym", "s\x01a/f"),
+          ("hard", "h\x01a/g"), ("dir", "o/"), ("reg", "o/x")],
+         [("reg", "a/.wh.f"), ("reg", "o/.wh..wh..opq"), ("reg", "o/y"), ("dir", "a/g/"),
+          ("reg", "./a/../a/z"), ("hard", "q\x01o"), ("other", "w")]],
+        [[("reg", ".wh.gone"), ("reg", "d/.wh..wh..opq"), ("reg", "//x//y/"), ("reg", "x/y/z"),
+          ("chr", "dev"), ("reg", "n\x00ul")]],
+    ]
+    for i, stack in enumerate(stacks):
+        text = b"\f".join(b"\n".join(bytes([kinds[k] | (0x80 if j % 3 == 0 else 0)])
+                                     + n.encode("utf-8", "surrogateescape")
+                                     for j, (k, n) in enumerate(layer)) for layer in stack)
+        write(out, f"synthetic_{i}", b"\x01" + text, MAX_BLOB)
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(sys.argv[1])
     rng = random.Random(1234)
-    dirs = {t: out / t for t in ("tar", "index", "blob", "ztoc", "inflate")}
+    dirs = {t: out / t for t in ("tar", "index", "blob", "ztoc", "inflate", "tree")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="soci-fuzz-seeds-") as td:
@@ -398,6 +419,7 @@ def main() -> int:
             MAX_TAR,
         )
         ztoc_seeds(dirs["ztoc"], tmp, tars)
+        tree_seeds(dirs["tree"], dirs["ztoc"])
         # blob target: hand-made structural seeds always, real pairs with soci_native
         hdr = struct.pack("<iq", 1, 4096)
         cp0 = struct.pack("<QQB", 10, 0, 0) + bytes(WINSIZE)

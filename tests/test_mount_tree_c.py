@@ -102,6 +102,7 @@ def same(layers: list[list[Entry]], single: bool = False) -> None:
 # ------------------------------------------------------------------------ random stacks
 
 PARTS = ["a", "b", "c", ".", "..", "", ".wh.a", ".wh.b", ".wh.c", ".wh..wh..opq", ".wh.",
+         ".wh..", ".wh...",
          "x\0y", "é", "\udcff"]
 TYPES = ["reg"] * 6 + ["dir"] * 4 + ["symlink", "hardlink", "hardlink", "char", "block",
                                      "fifo", "weird", "pax_global"]

@@ -208,7 +208,7 @@ class Tree:
                 parent.xattrs = {**parent.xattrs, OPAQUE_XATTR: b"y"}
                 continue
             name = parts[-1][len(WHITEOUT_PREFIX):]
-            if name and name not in parent.children:
+            if name and name not in (".", "..") and name not in parent.children:
                 parent.children[name] = Node(stat.S_IFCHR, 0, e.uid, e.gid, e.mtime_ns)
 
     def _add(self, layer: int, path: str, e: Entry) -> None:

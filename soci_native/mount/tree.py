@@ -14,7 +14,8 @@ whiteout hides only lower content, never its own layer's), then the layer's entr
 
 ``single_layer=True`` shows one layer as the reference snapshotter mounts it for overlayfs:
 ``.wh.NAME`` appears as a 0:0 character device named NAME (unless the layer also has a real
-NAME) and a directory holding ``.wh..wh..opq`` carries the xattr ``trusted.overlay.opaque=y``.
+NAME, or NAME is "." or "..") and a directory holding ``.wh..wh..opq`` carries the xattr
+``trusted.overlay.opaque=y``.
 
 Nothing here reads file contents: a regular file records which layer holds its bytes and at
 which uncompressed offset, and metadata calls never touch layer data.
