@@ -7,8 +7,8 @@ terminal) is saved in the user's cache directory, under a signature made of the 
 mtime of every module of soci_native and of click. Any edit or upgrade of either changes the
 signature, so the saved text is rendered again by click rather than shown stale. Everything
 else (a narrower terminal, subcommands, other flags) goes through click as always, but for
-`ztoc get-file` from a local image, answered without click when soci_native.quick_getfile
-can (it falls back to click for anything else).
+`ztoc get-file` from a local image and `ztoc info`, answered without click when
+soci_native.quick_getfile and quick_info can (they fall back to click for anything else).
 
 This module imports only os and sys: it runs before anything else of the CLI.
 """
@@ -41,10 +41,15 @@ def main() -> None:
             (sys.stdout if args else sys.stderr).write(text + "\n")
             sys.exit(0 if args else 2)
         saved = sig
-    if "get-file" in args:  # `ztoc get-file` of a local image without click, when it can
+    # `ztoc get-file` of a local image and `ztoc info` without click, when they can
+    if "get-file" in args:
         from soci_native.quick_getfile import main as get_file
 
         get_file(args)
+    if "info" in args:
+        from soci_native.quick_info import main as info
+
+        info(args)
     from soci_native.cli import main as cli_main
 
     if saved is not None:

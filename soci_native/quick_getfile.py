@@ -14,9 +14,9 @@ they print and write.
 
 from __future__ import annotations
 
-import os
 import sys
 
+from soci_native import quick_args
 from soci_native.catalog import Catalog, Unsure
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
@@ -27,82 +27,21 @@ if TYPE_CHECKING:
 
     from soci_native.catalog import Record
 
-PROG = "soci-native"
 # get-file's options the fast path takes (any other, --help included, goes to click)
-VALUED = {"-o": "output", "--output": "output", "--image": "image", "--root": "root"}
-VERBOSE = ("-v", "--verbose")
+VALUED = {"-o": "output", "--output": "output", "--image": "image"}
+FLAGS = {"-v": "verbose", "--verbose": "verbose"}
 
 
-class Args:
-    """``[--root R] ztoc [--root R] get-file [-o OUT] [--image REF] [-v] [--root R] DIGEST
-    PATH`` as click reads it: a group's options before its subcommand, a command's anywhere
-    among its arguments; of an option given twice the last; ``--root`` after the subcommand
-    overriding one before, $SOCI_NATIVE_ROOT taking the place of the first."""
+class Args(quick_args.Args):
+    """``[--root R] ztoc [--root R] get-file [-o OUT] [--image REF] [-v] DIGEST PATH``."""
+
+    output: str | None
+    image: str | None
+    verbose: bool
 
     def __init__(self, argv: list[str]) -> None:
-        self.output: str | None = None
-        self.image: str | None = None
-        self.verbose = False
-        self.roots: list[tuple[int, str]] = []  # (level, value): click checks each one
-        commands: list[str] = []
-        positional: list[str] = []
-        i = 0
-        while i < len(argv):
-            a = argv[i]
-            i += 1
-            level = len(commands)  # 0: soci-native's options, 1: ztoc's, 2: get-file's
-            if not a.startswith("-"):
-                (commands if level < 2 else positional).append(a)
-                continue
-            if level == 2 and a in VERBOSE:
-                self.verbose = True
-                continue
-            name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
-            if name != "--root" and (level < 2 or name not in VALUED):
-                raise Unsure(a)  # --help, --debug, registry flags, "--", "-", -vo OUT, ...
-            if not eq:
-                if i == len(argv):
-                    raise Unsure(a)
-                value = argv[i]
-                i += 1
-            if not value or value.startswith("-"):
-                raise Unsure(a)  # click reads these, but they are more likely mistakes
-            if name == "--root":
-                self.roots.append((level, value))
-            else:
-                setattr(self, VALUED[name], value)
-        if commands != ["ztoc", "get-file"] or len(positional) != 2:
-            raise Unsure("not `ztoc get-file DIGEST PATH`")
-        self.digest, self.path = positional
-
-    def root(self) -> str:
-        """The store's root as the click command settles it (the last --root, else
-        $SOCI_NATIVE_ROOT, else store.default_root's rule), each value given checked as
-        click.Path(file_okay=False) checks it."""
-        given = [v for _, v in self.roots]
-        env = os.environ.get("SOCI_NATIVE_ROOT")
-        if env and not any(level == 0 for level, _ in self.roots):
-            given.insert(0, env)
-        if not all(map(dir_ok, given)):
-            raise Unsure("--root")
-        if given:
-            return given[-1]
-        xdg = os.environ.get("XDG_DATA_HOME")
-        if xdg and os.path.isabs(xdg):
-            return os.path.join(xdg, PROG)
-        return os.path.join(os.path.expanduser("~"), ".local", "share", PROG)
-
-
-def dir_ok(path: str) -> bool:
-    """What click.Path(file_okay=False) accepts: a path not there, or a readable one that is
-    not a regular file."""
-    import stat
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return True
-    return not stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK)
+        super().__init__(argv, "get-file", 2, VALUED, FLAGS)
+        self.digest, self.path = self.positional
 
 
 class Entry:
@@ -198,9 +137,9 @@ def fail(msg: str) -> NoReturn:
     if "\x1b" in msg:  # click.echo strips ANSI codes from a stream that is no terminal
         import click
 
-        click.echo(f"{PROG}: error: {msg}", err=True)
+        click.echo(f"{quick_args.PROG}: error: {msg}", err=True)
     else:
-        sys.stderr.write(f"{PROG}: error: {msg}\n")
+        sys.stderr.write(f"{quick_args.PROG}: error: {msg}\n")
         sys.stderr.flush()
     sys.exit(1)
 
@@ -231,8 +170,8 @@ def stream(plan: Plan, args: Args) -> NoReturn:
 def main(argv: list[str]) -> bool:
     """Runs `soci-native ARGV` and exits if it is a get-file this can answer; False if
     not (nothing done: run the click command)."""
-    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):
-        return False  # click's shell completion
+    if quick_args.completing():
+        return False
     try:
         try:
             args = Args(argv)

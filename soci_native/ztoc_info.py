@@ -15,8 +15,25 @@ import itertools
 import json
 import operator
 
-from soci_native import _core, tarzinfo, ztoc
-from soci_native.ztoc import ZtocError
+from soci_native import _core
+
+# Not typing.TYPE_CHECKING, and ztoc (dataclasses) only on an error: `ztoc info`'s fast path
+# (soci_native/quick_info.py) imports this module
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from soci_native import ztoc
+
+
+def _error(msg: str) -> Exception:
+    from soci_native.ztoc import ZtocError
+
+    return ZtocError(msg)
+
+
+def _tar_span_size(checkpoints: bytes) -> int:
+    from soci_native import tarzinfo
+
+    return tarzinfo.decode(checkpoints).span_size
 
 
 def span_starts(checkpoints: bytes) -> list[int]:
@@ -28,7 +45,7 @@ def span_starts(checkpoints: bytes) -> list[int]:
 def span_size(checkpoints: bytes, algorithm: str) -> int:
     if algorithm == "gzip":
         return int.from_bytes(checkpoints[4:12], "little", signed=True)
-    return tarzinfo.decode(checkpoints).span_size
+    return _tar_span_size(checkpoints)
 
 
 def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[int]:
@@ -39,7 +56,7 @@ def check_entries(names: list[str], offs: list[int], sizes: list[int]) -> list[i
     floors = map(operator.and_, offs[1:], itertools.repeat(~511))
     bad = [i for i, x in enumerate(map(operator.gt, ends, floors)) if x]
     if bad:
-        raise ZtocError(f"invalid TOC entry {names[bad[0] + 1]!r}: overlaps the previous entry")
+        raise _error(f"invalid TOC entry {names[bad[0] + 1]!r}: overlaps the previous entry")
     return ends
 
 
@@ -50,16 +67,18 @@ def info_parts(buf: ztoc.ZtocBuffer, size: int) -> tuple[bytes, bytes, bytes]:
     zTOC."""
     try:
         r = _core.ztoc_parse(buf, False)
-        step = 0 if r["algorithm"] == "gzip" else tarzinfo.decode(r["checkpoints"]).span_size
+        step = 0 if r["algorithm"] == "gzip" else _tar_span_size(r["checkpoints"])
         listed, multi, overlap, uncovered = _core.ztoc_info_files(buf, step)
     except ValueError as e:
-        raise ZtocError(str(e)) from None
+        raise _error(str(e)) from None
     if overlap >= 0:
+        from soci_native import ztoc
+
         name = sorted(ztoc.from_bytes(buf).files, key=operator.attrgetter(
             "uncompressed_offset"))[overlap].name
-        raise ZtocError(f"invalid TOC entry {name!r}: overlaps the previous entry")
+        raise _error(f"invalid TOC entry {name!r}: overlaps the previous entry")
     if uncovered >= 0:
-        raise ZtocError(f"no checkpoint at or before uncompressed offset {uncovered}")
+        raise _error(f"no checkpoint at or before uncompressed offset {uncovered}")
     head = json.dumps({"version": r["version"], "build_tool": r["build_tool"], "size": size,
                        "span_size": span_size(r["checkpoints"], r["algorithm"]),
                        "num_spans": r["max_span_id"] + 1, "num_files": r["num_files"],

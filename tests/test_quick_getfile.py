@@ -1,5 +1,6 @@
-"""`ztoc get-file`'s fast path (soci_native/quick_getfile.py, reached through the console
-script's soci_native/entry.py) against the click command on the same stores and arguments:
+"""The fast paths of `ztoc get-file` (soci_native/quick_getfile.py) and `ztoc info`
+(quick_info.py), reached through the console script's soci_native/entry.py, against the
+click command on the same stores and arguments:
 the same exit code, stdout bytes, stderr and output file, every time; the fast path answering
 without importing click where it can (a local OCI layout: links across layers, every way of
 giving the store and the options, a file of several pieces, a write error part way), and
@@ -207,3 +208,41 @@ def test_other_layers_read_only_when_the_walk_needs_them(
     assert code == 0 and not clicked and stdout == tool, err
     (code, _, err, _), clicked = same(["ztoc", "get-file", z, "/bin/tool"], env_of(root))
     assert code == 1 and clicked and base in err and len(err.splitlines()) == 1, err
+
+
+def test_ztoc_info_without_click(store: tuple[Path, str, str, bytes], tmp_path: Path) -> None:
+    """`ztoc info` (soci_native/quick_info.py): the same bytes as click's, every way of naming
+    the store; click for everything else."""
+    root, z, _, _ = store
+    for args, env in ((["ztoc", "info", z], env_of(root)),
+                      (["--root", str(root), "ztoc", "info", z], env_of()),
+                      (["ztoc", "--root", str(root), "info", z], env_of(tmp_path / "x")),
+                      (["ztoc", "info", z, "--root", str(root)], env_of())):
+        (code, stdout, err, _), clicked = same(args, env)
+        assert code == 0 and not clicked and json.loads(stdout)["num_files"] > 0, err
+    idx = json.loads(subprocess.run(
+        [sys.executable, "-m", "soci_native.cli", "index", "list", "--json"], check=True,
+        capture_output=True, env=env_of(root)).stdout)[0]["digest"]
+    for args in (["ztoc", "info", "sha256:" + "1" * 64], ["ztoc", "info", idx],
+                 ["ztoc", "info"], ["ztoc", "info", z, "--json"], ["index", "info", idx],
+                 ["ztoc", "info", z, "-h"]):
+        (code, _, err, _), clicked = same(args, env_of(root))
+        assert clicked and "Traceback" not in err, (args, err)
+
+
+def test_ztoc_info_into_a_closed_pipe(tmp_path: Path) -> None:
+    """A reader that stops early (`| head`): exit 1 and nothing on stderr, as click does."""
+    members = [entry(f"./d/file-{i:05d}.txt", b"x" * 10) for i in range(3000)]
+    lay = tmp_path / "lay"
+    ref = layout(lay, [put(lay, gz_layer(members))])
+    root = tmp_path / "store"
+    z = ztoc_of_layer(root, 0, ref)
+    results = []
+    for code in (ENTRY, CLICK):
+        p = subprocess.Popen([sys.executable, "-c", code, "ztoc", "info", z],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_of(root))
+        assert p.stdout is not None and p.stderr is not None
+        assert p.stdout.read(100)
+        p.stdout.close()
+        results.append((p.wait(timeout=60), p.stderr.read()))
+    assert results[0] == results[1] == (1, b""), results
