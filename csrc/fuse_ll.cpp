@@ -714,7 +714,7 @@ private:
             close(fd);
             if (!ok) return false;
             t.touched[i].store(1, std::memory_order_relaxed);
-            if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i);
+            if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i, pos);
             last = i;
             served += take;
             pos += take;
@@ -791,7 +791,7 @@ private:
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
         if (lazy)  // Python may have found the span cached, or cached it
             for (size_t i = t->span_of(pos); i < t->spans() && t->starts[i] < end; i++)
-                if (t->cached[i].load(std::memory_order_acquire)) push_later(t->layer, i);
+                if (t->cached[i].load(std::memory_order_acquire)) push_later(t->layer, i, pos);
     }
 
     // Once per span per mount, when it is whole in the cache and read here: the files wholly inside
@@ -799,14 +799,16 @@ private:
     // tree of small files finds their pages there instead of making a FUSE read per file. On a
     // thread of its own: a store waits for the page locks of reads in flight, which the FUSE
     // workers must stay free to answer. Files the kernel has no inode for yet are skipped.
-    void push_later(int layer, size_t i) {
+    // Those after ``from`` (where the read was) go first: a walker reads on from there, and
+    // would otherwise overtake the pusher.
+    void push_later(int layer, size_t i, uint64_t from) {
         if (layer < 0) return;
         SpanTable &t = *spans_[static_cast<size_t>(layer)];
         if (t.files[i].empty() || t.pushed[i].exchange(1)) return;
         {
             std::lock_guard<std::mutex> g(push_mu_);
             if (push_q_.size() >= 1024) return;  // far behind: let the reads come
-            push_q_.emplace_back(layer, i);
+            push_q_.push_back({layer, i, from});
         }
         push_cv_.notify_one();
     }
@@ -871,7 +873,7 @@ private:
         } done{this};
         std::vector<char> buf;
         for (;;) {
-            std::pair<int, size_t> job;
+            PushJob job;
             {
                 std::unique_lock<std::mutex> g(push_mu_);
                 push_cv_.wait(g, [this] { return push_stop_ || !push_q_.empty(); });
@@ -879,16 +881,22 @@ private:
                 job = push_q_.front();
                 push_q_.pop_front();
             }
-            push_span(*spans_[static_cast<size_t>(job.first)], job.second, buf);
+            push_span(*spans_[static_cast<size_t>(job.layer)], job.span, job.from, buf);
         }
     }
 
-    void push_span(SpanTable &t, size_t i, std::vector<char> &buf) {
+    void push_span(SpanTable &t, size_t i, uint64_t from, std::vector<char> &buf) {
         if (!t.trusted.load(std::memory_order_acquire) || !t.cached[i].load(std::memory_order_acquire)) return;
         int fd = open_span(t, i);
         if (fd < 0) return;
         uint64_t lo = t.starts[i];
-        for (uint64_t ino : t.files[i]) {
+        const std::vector<uint64_t> &files = t.files[i];  // in stream order
+        size_t n = files.size();
+        size_t first = static_cast<size_t>(std::lower_bound(files.begin(), files.end(), from, [this](uint64_t ino, uint64_t pos) {
+                                               return nodes_[ino].offset < pos;
+                                           }) - files.begin());
+        for (size_t k = 0; k < n; k++) {
+            uint64_t ino = files[(first + k) % n];
             const Node &x = nodes_[ino];
             if (x.size > PUSH_MAX_FILE) continue;  // read in large requests anyway
             buf.resize(x.size);
@@ -993,7 +1001,12 @@ private:
     std::shared_mutex se_mu_;
     std::mutex push_mu_;
     std::condition_variable push_cv_;
-    std::deque<std::pair<int, size_t>> push_q_;
+    struct PushJob {
+        int layer;
+        size_t span;
+        uint64_t from;
+    };
+    std::deque<PushJob> push_q_;
     std::atomic<bool> push_stop_{false};
     bool push_done_ = false;
     std::condition_variable push_done_cv_;

@@ -221,6 +221,26 @@ def test_cached_spans_are_read_in_c_and_evicted_ones_in_python(
     assert again["errors"] == 0
 
 
+def test_a_mount_over_a_warm_cache_reads_its_spans_in_c_from_the_first_read(
+        mount: Mount, store: Path, img: mi.Image, tmp_path: Path) -> None:  # noqa: F811
+    cache = tmp_path / "warm"
+    rel = "data/big.bin"
+    want = (img.ref / rel).read_bytes()
+    mp = mount("--cache-dir", str(cache))
+    assert (mp / rel).read_bytes() == want
+    for _ in range(200):  # the background fills are committed
+        if not [p for p in cache.rglob("*") if ".tmp-" in p.name]:
+            break
+        threading.Event().wait(0.05)
+    assert mi.umount_cmd(mp, store).returncode == 0
+    mp = mount("--cache-dir", str(cache))
+    with open(mp / rel, "rb") as f:
+        assert f.read(4096) == want[:4096]
+    s = mi.stats(mp)
+    assert s["direct_reads"] >= 1  # the span was known cached at mount: no Python read
+    assert s["totals"]["cache_misses"] == 0 and s["totals"]["errors"] == 0
+
+
 def _regular_files(root: Path) -> list[str]:
     out = []
     for dirpath, _, filenames in os.walk(root):

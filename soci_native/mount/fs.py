@@ -80,6 +80,8 @@ class SociFS:
                 starts.append(layer.spans[-1].uend if layer.spans else 0)
                 self.front.set_spans(li, array("q", starts).tobytes())
                 layer.on_cached = partial(self.front.span_cached, li)
+                for i, path in layer.cached_spans():  # served in C from the first read
+                    self.front.span_cached(li, i, path)
                 layer.on_untrusted = partial(self.front.untrust, li)
                 if layer.untrusted:
                     self.front.untrust(li)

@@ -618,6 +618,20 @@ class ZtocLayer:
         """Where span ``i`` is kept in the span cache once whole."""
         return self._path(i)
 
+    def cached_spans(self) -> list[tuple[int, str]]:
+        """(index, path) of the spans already whole in the cache, as a mount over a warm
+        cache starts: a file at a span's keyed path with the span's size is what a mount
+        verified and committed (the read path trusts it as much)."""
+        out = []
+        for i, s in enumerate(self.spans):
+            size = s.uend - s.ustart
+            if 0 < size <= self.cache.max_span:
+                path = self._path(i)
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_size == size:
+                        out.append((i, path))
+        return out
+
     def _cached(self, i: int, path: str) -> None:
         """Span ``i`` was just found whole in the cache (or put there)."""
         hook = self.on_cached
