@@ -46,9 +46,13 @@ constexpr const char *STATS_FILE = "stats.json";
 constexpr uint32_t FLAG_SPARSE = 1;
 constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into the page cache  // data is not one range: Python reads it
 // A reader is taken as sequential after this many reads in a row, each starting in the span the
-// last one reached, the one before or the one after, that have crossed into a later span; its
-// next AHEAD_SPANS spans are then filled on Python's workers (two inflating at once is how a
-// cold read gets past one core's inflate speed).
+// last one reached, the one before or the one after, that have crossed into a later span and
+// asked for a span's worth of bytes in all; its next AHEAD_SPANS spans are then filled on
+// Python's workers (two inflating at once is how a cold read gets past one core's inflate
+// speed). The byte count keeps a program loading a shared library out: its page faults come
+// as a few read-around windows spread over the file (bench_snapshotter's import numpy asked
+// liblapack's 7.3 MB for 2.6 MB in five reads), and taking it as sequential fetched the spans
+// of liblapack, libpython and numpy's modules it never reads: 31 spans instead of 25.
 constexpr size_t SEQ_READS = 3;
 constexpr size_t AHEAD_SPANS = 4;
 
@@ -90,6 +94,7 @@ struct SpanTable {
     // the file it started in and whether it read others (a tree walk, not one file).
     std::mutex seq_mu;
     size_t seq_span = SIZE_MAX, seq_reads = 0;
+    uint64_t seq_bytes = 0;  // what the run's reads asked for
     bool seq_moved = false, seq_files = false;
     uint64_t seq_ino = 0;
     size_t spans() const { return starts.size() - 1; }
@@ -780,14 +785,14 @@ private:
             if (cached_read(*t, pos, len, buf, last)) {
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 fuse_reply_buf(req, buf, len);
-                advise(*t, ino, t->span_of(pos), last, x->offset + x->size);
+                advise(*t, ino, t->span_of(pos), last, len, x->offset + x->size);
                 return;
             }
         }
         uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
         bool lazy = t && !(x->flags & FLAG_SPARSE) && end <= t->starts.back();
         // before the read: the spans after it are fetched and inflated beside it
-        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), x->offset + x->size);
+        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size);
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
         if (lazy)  // Python may have found the span cached, or cached it
             for (size_t i = t->span_of(pos); i < t->spans() && t->starts[i] < end; i++)
@@ -926,18 +931,19 @@ private:
         return -1;
     }
 
-    // After a read of spans [first, last] of file ino, which ends at file_end: which spans to
+    // After a read of len bytes in spans [first, last] of file ino, which ends at file_end: which spans to
     // fill ahead of the reader, in the background on Python's workers (once per span per mount
     // from here; Python bounds them by the cache budget). The next span if the file goes on
     // into it; for a reader that looks sequential (SEQ_READS reads in a row near each other,
-    // moving forward), the next AHEAD_SPANS: up to the file's end while the run reads one file,
+    // moving forward, a span's worth of bytes), the next AHEAD_SPANS: up to the file's end while the run reads one file,
     // past it once it reads several (a tree walk in stream order).
-    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, uint64_t file_end) {
+    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, size_t len, uint64_t file_end) {
         bool seq, walk;
         {
             std::lock_guard<std::mutex> g(t.seq_mu);
             if (t.seq_span != SIZE_MAX && first + 1 >= t.seq_span && first <= t.seq_span + 1) {
                 t.seq_reads++;
+                t.seq_bytes += len;
                 t.seq_files = t.seq_files || ino != t.seq_ino;
                 if (last > t.seq_span) {
                     t.seq_moved = true;
@@ -946,10 +952,12 @@ private:
             } else {
                 t.seq_span = last;
                 t.seq_reads = 1;
+                t.seq_bytes = len;
                 t.seq_moved = t.seq_files = false;
                 t.seq_ino = ino;
             }
-            seq = t.seq_moved && t.seq_reads >= SEQ_READS;
+            seq = t.seq_moved && t.seq_reads >= SEQ_READS &&
+                  t.seq_bytes >= t.starts[first + 1] - t.starts[first];
             walk = t.seq_files;
         }
         size_t n = t.spans(), stop = std::min(n, last + 1 + (seq ? AHEAD_SPANS : 1));
