@@ -34,6 +34,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -43,6 +44,7 @@ import bench_snapshotter as bs  # noqa: E402
 import ctr_env as ce  # noqa: E402
 
 READ_AHEAD_KB = (1024, 128, 0)
+SEQUENCE = ""  # --sequence: print the requests for files whose path holds this
 SIZES = {"K": 1 << 10, "M": 1 << 20}
 
 
@@ -55,7 +57,7 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  
 
 def trace_reads(lay: Path, store: Path, ra_kb: int | None
                 ) -> tuple[dict[int, list[tuple[int, int]]], dict[str, int], list[str],
-                           dict[str, int]]:
+                           dict[str, Any]]:
     """(layer index -> [(start, end)] of uncompressed tar offsets the kernel asked for,
     file -> bytes asked for, layer digests, the mount's fetch totals), one run of the
     command on a fresh mount. ``ra_kb`` None: the mount as it serves (its read-ahead, span
@@ -78,14 +80,17 @@ def trace_reads(lay: Path, store: Path, ra_kb: int | None
         return orig(self, ino, offset, length)
 
     fsmod.SociFS.read = logged  # type: ignore[method-assign]
-    holder: dict[str, fsmod.SociFS] = {}
-    orig_init = fsmod.SociFS.__init__
+    from soci_native.mount import spans as spmod
 
-    def init(self: fsmod.SociFS, *a: object, **k: object) -> None:
-        orig_init(self, *a, **k)  # type: ignore[arg-type]
-        holder["fs"] = self
+    fetched: list[tuple[str, int]] = []
+    orig_fetch = spmod.ZtocLayer._fetch
 
-    fsmod.SociFS.__init__ = init  # type: ignore[method-assign]
+    def fetch(self: spmod.ZtocLayer, i: int) -> bytes:
+        with lock:
+            fetched.append((self.digest, i))
+        return orig_fetch(self, i)
+
+    spmod.ZtocLayer._fetch = fetch  # type: ignore[method-assign]
     ready = threading.Event()
     t = threading.Thread(target=fsmod.serve, args=(mounted, str(mp)),
                          kwargs={"on_ready": ready.set}, daemon=True)
@@ -104,29 +109,27 @@ def trace_reads(lay: Path, store: Path, ra_kb: int | None
         for layer in mounted.layers:
             if hasattr(layer, "drain"):
                 layer.drain()  # the fills and reads ahead still under way count too
-        totals = mounted.stats()["totals"]
+        totals = dict(mounted.stats()["totals"], fetched=sorted(set(fetched)))
     finally:
         fsmod.SociFS.read = orig  # type: ignore[method-assign]
-        fsmod.SociFS.__init__ = orig_init  # type: ignore[method-assign]
+        spmod.ZtocLayer._fetch = orig_fetch  # type: ignore[method-assign]
         subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
         t.join(30)
         os.rmdir(mp)
         subprocess.run(["rm", "-rf", str(cache)])
-    nodes = holder["fs"]._nodes
+    tree = mounted.tree
     names: dict[int, str] = {}
-    todo = [("", mounted.tree.root)]
-    while todo:
-        path, node = todo.pop()
-        for name, child in (node.children or {}).items():
-            names.setdefault(child.ino, f"{path}/{name}")
-            todo.append((f"{path}/{name}", child))
+    for path, node in tree.walk():
+        names.setdefault(node.ino, path)
     ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
     files: dict[str, int] = defaultdict(int)
     for ino, off, n in reads:
-        node = nodes[ino]
-        ranges[node.layer].append((node.offset + off, node.offset + off + n))
+        li, start, _, _ = tree.file(ino)
+        ranges[li].append((start + off, start + off + n))
         name = names.get(ino, f"inode {ino}")
         files[name] += n
+        if SEQUENCE and SEQUENCE in name:
+            print(f"      {ra_kb} KB {name} [{off}, +{n})")
     return ranges, files, [layer.digest for layer in mounted.layers], totals
 
 
@@ -141,7 +144,7 @@ def merged(rs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def span_tables(lay: Path, span: int, base: Path) -> tuple[dict[str, list[object]],
-                                                           dict[str, int]]:
+                                                           dict[str, Any]]:
     """layer digest -> its span table, zTOC size, for an index built with ``span``."""
     from soci_native import ztoc
     from soci_native.index import ANN_LAYER_DIGEST
@@ -180,7 +183,11 @@ def main() -> int:
     ap.add_argument("--span-sizes", default="4M,1M,512K,256K")
     ap.add_argument("--files", action="store_true", help="bytes asked for per file")
     ap.add_argument("--spans", action="store_true", help="the spans needed, per layer")
+    ap.add_argument("--sequence", metavar="TEXT", default="",
+                    help="print, in arrival order, the requests for files whose path holds TEXT")
     args = ap.parse_args()
+    global SEQUENCE
+    SEQUENCE = args.sequence
     if os.geteuid() != 0:
         print("read_floor: needs root (FUSE allow_other-free mount, chroot)", file=sys.stderr)
         return 2
@@ -229,6 +236,10 @@ def main() -> int:
             z = sum(tables[s][1].values())
             got = int(totals["bytes_fetched"])
             needed = len(floor[READ_AHEAD_KB[0], s])
+            extra = sorted(set(totals["fetched"]) - floor[READ_AHEAD_KB[0], s])
+            if args.spans and extra:
+                print("      fetched, not needed: " + ", ".join(f"{d[7:19]} {i}"
+                                                             for d, i in extra))
             print(f"{s >> 10:>5}K {totals['spans_fetched']:>8} {needed:>7} "
                   f"{got / 1e6:>8.1f} {z / 1e6:>8.1f} {(got + z) / 1e6:>9.1f} "
                   f"{(got + z) / image:>9.1%}")
