@@ -185,11 +185,12 @@ nb::bytes move_to_bytes(uint8_t *p, size_t n) {
 void add_ztoc(nb::dict &r, sn_indexer *ix, const std::optional<std::string> &build_tool, bool release) {
     if (!build_tool) return;
     sn_buf out{};
+    size_t start = 0;
     sn_err e{};
     int rc;
     {
         nb::gil_scoped_release unlocked;
-        rc = sn_ztoc_build(ix, build_tool->c_str(), release, &out, &e);
+        rc = sn_ztoc_build(ix, build_tool->c_str(), release, &out, &start, &e);
     }
     if (rc == SN_EFORMAT) {
         r["ztoc"] = nb::none();
@@ -198,7 +199,7 @@ void add_ztoc(nb::dict &r, sn_indexer *ix, const std::optional<std::string> &bui
         sn_buf_free(&out);
         raise(e);
     } else {
-        r["ztoc"] = move_to_bytes(out.p, out.len);
+        r["ztoc"] = move_to_bytes(out.p + start, out.len); // one copy: builder block -> bytes
         r["ztoc_error"] = nb::none();
     }
     sn_buf_free(&out);

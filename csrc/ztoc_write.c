@@ -157,26 +157,43 @@ static uint32_t fb_end(fbb *b) {
     return obj;
 }
 
-/* Moves the result out of the builder's buffer (written back to front, so it sits at the
- * end) into one of its exact size, the builder's memory released as it goes. */
-static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
+/* Ends the buffer and hands the builder's block over: the result is the last out->len bytes
+ * of out->p, starting at *start (written back to front, it sits at the end). */
+static int fb_close(fbb *b, uint32_t root, sn_buf *out, size_t *start) {
     if (!fb_prep(b, b->minalign, 4)) fb_uoffset(b, root);
     free(b->vtables);
     if (b->failed) {
         free(b->buf);
         return b->err->code;
     }
-    size_t n = b->cap - b->head;
     sn_buf_free(out);
-    out->p = malloc(n ? n : 1);
-    if (!out->p) {
-        free(b->buf);
-        return sn_fail(b->err, SN_ENOMEM, "out of memory for a %zu-byte zTOC", n);
+    out->p = b->buf;
+    out->cap = b->cap;
+    out->len = b->cap - b->head;
+    *start = b->head;
+    return SN_OK;
+}
+
+/* Moves a closed block's result into a buffer of its exact size, the block's memory
+ * released as it goes. */
+static int exact(sn_buf *out, size_t start, sn_err *err) {
+    size_t n = out->len;
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p) {
+        sn_buf_free(out);
+        return sn_fail(err, SN_ENOMEM, "out of memory for a %zu-byte zTOC", n);
     }
-    sn_copy_release(out->p, b->buf + b->head, n); /* the builder's pages go as they are copied */
-    free(b->buf);
+    sn_copy_release(p, out->p + start, n); /* the builder's pages go as they are copied */
+    sn_buf_free(out);
+    out->p = p;
     out->len = out->cap = n;
     return SN_OK;
+}
+
+static int fb_finish(fbb *b, uint32_t root, sn_buf *out) {
+    size_t start;
+    int rc = fb_close(b, root, out, &start);
+    return rc ? rc : exact(out, start, b->err);
 }
 
 /* ---- Go time text ---- */
@@ -343,7 +360,7 @@ static uint64_t size_bound(const sn_ztoc_input *in, const char *build_tool) {
     return b;
 }
 
-int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, sn_err *err) {
+static int write_block(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, size_t *start, sn_err *err) {
     const sn_entry *ents = in->ents;
     const uint8_t *pool = in->pool ? in->pool : (const uint8_t *)"";
     size_t n = in->n, max_pax, nspans = in->nspans;
@@ -406,13 +423,19 @@ int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, 
     fb_slot_scalar(&b, 2, in->compressed_size, 8, 0);
     fb_slot_scalar(&b, 3, in->uncompressed_size, 8, 0);
     fb_slot_ref(&b, 5, info);
-    rc = fb_finish(&b, fb_end(&b), out);
+    rc = fb_close(&b, fb_end(&b), out, start);
     free(offs);
     free(scratch);
     return rc;
 }
 
-int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, sn_err *err) {
+int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, sn_err *err) {
+    size_t start;
+    int rc = write_block(in, build_tool, out, &start, err);
+    return rc ? rc : exact(out, start, err);
+}
+
+int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, size_t *start, sn_err *err) {
     const tar_parser *tp = sn_indexer_tar(ix);
     char why[256];
     if (sn_indexer_no_ztoc(ix, why, sizeof why)) return sn_fail(err, SN_EFORMAT, "%s", why);
@@ -430,7 +453,7 @@ int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *o
         in.checkpoints = zinfo.p;
         in.cplen = zinfo.len;
     }
-    int rc = sn_ztoc_write(&in, build_tool, out, err);
+    int rc = write_block(&in, build_tool, out, start, err);
     sn_buf_free(&zinfo);
     return rc;
 }

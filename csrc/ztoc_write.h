@@ -39,8 +39,10 @@ int sn_ztoc_write(const sn_ztoc_input *in, const char *build_tool, sn_buf *out, 
 /* The zTOC of a finished indexer (sn_ztoc_write over its results; also SN_EFORMAT when its
  * checkpoints cannot make a zTOC, see sn_indexer_no_ztoc). With release != 0 the indexer's
  * tar entries are spent (see sn_ztoc_input.release): it may only be freed afterwards, or
- * asked for its other results. */
-int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, sn_err *err);
+ * asked for its other results. *out is the builder's own block, not copied to an exact size
+ * (the caller copies it anyway): the zTOC is the out->len bytes at out->p + *start; free
+ * out->p as usual. */
+int sn_ztoc_build(sn_indexer *ix, const char *build_tool, int release, sn_buf *out, size_t *start, sn_err *err);
 
 /* The TarZinfo FlatBuffer of a plain tar layer (soci-format 1.5). */
 int sn_tar_zinfo_build(int64_t span_size, int64_t size, sn_buf *out, sn_err *err);
