@@ -86,7 +86,7 @@ class Plan:
             rec = cat.get(args.digest)
             if rec is None or rec.type != "soci_layer" or rec.original_digest is None:
                 raise Unsure(args.digest)
-            raw = cat.map(args.digest)
+            raw, verified = cat.map_verifying(args.digest)  # hashed while the rest is found
             try:
                 z = _core.ztoc_parse(raw, False, copy_checkpoints=False)
             except ValueError:
@@ -102,6 +102,7 @@ class Plan:
                 raise Unsure(args.path) from None
             ref = args.image or image_ref(rec, indexes, members)
             self.layer = quick_oci.layer_blob(ref, rec.original_digest)
+            verified()
         finally:
             cat.close()
         start, length = z["checkpoints_at"]

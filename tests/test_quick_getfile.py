@@ -246,3 +246,17 @@ def test_ztoc_info_into_a_closed_pipe(tmp_path: Path) -> None:
         p.stdout.close()
         results.append((p.wait(timeout=60), p.stderr.read()))
     assert results[0] == results[1] == (1, b""), results
+
+
+def test_a_corrupt_ztoc_is_the_store_s_error(store: tuple[Path, str, str, bytes]) -> None:
+    """The fast paths hash the zTOC while they look things up in it, and give up (to the
+    click command's error) when it is not what its digest says."""
+    root, z, _, _ = store
+    blob = root / "content" / "blobs" / "sha256" / z[7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.chmod(0o600)
+    blob.write_bytes(bytes(data))
+    for args in (["ztoc", "get-file", z, "/usr/bin/tool"], ["ztoc", "info", z]):
+        (code, stdout, err, _), clicked = same(args, env_of(root))
+        assert code == 1 and clicked and not stdout and "corrupt" in err, (args, err)
