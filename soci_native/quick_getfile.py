@@ -81,26 +81,30 @@ class Plan:
     def __init__(self, args: Args) -> None:
         from soci_native import _core, filestream, pathwalk, quick_oci
 
+        if args.image is not None and not args.image.startswith("oci:"):
+            raise Unsure(args.image)  # before the store is opened: a registry get-file
         cat = Catalog(args.root())
         try:
             rec = cat.get(args.digest)
             if rec is None or rec.type != "soci_layer" or rec.original_digest is None:
                 raise Unsure(args.digest)
+            indexes = cat.of_type("soci_index")
+            members = {i.digest: [r.digest for r in cat.ztocs_of_index(i.digest)
+                                  if r.type == "soci_layer"] for i in indexes}
+            ref = args.image or image_ref(rec, indexes, members)
+            if not (isinstance(ref, str) and ref.startswith("oci:")):
+                raise Unsure(f"image {ref!r}")  # a registry's, an archive's: soon known
             raw, verified = cat.map_verifying(args.digest)  # hashed while the rest is found
             try:
                 z = _core.ztoc_parse(raw, False, copy_checkpoints=False)
             except ValueError:
                 raise Unsure("zTOC") from None
-            indexes = cat.of_type("soci_index")
-            members = {i.digest: [r.digest for r in cat.ztocs_of_index(i.digest)
-                                  if r.type == "soci_layer"] for i in indexes}
             others = [pathwalk.lazy(lambda d: lookup_in(cat.map(d)), d)
                       for d in siblings(members, rec)]
             try:
                 self.entry = pathwalk.resolve(args.path, lookup_in(raw), others)
             except pathwalk.PathError:
                 raise Unsure(args.path) from None
-            ref = args.image or image_ref(rec, indexes, members)
             self.layer = quick_oci.layer_blob(ref, rec.original_digest)
             verified()
         finally:
