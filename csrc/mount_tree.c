@@ -178,9 +178,26 @@ size_t sn_clean_path(const uint8_t *name, size_t n, uint8_t *out) {
     return o;
 }
 
+/* Most names are clean already but for trailing slashes: no component starts with '.' or is
+ * empty (no "//", no leading '/'), so none is "." or "..". Then the cleaned path is the name
+ * without its trailing slashes. */
+static int plain_name(sn_bytes name, sn_bytes *out) {
+    const uint8_t *p = name.p;
+    size_t n = name.n;
+    while (n && p[n - 1] == '/') n--;
+    if (!n || p[0] == '.' || p[0] == '/') return 0;
+    const uint8_t *e = p + n;
+    for (const uint8_t *q = memchr(p, '/', n); q; q = memchr(q + 1, '/', (size_t)(e - q - 1)))
+        if (q[1] == '.' || q[1] == '/') return 0; /* q < e - 1: the name does not end in '/' */
+    out->p = p;
+    out->n = (uint32_t)n;
+    return 1;
+}
+
 /* The cleaned path of a name, pointing into the name where its bytes appear there as they
  * are (the usual case: only leading "./" or slashes trimmed), else into the arena. */
 static int clean(sn_tree *t, sn_bytes name, uint8_t **scratch, size_t *scap, sn_bytes *out, sn_err *err) {
+    if (plain_name(name, out)) return 0;
     if (name.n > *scap) {
         size_t c = name.n < 256 ? 256 : name.n;
         uint8_t *q = realloc(*scratch, c);
@@ -265,6 +282,8 @@ static void unlink_rec(sn_tree *t, uint32_t r) {
     c->node = NONE;
 }
 
+static int insert_child(sn_tree *t, uint32_t parent, sn_bytes name, uint64_t h, uint32_t node, sn_err *err);
+
 /* Names `node` as `name` in directory `parent`: in place if the name is there, else new. */
 static int set_child(sn_tree *t, uint32_t parent, sn_bytes name, uint32_t node, sn_err *err) {
     uint64_t h = hash_name(t, parent, name);
@@ -273,6 +292,12 @@ static int set_child(sn_tree *t, uint32_t parent, sn_bytes name, uint32_t node, 
         t->recs[r].node = node;
         return 0;
     }
+    return insert_child(t, parent, name, h, node, err);
+}
+
+/* A new name (not in the directory yet). */
+static int insert_child(sn_tree *t, uint32_t parent, sn_bytes name, uint64_t h, uint32_t node, sn_err *err) {
+    uint32_t r;
     if (t->nrecs >= MAX_NODES) return sn_fail(err, SN_EFORMAT, "mount tree: too many entries");
     if (grow((void **)&t->recs, &t->caprecs, t->nrecs + 1, sizeof(crec), err)) return err->code;
     if (t->nrecs + 1 > t->nbuckets && rehash(t, err)) return err->code;
@@ -443,7 +468,9 @@ static int add(sn_tree *t, sn_bytes path, const sn_tentry *e, sn_err *err) {
     split(path, &dir, &base);
     uint32_t parent, node;
     if (parent_dir(t, dir, &parent, err)) return err->code;
-    uint32_t old = child(t, parent, base);
+    uint64_t h = hash_name(t, parent, base);
+    uint32_t rec = find_rec(t, parent, base, h); /* stays valid: nothing below adds names */
+    uint32_t old = rec == NONE ? NONE : t->recs[rec].node;
     if (e->kind == SN_TK_DIR && is_dir(t, old)) return set_dir_meta(t, old, e, err);
     if (e->kind == SN_TK_HARDLINK) {
         uint8_t *scratch = NULL;
@@ -461,7 +488,11 @@ static int add(sn_tree *t, sn_bytes path, const sn_tentry *e, sn_err *err) {
         return err->code;
     }
     if (is_dir(t, old)) t->cache_ok = 0; /* a directory (maybe cached, maybe holding one) goes */
-    return set_child(t, parent, base, node, err);
+    if (rec != NONE) {
+        t->recs[rec].node = node;
+        return 0;
+    }
+    return insert_child(t, parent, base, h, node, err);
 }
 
 static int is_whiteout(sn_bytes path) {
@@ -498,6 +529,19 @@ int sn_tree_add_layer(sn_tree *t, const sn_tentry *e, size_t n, sn_err *err) {
     size_t scap = 0;
     sn_bytes *paths = malloc((n ? n : 1) * sizeof *paths);
     if (!paths) return sn_fail(err, SN_ENOMEM, "mount tree: out of memory");
+    /* room for one node and name per entry up front (implicit directories grow it) */
+    uint64_t want = (uint64_t)t->nrecs + n;
+    if (want < MAX_NODES &&
+        (grow((void **)&t->nodes, &t->capnodes, (uint32_t)(t->nnodes + n < MAX_NODES ? t->nnodes + n : MAX_NODES), sizeof(tnode), err) ||
+         grow((void **)&t->recs, &t->caprecs, (uint32_t)want, sizeof(crec), err))) {
+        free(paths);
+        return err->code;
+    }
+    while (t->nbuckets < want && t->nbuckets < (UINT32_C(1) << 31))
+        if (rehash(t, err)) {
+            free(paths);
+            return err->code;
+        }
     size_t nwh = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         rc = clean(t, e[i].name, &scratch, &scap, &paths[i], err);
@@ -800,6 +844,7 @@ static int64_t days_from_civil(int64_t y, int64_t m) {
 }
 
 int64_t sn_rfc3339_ns(sn_bytes text) {
+    if (!text.n) return 0;
     const uint8_t *p = text.p, *e = text.p + text.n;
     while (p < e && ascii_space(*p)) p++;
     while (e > p && ascii_space(e[-1])) e--;

@@ -464,10 +464,11 @@ def _abort_fetches_on_signal(mounted: Any) -> None:
     signal's wakeup fd (written by the C-level handler in any thread) wakes a thread here."""
     import threading
 
-    from soci_native.registry import RegistrySource
-
+    # a registry image's source module is loaded by then; looking for the class by name
+    # would import the registry client and urllib3 (~25 ms) into every local mount
+    source_mod = sys.modules.get("soci_native.registry.source")
     src = mounted.source
-    if not isinstance(src, RegistrySource):
+    if source_mod is None or not isinstance(src, source_mod.RegistrySource):
         return
     r, w = os.pipe()
     os.set_blocking(w, False)
