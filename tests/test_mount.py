@@ -245,6 +245,28 @@ def _span_of_file(store: Path, layer_digest: str, name: str) -> tuple[int, int, 
     return i, spans[i].cstart, spans[i].cend
 
 
+def test_corrupt_ztoc_in_the_store_is_refused(img: mi.Image, store: Path,
+                                              tmp_path: Path) -> None:
+    """The zTOC is hashed while the tree is built from it: a tampered one is refused with
+    the store's error (whether or not its entries still parse), and nothing is mounted."""
+    from soci_native.store import Store
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    with Store(copy) as s:
+        rec = s.list_artifacts(type="soci_layer")[0]
+    blob = copy / "content/blobs/sha256" / rec.digest.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.chmod(0o600)
+    blob.write_bytes(bytes(data))
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    p = mi.mount_cmd(f"oci:{img.layout}:t", str(mp), root=copy, ok=False)
+    assert p.returncode == 1 and f"blob {rec.digest} is corrupt" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not mi.is_mounted(mp)
+
+
 def test_corrupt_span_is_eio_never_wrong_bytes(mount: Mount, img: mi.Image, store: Path,
                                                tmp_path: Path) -> None:
     copy = tmp_path / "corrupt"

@@ -284,9 +284,13 @@ def _open_layer(src: ImageSource, store: Store, desc: Descriptor, info: _IndexIn
     zd = info.ztocs.get(desc.digest)
     if zd is not None:
         try:
-            raw = store.map_blob(zd)  # verified, not copied into the heap
-            z = ztoc_mod.from_bytes(raw, files=False)  # the entries go straight to the tree
-            tree.add_ztoc(raw)
+            # mapped, not copied into the heap; hashed on a thread while the tree is built
+            raw, verified = store.map_verifying(zd)
+            try:
+                z = ztoc_mod.from_bytes(raw, files=False)  # the entries go straight to the tree
+                tree.add_ztoc(raw)
+            finally:
+                verified()  # a corrupt blob is the store's error, whatever parsing said
         except (StoreError, ztoc_mod.ZtocError) as e:
             raise MountError(f"zTOC {zd} of layer {desc.digest}: {e}") from None
         reader = blob_reader(src, desc)
