@@ -249,8 +249,8 @@ def test_ztoc_info_into_a_closed_pipe(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_ztoc_is_the_store_s_error(store: tuple[Path, str, str, bytes]) -> None:
-    """The fast paths hash the zTOC while they look things up in it, and give up (to the
-    click command's error) when it is not what its digest says."""
+    """The fast paths verify the zTOC against its digest as Store does, and give up (to
+    the click command's error) when it is not what the digest says."""
     root, z, _, _ = store
     blob = root / "content" / "blobs" / "sha256" / z[7:]
     data = bytearray(blob.read_bytes())
