@@ -202,8 +202,6 @@ if TYPE_CHECKING:
 def open_mount(opts: MountOptions) -> MountedImage:
     """Everything a mount serves, ready before the mount goes live. Raises MountError,
     ImageError, StoreError or FormatError."""
-    from soci_native.discover import pull_index
-
     cache_root = (opts.cache_dir or opts.store_root / "cache" / "spans").resolve()
     cache = SpanCache(cache_root, opts.cache_size)
     _clean_scratch(cache_root)
@@ -223,6 +221,8 @@ def open_mount(opts: MountOptions) -> MountedImage:
                     raise
                 # not built here: discover it in the image's source (a registry, or a
                 # SOCI-enabled local image) as the snapshotter does, and fetch it
+                from soci_native.discover import pull_index
+
                 try:
                     index_digest = pull_index(src, store, image)[1].digest
                 except ImageError as e2:
