@@ -128,11 +128,8 @@ void sh_free(span_hasher *h) {
 static void lock(span_hasher *h) {
     if (h->threaded) pthread_mutex_lock(&h->mu);
 }
-static void unlock_wake(span_hasher *h) {
-    if (h->threaded) {
-        pthread_cond_signal(&h->work);
-        pthread_mutex_unlock(&h->mu);
-    }
+static void unlock(span_hasher *h) {
+    if (h->threaded) pthread_mutex_unlock(&h->mu);
 }
 
 static int drain_inline(span_hasher *h, sn_err *err) {
@@ -166,7 +163,7 @@ void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n) {
         h->seg[h->nseg].end = start + n;
         h->nseg++;
     }
-    unlock_wake(h);
+    unlock(h); /* no wake: these bytes become hashable only once sh_progress passes them */
 }
 
 /* Wakes the hasher only every WAKE_EVERY bytes: a futex wake per inflate call costs the
@@ -201,20 +198,26 @@ int sh_span_start(span_hasher *h, uint64_t at, int bits, uint8_t prev, sn_err *e
         }
     }
     if (!rc) h->starts[h->nstarts++] = (span_start){at, bits, prev};
-    unlock_wake(h);
+    unlock(h); /* no wake either: the start matters once sh_progress lets the hasher that far */
     return rc ? rc : drain_inline(h, err);
 }
 
 int sh_sync(span_hasher *h, sn_err *err) { return sh_sync_to(h, UINT64_MAX, err); }
 
+/* Bytes before `upto` (or, at the end of what was published, a span start) wait to be hashed. */
+static int behind(const span_hasher *h, uint64_t upto) {
+    return !h->failed && (h->pos < upto || (upto == h->avail && h->next_start < h->nstarts));
+}
+
 int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err) {
     if (!h->threaded) return drain_inline(h, err);
     pthread_mutex_lock(&h->mu);
     if (upto > h->avail) upto = h->avail;
-    pthread_cond_signal(&h->work);
-    h->woken_at = h->avail;
-    while (!h->failed && (h->pos < upto || (upto == h->avail && h->next_start < h->nstarts)))
-        pthread_cond_wait(&h->done, &h->mu);
+    if (behind(h, upto)) { /* woken only to catch up: a wake per call cost two switches each */
+        pthread_cond_signal(&h->work);
+        h->woken_at = h->avail;
+    }
+    while (behind(h, upto)) pthread_cond_wait(&h->done, &h->mu);
     int rc = h->failed ? h->err.code : SN_OK;
     if (rc) *err = h->err;
     pthread_mutex_unlock(&h->mu);
