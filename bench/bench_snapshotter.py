@@ -30,9 +30,11 @@ lazy path, a fresh snapshotter root:
 
 The clock starts before the pull, once the daemons just started (containerd, the snapshotter
 and its mount daemon) have gone idle, and stops at the first line the container prints (which
-must be numpy's version). Medians over the rounds; ratio = lazy / overlayfs. soci_native is
-byte-compiled first, as `pip install` leaves it. -v adds per round the pull's share, the CPU
-each process used from the pull's start, and the spans each layer fetched.
+must be numpy's version). Medians over the rounds; ratio = lazy / overlayfs of the medians,
+paired = the median of each round's own lazy / overlayfs (a round's two runs saw about the
+same load). soci_native is byte-compiled first, as `pip install` leaves it. -v adds per round
+the pull's share, the CPU each process used from the pull's start, and the spans each layer
+fetched.
 Usage: python bench/bench_snapshotter.py [--rounds 3] [--no-throttle]
 """
 
@@ -471,7 +473,7 @@ def main() -> int:
         b.log_dir = args.log_dir
     b.verbose = args.verbose
     b.client = args.client
-    rows: list[tuple[str, float, float, int, int]] = []
+    rows: list[tuple[str, float, float, float, int, int]] = []
     try:
         pf = ", prefetch artifacts" if args.prefetch else ""
         print(f"span size {args.span_size or 4 << 20}{pf}; image: {len(b.layer_sizes)} layers, "
@@ -498,16 +500,22 @@ def main() -> int:
                 continue
             full = statistics.median(t for t, _ in res["overlayfs"])
             lazy = statistics.median(t for t, _ in res["lazy"])
-            rows.append((name, full, lazy, int(statistics.median(n for _, n in res["overlayfs"])),
+            # each round's two runs saw the same load: their ratio moves less than the medians
+            paired = statistics.median(x[0] / y[0] for x, y in zip(res["lazy"], res["overlayfs"],
+                                                                   strict=True))
+            rows.append((name, full, lazy, paired,
+                         int(statistics.median(n for _, n in res["overlayfs"])),
                          int(statistics.median(n for _, n in res["lazy"]))))
     finally:
         b.close()
     print(f"\npull start -> first output of `python3 -c \"{CMD}\"`, median of {args.rounds}")
-    print(f"{'variant':<10} {'overlayfs s':>11} {'soci lazy s':>11} {'ratio':>6} "
+    print(f"{'variant':<10} {'overlayfs s':>11} {'soci lazy s':>11} {'ratio':>6} {'paired':>6} "
           f"{'overlayfs MB':>12} {'lazy MB':>8} {'lazy/image':>10}")
-    for name, full, lazy, fb, lb in rows:
-        print(f"{name:<10} {full:>11.2f} {lazy:>11.2f} {lazy / full:>6.2f} {fb / 1e6:>12.1f} "
-              f"{lb / 1e6:>8.1f} {lb / b.image_bytes:>10.1%}")
+    for name, full, lazy, paired, fb, lb in rows:
+        print(f"{name:<10} {full:>11.2f} {lazy:>11.2f} {lazy / full:>6.2f} {paired:>6.2f} "
+              f"{fb / 1e6:>12.1f} {lb / 1e6:>8.1f} {lb / b.image_bytes:>10.1%}")
+    print(f"ratio: of the medians; paired: the median of each round's lazy/overlayfs; load "
+          f"average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 
