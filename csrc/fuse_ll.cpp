@@ -86,6 +86,10 @@ struct SpanTable {
     std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted, pushed;
     std::vector<std::vector<uint64_t>> files;  // per span: the regular files wholly inside it
     std::vector<std::string> paths;
+    // A span still being filled: its temp file and how many of its bytes are there, final
+    // (Python reports each step; "" and 0 once the fill is over). Both under mu.
+    std::vector<std::string> tmp_paths;
+    std::vector<uint64_t> filled;
     std::mutex mu;  // writers of paths
     std::atomic<bool> trusted{true};
     int layer = -1;
@@ -167,6 +171,8 @@ public:
         t->pushed = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = t->pushed[i] = 0;
         t->paths.resize(n);
+        t->tmp_paths.resize(n);
+        t->filled.assign(n, 0);
         t->files.resize(n);
         for (size_t ino = 1; ino < nodes_.size(); ino++) {
             const Node &x = nodes_[ino];
@@ -196,6 +202,23 @@ public:
         if (t.paths[i].empty()) t.paths[i] = path;
         else if (t.paths[i] != path) return;  // a span's path never changes; ignore another
         t.cached[i].store(1, std::memory_order_release);
+        t.tmp_paths[i].clear();
+        t.filled[i] = 0;
+    }
+
+    // Span i is being filled into the temp file ``path`` and its first ``done`` bytes are there
+    // (verified compressed bytes, inflated: what Python itself would serve); done 0: the fill
+    // is over (committed, failed or dropped).
+    void span_filling(int layer, int64_t i, const std::string &path, uint64_t done) {
+        SpanTable &t = table(layer, i);
+        std::lock_guard<std::mutex> g(t.mu);
+        if (!done || path.empty() || done > t.starts[i + 1] - t.starts[i]) {
+            t.tmp_paths[i].clear();
+            t.filled[i] = 0;
+            return;
+        }
+        t.tmp_paths[i] = path;
+        t.filled[i] = done;
     }
 
     void untrust(int layer) {
@@ -701,11 +724,11 @@ private:
                 i++;
                 continue;
             }
-            if (!t.cached[i].load(std::memory_order_acquire)) return false;
             uint64_t take = std::min(end, hi) - pos;
-            int fd = open_span(t, i);
+            bool whole = t.cached[i].load(std::memory_order_acquire);
+            int fd = whole ? open_span(t, i) : open_filling(t, i, pos - lo + take);
             if (fd < 0) {
-                if (errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
+                if (whole && errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
                 return false;
             }
             bool ok = true;
@@ -718,8 +741,10 @@ private:
             }
             close(fd);
             if (!ok) return false;
-            t.touched[i].store(1, std::memory_order_relaxed);
-            if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i, pos);
+            if (whole) {
+                t.touched[i].store(1, std::memory_order_relaxed);
+                if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i, pos);
+            }
             last = i;
             served += take;
             pos += take;
@@ -917,6 +942,19 @@ private:
         close(fd);
     }
 
+    // The temp file of span i being filled, open, if its first ``need`` bytes are there; else
+    // -1 (not filling, not that far yet, or renamed into the cache or removed since: Python
+    // then serves the read).
+    static int open_filling(SpanTable &t, size_t i, uint64_t need) {
+        std::string path;
+        {
+            std::lock_guard<std::mutex> g(t.mu);
+            if (t.filled[i] < need || t.tmp_paths[i].empty()) return -1;
+            path = t.tmp_paths[i];
+        }
+        return open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    }
+
     // Span i's cache file, open, if it holds exactly the span's bytes (a file of any other
     // size is not the one Python verified and committed); else -1 with errno set (ENOENT:
     // evicted).
@@ -1042,6 +1080,8 @@ NB_MODULE(_fuse, m) {
         .def_prop_ro("stats_ino", &Frontend::stats_ino)
         .def("set_spans", &Frontend::set_spans, nb::arg("layer"), nb::arg("starts"))
         .def("span_cached", &Frontend::span_cached, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
+        .def("span_filling", &Frontend::span_filling, nb::arg("layer"), nb::arg("span"), nb::arg("path"),
+             nb::arg("done"))
         .def("untrust", &Frontend::untrust, nb::arg("layer"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def("take_hits", &Frontend::take_hits)

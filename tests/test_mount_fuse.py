@@ -151,6 +151,13 @@ def test_a_bad_span_table_is_refused(starts: list[int]) -> None:
         fe.set_spans(1, array("q", [0, 10]).tobytes())  # no such layer
     with pytest.raises(ValueError):
         fe.span_cached(0, 0, "/x")  # no table for the layer
+    with pytest.raises(ValueError):
+        fe.span_filling(0, 0, "/x", 1)
+    fe.set_spans(0, array("q", [0, 10]).tobytes())
+    for span in (-1, 1, 1 << 40):
+        with pytest.raises(ValueError):
+            fe.span_filling(0, span, "/x", 1)
+    fe.span_filling(0, 0, "/x", 11)  # more than the span holds: taken as "not filling"
 
 
 def test_names_fuse_cannot_pass_are_left_out() -> None:
@@ -444,6 +451,55 @@ def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:
     assert ran == [(0, 9), (1, 3), (1, 5), (1, 7)]
     w.submit((0, 1), lambda: ran.append((0, 1)))  # after shutdown: dropped
     assert len(ran) == 4
+
+
+@pytest.fixture(scope="module")
+def big_spans(img: mi.Image, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[str, Path, bytes]:  # noqa: F811
+    """An image of one 12 MiB file indexed with 4 MiB spans: each span is inflated in
+    several steps, and read (in C too) while it is still being filled."""
+    base = tmp_path_factory.mktemp("big-spans")
+    lay = base / "lay"
+    mi.run("umoci", "init", "--layout", str(lay))
+    mi.run("umoci", "new", "--image", f"{lay}:t")
+    bundle = base / "b"
+    mi.run("umoci", "unpack", "--image", f"{lay}:t", str(bundle))
+    data = random.Random(11).randbytes(12 << 20)
+    (bundle / "rootfs" / "big").write_bytes(data)
+    mi.run("umoci", "repack", "--image", f"{lay}:t", str(bundle))
+    root = base / "store"
+    mi.cli("create", f"oci:{lay}:t", "--min-layer-size", "1000", "--span-size",
+           str(4 << 20), root=root)
+    return f"oci:{lay}:t", root, data
+
+
+def test_spans_filled_in_steps_serve_the_right_bytes_to_many_readers(
+        mount: Mount, big_spans: tuple[str, Path, bytes]) -> None:  # noqa: F811
+    image, root, data = big_spans
+    for rnd in range(3):  # a fresh span cache each time
+        mp = mount(image=image, root=root)
+        errors: list[str] = []
+
+        def reader(seed: int, mp: Path = mp, errors: list[str] = errors) -> None:
+            rng = random.Random(seed)
+            with open(mp / "big", "rb", buffering=0) as f:
+                for _ in range(40):
+                    off = rng.randrange(len(data))
+                    n = rng.choice([1, 4096, 128 << 10, 1 << 20])
+                    got = os.pread(f.fileno(), n, off)
+                    if got != data[off:off + n]:
+                        errors.append(f"[{off}, +{n})")
+
+        threads = [threading.Thread(target=reader, args=(rnd * 10 + k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        assert (mp / "big").read_bytes() == data
+        for t in threads:
+            t.join()
+        assert not errors, errors[:5]
+        s = mi.stats(mp)
+        assert s["totals"]["errors"] == 0
+        assert s["layers"][0]["inflate_ratio"] == 1.0  # no span inflated twice
 
 
 def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(

@@ -6,9 +6,11 @@ open and opendir are then answered in C without the GIL, by libfuse's multithrea
 read of a regular file whose spans are all whole in the span cache is a pread of the cache
 files, also in C: :class:`~soci_native.mount.spans.ZtocLayer` tells the frontend each span it
 has verified and committed (``on_cached``), and a span evicted since is found missing and read
-here instead. Every other read comes back to Python (:meth:`SociFS.read`, with the GIL):
-spans not cached yet or filling, uncacheable ones, sparse files, layers without a zTOC, and
-the virtual stats file. Errors are EIO, never wrong bytes.
+here instead; likewise how far a span being filled is in its temp file (``on_filling``), so
+reads of what is inflated so far are preads in C too. Every other read comes back to Python
+(:meth:`SociFS.read`, with the GIL): spans not cached yet or not filled that far, uncacheable
+ones, sparse files, layers without a zTOC, and the virtual stats file. Errors are EIO, never
+wrong bytes.
 
 The image never changes, so the kernel keeps what it learns: entries and attributes (negative
 lookups too) for a day, directory listings, symlink targets, and file pages across opens.
@@ -80,6 +82,7 @@ class SociFS:
                 starts.append(layer.spans[-1].uend if layer.spans else 0)
                 self.front.set_spans(li, array("q", starts).tobytes())
                 layer.on_cached = partial(self.front.span_cached, li)
+                layer.on_filling = partial(self.front.span_filling, li)
                 for i, path in layer.cached_spans():  # served in C from the first read
                     self.front.span_cached(li, i, path)
                 layer.on_untrusted = partial(self.front.untrust, li)
@@ -208,7 +211,7 @@ class SociFS:
         self._done.set()
         self.fold()
         for _, layer in self._lazy:
-            layer.on_cached = layer.on_untrusted = None
+            layer.on_cached = layer.on_untrusted = layer.on_filling = None
 
 
 def _stat_quietly(path: str) -> None:

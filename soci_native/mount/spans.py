@@ -547,6 +547,9 @@ class ZtocLayer:
         # Set by the FUSE frontend: span i is whole and verified in the cache at this path
         # (it then reads the file itself), and the zTOC was found lying (it stops doing so).
         self.on_cached: Callable[[int, str], None] | None = None
+        # ... and span i is being filled into temp file path, its first `done` bytes there
+        # (done 0: the fill is over), so the frontend reads those without coming here.
+        self.on_filling: Callable[[int, str, int], None] | None = None
         self.on_untrusted: Callable[[], None] | None = None
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
@@ -639,6 +642,11 @@ class ZtocLayer:
                     if os.stat(path).st_size == size:
                         out.append((i, path))
         return out
+
+    def _filling(self, i: int, tmp: str, done: int) -> None:
+        hook = self.on_filling
+        if hook is not None:
+            hook(i, tmp, done)
 
     def _cached(self, i: int, path: str) -> None:
         """Span ``i`` was just found whole in the cache (or put there)."""
@@ -859,6 +867,7 @@ class ZtocLayer:
         goes now, or when the thread inflating into it is done with its step."""
         fill.state, fill.error = "failed", err
         fill.cond.notify_all()
+        self._filling(fill.i, "", 0)
         if fill.fd >= 0 and not fill.busy:
             self.cache.abort(fill.fd, fill.tmp, fill.size)
             fill.fd = -1
@@ -892,6 +901,8 @@ class ZtocLayer:
                     if stop == fill.size:
                         with contextlib.suppress(SpanError):  # _chain has failed the fill
                             self._finish(fill)
+                    else:
+                        self._filling(fill.i, fill.tmp, stop)
                 elif err is not None and fill.state == "filling":
                     self._fail(fill, err)
                 over = fill.state != "filling" or stop >= target
@@ -998,6 +1009,7 @@ class ZtocLayer:
             with fill.lock:
                 while fill.busy:  # its owner stops after the step it is in
                     fill.cond.wait()
+                self._filling(fill.i, "", 0)
                 if fill.fd >= 0:
                     self.cache.abort(fill.fd, fill.tmp, fill.size)
                     fill.fd, fill.state = -1, "failed"
