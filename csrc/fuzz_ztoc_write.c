@@ -141,7 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (s.at + cplen <= s.n) s.at += cplen;
     int gzip = byte(&s) & 1;
     sn_ztoc_input in = {ents, n, pool.len ? pool.p : NULL, cp, cplen, gzip, digests, nspans,
-                        num(&s, 7), num(&s, 7)};
+                        num(&s, 7), num(&s, 7), 0, 0}; /* release: no */
     const char *tool = byte(&s) & 1 ? "" : "AWS SOCI CLI v0.2";
     const uint8_t *pl = pool.len ? pool.p : (const uint8_t *)"";
 
