@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Whole-process times of the short commands, beside a bare interpreter and `import click` in
 the same run: `--help`, `--version`, `ztoc info` on a large zTOC, `ztoc get-file` of a small
-file from a local image (and the same through the click command, which the console script's
-fast path spares), the imports of `create`; and `soci-native mount` until the mountpoint
+file from a local image (both also through the click command, which the console script's
+fast paths spare), the imports of `create`; and `soci-native mount` until the mountpoint
 answers, beside listing the same .tar.gz with `tar -tzf`.
 
 Everything runs from a regular (non-editable), byte-compiled copy of soci_native
@@ -86,16 +86,18 @@ def main() -> int:
         "soci-native --help": [str(script), "--help"],
         "soci-native --version": [str(script), "--version"],
         "soci-native ztoc --help": [str(script), "ztoc", "--help"],
-        f"ztoc info ({entries} entries)": [*sn, "ztoc", "info", digest],
-        f"ztoc get-file ({size} B, local)": [*sn, "ztoc", "get-file", digest, small,
-                                             "--image", f"oci:{lay}:bench", "-o", "/dev/null"],
     }
-    # the same get-file through the click command (what the console script's fast path,
-    # soci_native/quick_getfile.py, spares: click, Store and the image module)
-    cmds["  the same through click"] = [
-        py, "-c", "'import sys; from soci_native.cli import main; sys.argv[0] = \"soci-native\"; "
-        "main()'", *sn[1:], "ztoc", "get-file", digest, small, "--image", f"oci:{lay}:bench",
-        "-o", "/dev/null"]
+    # ztoc info and get-file, each also through the click command: what the console
+    # script's fast paths (soci_native/quick_info.py, quick_getfile.py) spare (click, Store,
+    # the image module)
+    click = [py, "-c", "'import sys; from soci_native.cli import main; "
+             "sys.argv[0] = \"soci-native\"; main()'", *sn[1:]]
+    get_file = ["ztoc", "get-file", digest, small, "--image", f"oci:{lay}:bench", "-o",
+                "/dev/null"]
+    cmds[f"ztoc info ({entries} entries)"] = [*sn, "ztoc", "info", digest]
+    cmds["  info, through click"] = [*click, "ztoc", "info", digest]
+    cmds[f"ztoc get-file ({size} B, local)"] = [*sn, *get_file]
+    cmds["  get-file, through click"] = [*click, *get_file]
     cmds["imports of create"] = [py, "-c", "'import soci_native.cli, soci_native.build'"]
     # the first --help renders through click and saves its text; time the saved path
     sh([str(script), "--help"])
