@@ -57,7 +57,9 @@ log = logging.getLogger("soci_native.mount")
 
 DEFAULT_CACHE_SIZE = 1 << 30
 LOCAL_SPAN_SIZE = 1 << 20
-PREFETCH_WORKERS = 4
+PREFETCH_WORKERS = 4  # spans fetched at once by a prefetch
+PREFETCH_FILLERS = 2  # and inflated at once
+PREFETCH_HELD = 8  # fetched spans waiting for their inflate, at most
 SCRATCH_PREFIX = ".mount-"
 
 
@@ -390,24 +392,40 @@ class BackgroundFetcher:
 
 
 def run_prefetch(plan: dict[ZtocLayer, list[int]]) -> int:
-    """Resolves the planned spans with a few threads; failures are logged, not fatal."""
+    """Resolves the planned spans; failures are logged, not fatal. Two stages: a few threads
+    fetch (and verify) spans, two inflate and cache the fetched ones, so transfers go on
+    while spans are inflated (with fetch and inflate in one thread, twelve prefetch threads
+    fetching at once over a 50 MB/s link all finished together and then left it idle for
+    0.3 s while they inflated). At most :data:`PREFETCH_HELD` fetched spans wait."""
     done = 0
     lock = threading.Lock()
+    held = threading.BoundedSemaphore(PREFETCH_HELD)
 
-    def one(layer: ZtocLayer, i: int) -> None:
+    def fill(layer: ZtocLayer, i: int) -> None:
         nonlocal done
         try:
             layer.resolve(i)
         except OSError as e:
             log.warning("prefetch of %s span %d failed: %s", layer.digest, i, e)
             return
+        finally:
+            held.release()
         with lock:
             done += 1
 
-    with ThreadPoolExecutor(PREFETCH_WORKERS) as pool:
-        for layer, spans in plan.items():
-            for i in spans:
-                pool.submit(one, layer, i)
+    with ThreadPoolExecutor(PREFETCH_FILLERS) as fillers:
+        def fetch(layer: ZtocLayer, i: int) -> None:
+            held.acquire()
+            try:
+                layer.fetch_only(i)
+            except Exception as e:  # noqa: BLE001 - the fill's own fetch tries again, reports it
+                log.info("prefetch fetch of %s span %d failed: %s", layer.digest, i, e)
+            fillers.submit(fill, layer, i)
+
+        with ThreadPoolExecutor(PREFETCH_WORKERS) as fetchers:
+            for layer, spans in plan.items():
+                for i in spans:
+                    fetchers.submit(fetch, layer, i)
     return done
 
 

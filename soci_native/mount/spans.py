@@ -542,6 +542,7 @@ class ZtocLayer:
         self._filler_lock = threading.Lock()
         self._ahead: set[int] = set()  # spans queued by read_ahead
         self._ahead_bytes = 0  # their uncompressed size
+        self._held: dict[int, bytes] = {}  # verified compressed spans kept for their fill
         self._untrusted: str | None = None
         self._closing = False
         # Set by the FUSE frontend: span i is whole and verified in the cache at this path
@@ -744,7 +745,9 @@ class ZtocLayer:
         """(Under the span lock.) Fetches span i and sets up its fill."""
         s = self.spans[i]
         size = s.uend - s.ustart
-        comp = self._fetch(i)
+        comp = self._held.pop(i, None)  # fetched ahead (prefetch), already verified
+        if comp is None:
+            comp = self._fetch(i)
         if not self.gzip:  # a tar span is its own uncompressed bytes
             fill = _Fill(i, comp, None, size)
             fill.done = size
@@ -957,6 +960,25 @@ class ZtocLayer:
         except SpanError as e:
             log.warning("caching span %d of %s failed: %s", fill.i, self.digest, e)
 
+    def fetch_only(self, i: int) -> bool:
+        """Fetches and verifies span ``i``'s compressed bytes and keeps them for its fill
+        (:meth:`resolve` next): a prefetch then has the next spans' transfers under way
+        while the ones fetched are inflated, instead of each thread leaving the link idle
+        while it inflates. False if there is nothing to fetch (cached, filling, too big to
+        cache). The caller bounds how many are held."""
+        s = self.spans[i]
+        if not 0 < s.uend - s.ustart <= self.cache.max_span or self._closing:
+            return False
+        self._check_trusted()
+        with self._locks[i]:
+            if i in self._fills or i in self._held or os.path.exists(self._path(i)):
+                return False
+            comp = self._fetch(i)
+            if self._closing:
+                return False
+            self._held[i] = comp
+            return True
+
     def resolve(self, i: int) -> None:
         """Fetch, verify, inflate and cache span ``i`` unless it is cached (prefetch and
         background fetch). A span too big to cache is left for the reads that need it."""
@@ -1005,6 +1027,7 @@ class ZtocLayer:
             filler, self._filler = self._filler, None
         if filler is not None:
             filler.shutdown(cancel=True)
+        self._held.clear()
         for fill in list(self._fills.values()):
             with fill.lock:
                 while fill.busy:  # its owner stops after the step it is in
