@@ -28,6 +28,7 @@ typedef struct tnode {
     int32_t layer;
     uint32_t xat, nx; /* the node's xattrs: t->xa[xat .. xat + nx) */
     uint32_t dir;     /* a directory's index in t->dirs, else NONE */
+    uint8_t opaque;   /* its xattrs hold trusted.overlay.opaque=y, put there by a marker */
 } tnode;
 
 typedef struct tdir {
@@ -397,6 +398,7 @@ static void split(sn_bytes path, sn_bytes *dir, sn_bytes *base) {
 }
 
 static int set_xattrs(sn_tree *t, tnode *x, const sn_txattr *xa, uint32_t n, sn_err *err) {
+    x->opaque = 0;
     x->nx = 0;
     x->xat = 0;
     if (!n) return 0;
@@ -505,6 +507,8 @@ static int add_opaque_xattr(sn_tree *t, uint32_t id, sn_err *err) {
     tnode *x = &t->nodes[id];
     uint32_t n = x->nx, at = x->xat;
     static const sn_txattr opq = {{(const uint8_t *)OPAQUE_KEY, sizeof OPAQUE_KEY - 1}, {(const uint8_t *)"y", 1}};
+    /* marked already: a copy per marker of a directory with many xattrs would be a bomb */
+    if (x->opaque) return 0;
     if ((uint64_t)t->nxa + n + 1 > UINT32_MAX) return sn_fail(err, SN_EFORMAT, "mount tree: too many xattrs");
     if (grow((void **)&t->xa, &t->capxa, t->nxa + n + 1, sizeof(sn_txattr), err)) return err->code;
     x = &t->nodes[id];
@@ -517,6 +521,7 @@ static int add_opaque_xattr(sn_tree *t, uint32_t id, sn_err *err) {
     if (!found) t->xa[t->nxa++] = opq;
     x->xat = start;
     x->nx = t->nxa - start;
+    x->opaque = 1;
     return 0;
 }
 

@@ -7,9 +7,12 @@ warnings."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import stat
+import subprocess
+import sys
 from array import array
 from typing import Any
 
@@ -17,6 +20,7 @@ import fb_oracle
 import layers as L
 import pytest
 import tree_oracle as oracle
+from peak_rss import HWM_KB
 from test_ztoc import SUPPORTED, TOOL, built
 from test_ztoc_info import ODD_NAMES
 
@@ -241,3 +245,23 @@ def test_zone_and_range_rules_of_times(text: str) -> None:
         except (ValueError, OverflowError):
             want = 0
     assert parse_rfc3339_ns(text) == want
+
+
+_OPAQUE_CHILD = HWM_KB + r"""
+import json
+from soci_native.mount.tree import Entry, build_tree
+xattrs = {f"user.k{i}": b"v" * 16 for i in range(4000)}
+layer = [Entry("d", "dir", 0, 0, xattrs=xattrs)] + [Entry("d/.wh..wh..opq", "reg", 0, 0)] * 4000
+t = build_tree([layer], single_layer=True)
+print(json.dumps({"xattrs": len(t.get("/d").xattrs), "maxrss_kb": hwm_kb()}))
+"""
+
+
+def test_many_opaque_markers_on_a_directory_with_many_xattrs_stay_small() -> None:
+    """Each marker used to copy the directory's xattrs with the opaque one added: 4000 x
+    4000 records (~500 MB); the directory is marked once."""
+    p = subprocess.run([sys.executable, "-c", _OPAQUE_CHILD], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["xattrs"] == 4001 and r["maxrss_kb"] < 150_000, r
