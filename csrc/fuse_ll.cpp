@@ -55,6 +55,7 @@ constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into
 // of liblapack, libpython and numpy's modules it never reads: 31 spans instead of 25.
 constexpr size_t SEQ_READS = 3;
 constexpr size_t AHEAD_SPANS = 4;
+constexpr std::chrono::milliseconds FILL_WAIT{200};  // a read waits in C this long for a span's fill
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
 // attributes (a hard-linked inode may have several identical rows), and a directory's place.
@@ -90,6 +91,7 @@ struct SpanTable {
     // (Python reports each step; "" and 0 once the fill is over). Both under mu.
     std::vector<std::string> tmp_paths;
     std::vector<uint64_t> filled;
+    std::condition_variable fill_cv;  // with mu: a fill moved on (or ended)
     std::mutex mu;  // writers of paths
     std::atomic<bool> trusted{true};
     int layer = -1;
@@ -204,6 +206,7 @@ public:
         t.cached[i].store(1, std::memory_order_release);
         t.tmp_paths[i].clear();
         t.filled[i] = 0;
+        t.fill_cv.notify_all();
     }
 
     // Span i is being filled into the temp file ``path`` and its first ``done`` bytes are there
@@ -215,10 +218,12 @@ public:
         if (!done || path.empty() || done > t.starts[i + 1] - t.starts[i]) {
             t.tmp_paths[i].clear();
             t.filled[i] = 0;
+            t.fill_cv.notify_all();
             return;
         }
         t.tmp_paths[i] = path;
         t.filled[i] = done;
+        t.fill_cv.notify_all();
     }
 
     void untrust(int layer) {
@@ -942,14 +947,19 @@ private:
         close(fd);
     }
 
-    // The temp file of span i being filled, open, if its first ``need`` bytes are there; else
-    // -1 (not filling, not that far yet, or renamed into the cache or removed since: Python
-    // then serves the read).
+    // The temp file of span i being filled, open, once its first ``need`` bytes are there
+    // (waiting up to FILL_WAIT for the fill to get that far: no round trip through Python per
+    // read while a span is inflated); else -1 (not filling, not that far in time, or renamed
+    // into the cache or removed since: Python then serves the read).
     static int open_filling(SpanTable &t, size_t i, uint64_t need) {
         std::string path;
         {
-            std::lock_guard<std::mutex> g(t.mu);
-            if (t.filled[i] < need || t.tmp_paths[i].empty()) return -1;
+            std::unique_lock<std::mutex> g(t.mu);
+            if (t.tmp_paths[i].empty()) return -1;
+            if (t.filled[i] < need &&
+                !t.fill_cv.wait_for(g, FILL_WAIT, [&] { return t.filled[i] >= need || t.tmp_paths[i].empty(); }))
+                return -1;
+            if (t.tmp_paths[i].empty()) return -1;
             path = t.tmp_paths[i];
         }
         return open(path.c_str(), O_RDONLY | O_CLOEXEC);
