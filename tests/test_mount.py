@@ -796,3 +796,44 @@ def test_read_ahead_is_raised_as_root(mount: Mount, img: mi.Image) -> None:
     if os.geteuid() == 0:  # (a user cannot write it: the default stays, nothing fails)
         assert ra.read_text().strip() == str(READ_AHEAD_KB)
     assert (mp / "data/big.bin").read_bytes() == (img.ref / "data/big.bin").read_bytes()
+
+
+def test_prefetch_fetches_and_inflates_in_two_stages_each_span_once(tmp_path: Path) -> None:
+    """run_prefetch fetches spans ahead of their inflate (fetch_only keeps the verified bytes,
+    the fill takes them instead of fetching again): every planned span ends cached and read
+    from the blob exactly once, its bytes the tar's; a cached span is not fetched again."""
+    import random
+
+    from soci_native import ztoc
+    from soci_native.mount.image import run_prefetch
+    from soci_native.mount.spans import FileBlobReader, LayerStats, SpanCache, ZtocLayer
+
+    rng = random.Random(7)
+    files = {f"f{i}": rng.randbytes(rng.randrange(1, 100_000)) for i in range(20)}
+    layer = tmp_path / "layer"
+    tar = _gzip_tar(layer, files)
+    z = ztoc.from_bytes(ztoc.build(str(layer), span_size=50_000)[1])
+    calls: list[tuple[int, int]] = []
+
+    class Counting(FileBlobReader):
+        def read_range(self, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            return super().read_range(start, end)
+
+    stats = LayerStats("sha256:" + "cd" * 32, layer.stat().st_size, "lazy")
+    zl = ZtocLayer(stats.digest, z, Counting(layer), SpanCache(tmp_path / "c", 1 << 30), stats)
+    want = list(range(0, len(zl.spans), 2))
+    assert len(want) > 8  # more than PREFETCH_HELD: fetchers wait for the inflates
+    assert run_prefetch({zl: want}) == len(want)
+    assert sorted(calls) == sorted((zl.spans[i].cstart, zl.spans[i].cend) for i in want)
+    assert not zl._held  # every fetched span went to its fill
+    for i in want:
+        s = zl.spans[i]
+        assert zl.read(s.ustart, s.uend - s.ustart) == tar[s.ustart:s.uend]
+    assert len(calls) == len(want) and stats.cache_misses == len(want)
+    assert zl.fetch_only(want[0]) is False and len(calls) == len(want)  # cached: no fetch
+    assert zl.fetch_only(1) is True and len(calls) == len(want) + 1
+    s = zl.spans[1]
+    assert zl.read(s.ustart, s.uend - s.ustart) == tar[s.ustart:s.uend]
+    assert len(calls) == len(want) + 1  # the read took the held bytes
+    zl.close()

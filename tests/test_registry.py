@@ -981,6 +981,31 @@ def test_bearer_tokens(treg: Any, image: Img, no_auth_files: Path) -> None:
 
 # ---- TLS -------------------------------------------------------------------------------------
 
+def test_tls_context_made_once_per_settings_and_certificate_files(tmp_path: Path) -> None:
+    """ssl_context is shared by the clients with the same settings and certificate files (the
+    system's CAs load once per process), and made anew when those change: insecure, another
+    CA file, a host's certs.d file replaced on disk."""
+    import os
+
+    from soci_native.registry.tls import ssl_context
+
+    cert, _ = _self_signed(tmp_path)
+    certs_d = tmp_path / "certs.d"
+    (certs_d / "h:1").mkdir(parents=True)
+    a = ssl_context("h:1", roots=[certs_d])
+    assert ssl_context("h:1", roots=[certs_d]) is a
+    # hosts without a certs.d directory share theirs
+    assert ssl_context("other:2", roots=[certs_d]) is ssl_context("other:3", roots=[certs_d])
+    assert ssl_context("h:1", roots=[certs_d], insecure=True) is not a
+    assert ssl_context("h:1", roots=[certs_d], ca_file=str(cert)) is not a
+    (certs_d / "h:1" / "ca.crt").write_bytes(cert.read_bytes())
+    b = ssl_context("h:1", roots=[certs_d])
+    assert b is not a and ssl_context("h:1", roots=[certs_d]) is b
+    st = (certs_d / "h:1" / "ca.crt").stat()
+    os.utime(certs_d / "h:1" / "ca.crt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ssl_context("h:1", roots=[certs_d]) is not b  # replaced: loaded again
+
+
 def test_https_first_on_loopback_with_private_cas(tmp_path: Path, reg: Any) -> None:
     """A TLS registry on 127.0.0.1 is reached over HTTPS (it used to be asked in plain HTTP
     and fail); its self-signed CA comes from --cert-dir or a certs.d directory; a plain
