@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 import tree_oracle as oracle
 from peak_rss import HWM_KB
 from test_ztoc import SUPPORTED, TOOL, built
-from test_ztoc_info import ODD_NAMES
+from test_ztoc_info import ODD_NAMES, overlapping_ztoc
 
 from soci_native import ztoc
 from soci_native.mount.inodes import InodeTable
@@ -189,13 +190,8 @@ def test_catalog_ztocs_match_the_oracle(catalog: L.Catalog) -> None:
 
 
 def test_an_overlapping_ztoc_is_refused_naming_the_entry(catalog: L.Catalog) -> None:
-    _, ix = built(catalog, "edge-pax.gz")
-    regs = [i for i, e in enumerate(ix.entries) if e.type == "reg" and e.size > 600]
-    a, b = regs[0], regs[1]
-    entries = list(ix.entries)
-    entries[b] = entries[b]._replace(offset=entries[a].offset + 512)
-    raw = fb_oracle.ztoc_bytes(dataclasses.replace(ix, entries=entries), TOOL)
-    with pytest.raises(ztoc.ZtocError, match=f"{entries[b].name!r}: overlaps") as plain:
+    raw, name = overlapping_ztoc(catalog)
+    with pytest.raises(ztoc.ZtocError, match=f"{re.escape(repr(name))}: overlaps") as plain:
         toc_entries(raw)
     with pytest.raises(ztoc.ZtocError, match="overlaps") as fast:
         TreeBuilder().add_ztoc(raw)

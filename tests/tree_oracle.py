@@ -23,6 +23,8 @@ from soci_native.mount.tree import (
     clean_path,
     gc_paused,
     mkdev,
+    node_at,
+    walk_nodes,
 )
 
 log = logging.getLogger("tree_oracle")
@@ -275,30 +277,12 @@ class Tree:
 
     def get(self, path: str) -> Node | None:
         """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
-        node = self.root
-        if path == "/":
-            return node
-        for part in path[1:].split("/"):
-            children = node.children
-            if children is None:
-                return None
-            child = children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return node_at(self.root, path)
 
     def walk(self) -> Iterator[tuple[str, Node]]:
         """(path, node) for every name, parents first. Makes every path: for tests and
         tools, not for the mount."""
-        stack: list[tuple[str, Node]] = [("/", self.root)]
-        while stack:
-            path, node = stack.pop()
-            yield path, node
-            if node.children:
-                prefix = path if path == "/" else path + "/"
-                for name in reversed(node.names()):
-                    stack.append((prefix + name, node.children[name]))
+        return walk_nodes(self.root)
 
     @property
     def paths(self) -> dict[str, Node]:

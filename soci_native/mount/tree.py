@@ -44,7 +44,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from soci_native import _core
 from soci_native.layer import TarEntry
@@ -228,6 +228,46 @@ def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) ->
     return b.finish()
 
 
+class _TreeNode(Protocol):
+    @property
+    def children(self) -> Mapping[str, Any] | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+N = TypeVar("N", bound=_TreeNode)
+
+
+def node_at(root: N, path: str) -> N | None:
+    """The node under ``root`` at an absolute, clean path ("/", "/a/b"), for any tree whose
+    nodes have ``children`` (None for a non-directory): this view's and the tests' oracle's."""
+    node = root
+    if path == "/":
+        return node
+    for part in path[1:].split("/"):
+        children = node.children
+        if children is None:
+            return None
+        child = children.get(part)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def walk_nodes(root: N) -> Iterator[tuple[str, N]]:
+    """(path, node) for every name under ``root``, parents first, children in name order."""
+    stack: list[tuple[str, N]] = [("/", root)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        children = node.children
+        if children:
+            prefix = path if path == "/" else path + "/"
+            for name in reversed(node.names()):
+                stack.append((prefix + name, children[name]))
+
+
 class MountTree:
     """A finished tree: the inode table the frontend serves (:attr:`table`), each regular
     file's data (:meth:`file`, for the reads handed back to Python), and node views by path
@@ -258,29 +298,11 @@ class MountTree:
 
     def get(self, path: str) -> Node | None:
         """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
-        node = self.root
-        if path == "/":
-            return node
-        for part in path[1:].split("/"):
-            children = node.children
-            if children is None:
-                return None
-            child = children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return node_at(self.root, path)
 
     def walk(self) -> Iterator[tuple[str, Node]]:
         """(path, node) for every name, parents first. Makes every path."""
-        stack: list[tuple[str, Node]] = [("/", self.root)]
-        while stack:
-            path, node = stack.pop()
-            yield path, node
-            if node.children:
-                prefix = path if path == "/" else path + "/"
-                for name in reversed(node.names()):
-                    stack.append((prefix + name, node.children[name]))
+        return walk_nodes(self.root)
 
     @property
     def paths(self) -> dict[str, Node]:
