@@ -1,5 +1,5 @@
 """A read-only look at a local store (artifacts.db and its blobs) for the CLI's fast paths,
-importing only sqlite3, hashlib, json and mmap: no Store, dataclasses or click.
+importing only sqlite3, hashlib and mmap: no Store, dataclasses, json or click.
 
 It answers only where soci_native.store.Store would give the same answer, and raises
 :class:`Unsure` everywhere else: a store Store would create, migrate or refuse, a row or a
@@ -11,9 +11,10 @@ test compares the two on the same stores).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
+
+from soci_native import quick_json
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Catalog:
         """The layer digests of SOCI index manifest ``digest`` if store.parse_soci_index
         would accept it (and more strictly: no subject that is not a descriptor, etc.)."""
         try:
-            doc = json.loads(self.read(digest))
+            doc = quick_json.loads(self.read(digest))
         except (UnicodeDecodeError, ValueError):
             raise Unsure(digest) from None
         if not isinstance(doc, dict) or doc.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST:

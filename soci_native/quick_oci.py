@@ -1,5 +1,5 @@
 """The path of a layer blob in a local OCI layout directory (``oci:DIR[:TAG]``), as
-``images.open_image(ref).blob_path(digest)`` gives it, with only json imported: for
+``images.open_image(ref).blob_path(digest)`` gives it, with nothing heavy imported: for
 `ztoc get-file`'s fast path (soci_native/quick_getfile.py).
 
 Like soci_native.catalog, it answers only where open_image would open the layout as it is
@@ -8,9 +8,9 @@ layout or index.json entry open_image would reject or read otherwise, a blob not
 
 from __future__ import annotations
 
-import json
 import os
 
+from soci_native import quick_json
 from soci_native.catalog import Unsure, is_digest
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
@@ -47,7 +47,7 @@ def load(path: str, name: str) -> Any:
         raise Unsure(p)
     try:
         with open(p, "rb") as f:
-            return json.loads(f.read())
+            return quick_json.loads(f.read())
     except (OSError, ValueError):
         raise Unsure(p) from None
 

@@ -20,6 +20,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_getfile import entry, gz_layer, layout, put, put_file, ztoc_of_layer
 from test_getfile import merged_usr as merged_usr  # the fixture
 
@@ -260,3 +262,30 @@ def test_a_corrupt_ztoc_is_the_store_s_error(store: tuple[Path, str, str, bytes]
     for args in (["ztoc", "get-file", z, "/usr/bin/tool"], ["ztoc", "info", z]):
         (code, stdout, err, _), clicked = same(args, env_of(root))
         assert code == 1 and clicked and not stdout and "corrupt" in err, (args, err)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
+
+
+@given(json_values, st.booleans(), st.sampled_from(["", " ", "\n\t", "\r\n  "]))
+@settings(max_examples=300, deadline=None)
+def test_quick_json_reads_what_json_reads(value: object, ascii_only: bool, ws: str) -> None:
+    """quick_json.loads (the fast paths' JSON, without importing json) gives json.loads's
+    object for any document json writes, whitespace around it included."""
+    from soci_native import quick_json
+
+    data = (ws + json.dumps(value, ensure_ascii=ascii_only, indent=None if ws else 1) + ws
+            ).encode("utf-8", "surrogatepass")
+    assert quick_json.loads(data) == json.loads(data)
+
+
+def test_quick_json_refuses_what_json_refuses_or_reads_otherwise() -> None:
+    from soci_native import quick_json
+
+    assert quick_json.loads(b'{"n": NaN, "i": -Infinity}')["i"] == float("-inf")
+    for bad in (b"", b"  ", b"{", b'{"a": 1} x', b"[1,]", b"\xff", b'"\x01"', b"01",
+                b"\xef\xbb\xbf{}", '{"a": 1}'.encode("utf-16")):
+        with pytest.raises(ValueError):
+            quick_json.loads(bad)
