@@ -20,6 +20,7 @@ from soci_native.mount.tree import (
     OPAQUE_XATTR,
     WHITEOUT_PREFIX,
     Entry,
+    ModeBits,
     clean_path,
     gc_paused,
     mkdev,
@@ -44,7 +45,7 @@ _KINDS = {
 }
 
 
-class Node:
+class Node(ModeBits):
     """One inode. Hard links are several names for the same Node."""
 
     __slots__ = ("ino", "kind", "perm", "uid", "gid", "mtime_ns", "size", "target", "rdev",
@@ -68,14 +69,6 @@ class Node:
         self.children: dict[str, Node] | None = {} if kind == stat.S_IFDIR else None
         self.nlink = 1
         self._sorted: list[str] | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == stat.S_IFDIR
-
-    @property
-    def mode(self) -> int:
-        return self.kind | self.perm
 
     def names(self) -> list[str]:
         """Children's names, sorted (computed once: the tree is immutable once mounted)."""

@@ -268,6 +268,23 @@ def walk_nodes(root: N) -> Iterator[tuple[str, N]]:
                 stack.append((prefix + name, children[name]))
 
 
+class ModeBits:
+    """``is_dir`` and ``mode`` from a node's ``kind`` (S_IFMT bits) and ``perm``: for this
+    module's node views and the tests' oracle nodes."""
+
+    __slots__ = ()
+    kind: int
+    perm: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def mode(self) -> int:
+        return self.kind | self.perm
+
+
 class MountTree:
     """A finished tree: the inode table the frontend serves (:attr:`table`), each regular
     file's data (:meth:`file`, for the reads handed back to Python), and node views by path
@@ -354,7 +371,7 @@ class _Index:
 ROW_FIELDS = 11  # ino kind perm nlink uid gid size mtime rdev layer offset (_fuse.FIELDS)
 
 
-class Node:
+class Node(ModeBits):
     """A view of one inode of a :class:`MountTree` (one object per inode: hard links are
     several names for the same Node)."""
 
@@ -367,14 +384,6 @@ class Node:
          self.mtime_ns, rdev, self.layer, self.offset) = idx.rows[ino]
         self.rdev = rdev & 0xFFFFFFFFFFFFFFFF
         self._children: dict[str, Node] | None = None
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == stat.S_IFDIR
-
-    @property
-    def mode(self) -> int:
-        return self.kind | self.perm
 
     @property
     def target(self) -> str:
