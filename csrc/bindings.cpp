@@ -749,65 +749,6 @@ struct ZtocNames {
     }
 };
 
-// A zTOC's files as mount tree entries (soci_native.mount.tree.Entry, a NamedTuple of 14
-// fields) in archive order, made here rather than from ztoc_parse's tuples: that path made
-// two tuples and eight strings per file and was a third of a mount's start. The mtime goes
-// through `parse_mtime` (Python's RFC 3339 reading, called once per distinct text) and PAX
-// records, when a file has any, through `xattrs_of`; `no_xattrs` is the shared empty value.
-nb::list ztoc_entries(nb::handle buf_obj, nb::handle entry_type, nb::handle parse_mtime,
-                      nb::handle xattrs_of, nb::handle no_xattrs) {
-    if (!PyType_Check(entry_type.ptr()) ||
-        !PyType_IsSubtype(reinterpret_cast<PyTypeObject *>(entry_type.ptr()), &PyTuple_Type))
-        throw nb::type_error("entry_type must be a tuple subclass");
-    auto *type = reinterpret_cast<PyTypeObject *>(entry_type.ptr());
-    Buffer buf(buf_obj);
-    sn_ztoc z;
-    sn_err e{};
-    if (sn_ztoc_parse(buf.data(), buf.size(), &z, &e)) raise(e);
-    nb::list out;
-    std::string last_time;
-    nb::object last_ns;
-    for (uint32_t i = 0; i < z.nfiles; i++) {
-        sn_ztoc_file f;
-        if (sn_ztoc_file_at(&z, i, &f, &e)) raise(e);
-        std::string_view t(reinterpret_cast<const char *>(f.mod_time.p), f.mod_time.n);
-        if (!last_ns.is_valid() || t != last_time) {  // layers list files of one time together
-            nb::object text = checked(decode_bytes(f.mod_time));
-            last_ns = checked(PyObject_CallOneArg(parse_mtime.ptr(), text.ptr()));
-            last_time.assign(t);
-        }
-        nb::object xattrs = nb::borrow(no_xattrs);
-        if (f.nxattrs) {
-            nb::object pax = checked(PyTuple_New(f.nxattrs));
-            for (uint32_t j = 0; j < f.nxattrs; j++) {
-                sn_bytes k, v;
-                if (sn_ztoc_xattr(&z, &f, j, &k, &v, &e)) raise(e);
-                PyTuple_SET_ITEM(pax.ptr(), j,
-                                 checked(Py_BuildValue("(NN)", decode_bytes(k), decode_bytes(v))).release().ptr());
-            }
-            xattrs = checked(PyObject_CallOneArg(xattrs_of.ptr(), pax.ptr()));
-        }
-        PyObject *items[] = {decode_bytes(f.name), decode_bytes(f.type), PyLong_FromLongLong(f.offset),
-                             PyLong_FromLongLong(f.size), decode_bytes(f.linkname), PyLong_FromLongLong(f.mode),
-                             PyLong_FromUnsignedLong(f.uid), PyLong_FromUnsignedLong(f.gid),
-                             nb::object(last_ns).release().ptr(), PyLong_FromLongLong(f.devmajor),
-                             PyLong_FromLongLong(f.devminor), xattrs.release().ptr(),
-                             nb::bool_(false).release().ptr(), PyLong_FromLong(-1)};
-        constexpr Py_ssize_t n = std::size(items);
-        // a tuple subclass instance made as tuple.__new__(type, items) makes it
-        nb::object entry = nb::steal(type->tp_alloc(type, n));
-        bool ok = entry.is_valid();
-        for (Py_ssize_t k = 0; k < n; k++) {
-            if (!items[k]) ok = false;
-            if (ok) PyTuple_SET_ITEM(entry.ptr(), k, items[k]);
-            else Py_XDECREF(items[k]);
-        }
-        if (!ok) throw nb::python_error();
-        out.append(entry);
-    }
-    return out;
-}
-
 // A zTOC as plain Python values; files as tuples in archive order (see ztoc.py).
 // "checkpoints_at" is where the checkpoint blob lies in the buffer (start, length): with
 // copy_checkpoints false the caller slices it there instead of paying for a copy (8 MB on a
@@ -1117,9 +1058,6 @@ NB_MODULE(_core, m) {
           nb::arg("copy_checkpoints") = true,
           "Parse a zTOC FlatBuffer (bounds-checked).");
     m.def("ztoc_find", &ztoc_find, nb::arg("buf"), nb::arg("path"));
-    m.def("ztoc_entries", &ztoc_entries, nb::arg("buf"), nb::arg("entry_type"), nb::arg("parse_mtime"),
-          nb::arg("xattrs_of"), nb::arg("no_xattrs"),
-          "A zTOC's files as mount tree Entry tuples (see soci_native.mount.tree).");
     nb::class_<TreeBuilder>(m, "TreeBuilder", "A mount's merged tree, a layer at a time (bottom first), as an inode table.")
         .def(nb::init<bool>(), nb::arg("single_layer") = false)
         .def("add_ztoc", &TreeBuilder::add_ztoc, nb::arg("buf"), "Apply a zTOC's entries as the next layer.")

@@ -305,7 +305,7 @@ def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> No
     import tarfile
 
     from soci_native.layer import index_layer
-    from soci_native.mount.tree import Entry, build_tree, mkdev, toc_entries
+    from soci_native.mount.tree import Entry, TreeBuilder, build_tree, mkdev
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
@@ -321,7 +321,9 @@ def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> No
     ix = index_layer(str(layer), 1 << 20, entries=True)
     assert {e.name: e.devmajor for e in ix.entries}["big"] == 1 << 40
     local = build_tree([[Entry.from_tar(e) for e in ix.entries]])
-    fromtoc = build_tree([toc_entries(ztoc.build(str(layer), span_size=1 << 20)[1])])
+    b = TreeBuilder()
+    b.add_ztoc(ztoc.build(str(layer), span_size=1 << 20)[1])
+    fromtoc = b.finish()
     for tree in (local, fromtoc):
         assert tree.get("/big").rdev == mkdev(1 << 40, 3) == 3  # the high bits wrap away
         assert tree.get("/neg").rdev == mkdev(0xFFFFFFFF, 0xFFFFFFFE)

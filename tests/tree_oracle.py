@@ -12,7 +12,9 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat, starmap
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
+from soci_native import ztoc
 from soci_native.mount.inodes import InodeTable
 from soci_native.mount.tree import (
     NO_XATTRS,
@@ -27,6 +29,9 @@ from soci_native.mount.tree import (
     node_at,
     walk_nodes,
 )
+
+if TYPE_CHECKING:
+    from soci_native.ztoc import ZtocBuffer
 
 log = logging.getLogger("tree_oracle")
 
@@ -281,6 +286,14 @@ class Tree:
     def paths(self) -> dict[str, Node]:
         """Every path's node (see :meth:`walk`)."""
         return dict(self.walk())
+
+
+def toc_entries(buf: ZtocBuffer) -> list[Entry]:
+    """A zTOC's entries in archive order, through the plain parser (:mod:`soci_native.ztoc`),
+    checked as :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data)."""
+    z = ztoc.from_bytes(buf)
+    ztoc.sorted_files(z)
+    return [Entry.from_toc(f) for f in z.files]
 
 
 def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> Tree:

@@ -37,12 +37,10 @@ import functools
 import gc
 import itertools
 import logging
-import operator
 import posixpath
 import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from operator import itemgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -50,7 +48,6 @@ from soci_native import _core
 from soci_native.layer import TarEntry
 from soci_native.mount.inodes import InodeTable
 from soci_native.ztoc import FileMetadata, ZtocError
-from soci_native.ztoc_info import check_entries
 
 if TYPE_CHECKING:
     from soci_native.ztoc import ZtocBuffer
@@ -124,45 +121,11 @@ class Entry(NamedTuple):
                    _xattrs(f.xattrs.items()) if f.xattrs else NO_XATTRS)
 
     @classmethod
-    def from_toc_tuple(cls, f: tuple[Any, ...]) -> Entry:
-        """From one of ``_core.ztoc_parse``'s file tuples (name, type, offset, size, linkname,
-        mode, uid, gid, uname, gname, mod_time, devmajor, devminor, PAX records), skipping
-        the :class:`~soci_native.ztoc.FileMetadata` in between."""
-        return cls(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], parse_rfc3339_ns(f[10]),
-                   f[11], f[12], _xattrs(f[13]) if f[13] else NO_XATTRS)
-
-    @classmethod
     def from_tar(cls, e: TarEntry) -> Entry:
         kind = "reg" if e.type == "sparse" else e.type  # old GNU sparse ('S'): a file
         return cls(e.name, kind, e.offset, e.size, e.linkname, e.mode, e.uid, e.gid,
                    e.mtime * 1_000_000_000 + e.mtime_ns, e.devmajor, e.devminor,
                    _xattrs(e.pax.items()) if e.pax else NO_XATTRS, e.sparse, e.header_offset)
-
-
-def toc_entries(buf: ZtocBuffer) -> list[Entry]:
-    """A zTOC's entries, in archive order, checked as
-    :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data). Made in C
-    (``_core.ztoc_entries``): from the parser's generic tuples this was a third of a
-    mount's start."""
-    with gc_paused():
-        return _toc_entries(buf)
-
-
-def _toc_entries(buf: ZtocBuffer) -> list[Entry]:
-    try:
-        files: list[Entry] = _core.ztoc_entries(buf, Entry, parse_rfc3339_ns, _xattrs,
-                                                NO_XATTRS)
-    except ValueError as e:
-        raise ZtocError(str(e)) from None
-    by_offset = files
-    offs = list(map(itemgetter(2), files))
-    if not all(map(operator.le, offs, offs[1:])):
-        by_offset = sorted(files, key=itemgetter(2))
-        offs = list(map(itemgetter(2), by_offset))
-    check_entries(list(map(itemgetter(0), by_offset)), offs,
-                  list(map(itemgetter(3), by_offset)))
-    return files
-
 
 
 def mkdev(major: int, minor: int) -> int:
