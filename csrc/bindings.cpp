@@ -670,24 +670,10 @@ uint32_t last_component_key(std::string_view s) {
 
 // Go's path.Clean("/" + name) without the leading "/" (index.clean_prefetch_path), on bytes:
 // "/" and "." are single bytes in UTF-8 and never part of a longer sequence.
-std::string clean_name(std::string_view s) {
-    std::vector<std::string_view> parts;
-    for (size_t i = 0; i <= s.size();) {
-        size_t j = s.find('/', i);
-        if (j == s.npos) j = s.size();
-        std::string_view c = s.substr(i, j - i);
-        if (c == "..") {
-            if (!parts.empty()) parts.pop_back();
-        } else if (!c.empty() && c != ".") {
-            parts.push_back(c);
-        }
-        i = j + 1;
-    }
-    std::string out;
-    for (auto c : parts) {
-        if (!out.empty()) out += '/';
-        out += c;
-    }
+std::string clean_name(std::string_view s) {  // the mount tree's cleaning (one rule)
+    std::string out(s.size(), '\0');
+    out.resize(sn_clean_path(reinterpret_cast<const uint8_t *>(s.data()), s.size(),
+                             reinterpret_cast<uint8_t *>(out.data())));
     return out;
 }
 
@@ -839,10 +825,10 @@ int64_t clamped_i64(PyObject *o) {
     return v;
 }
 
-uint32_t wrapped_u32(PyObject *o) {
-    nb::object mask = nb::int_(0xFFFFFFFFu);
-    nb::object v = checked(PyNumber_And(o, mask.ptr()));
-    return static_cast<uint32_t>(PyLong_AsUnsignedLong(v.ptr()));
+uint32_t wrapped_u32(PyObject *o) {  // o mod 2^32, for any int (negative or huge)
+    unsigned long long v = PyLong_AsUnsignedLongLongMask(o);
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw nb::python_error();
+    return static_cast<uint32_t>(v);
 }
 
 sn_bytes view_of(nb::handle bytes_obj) {
@@ -947,7 +933,7 @@ private:
 
     void release() {
         sn_tree_free(t_);
-        t_ = sn_tree_new(0);
+        t_ = nullptr;  // live() refuses every later use
         bufs_.clear();
         keep_.clear();
     }
