@@ -858,17 +858,21 @@ class Store:
         zTOC costs no heap copy (read() paid ~20 ms of page faults and copying for it). The
         store never rewrites a blob in place (a new one is written aside, then renamed), so
         the mapping keeps the verified bytes. An empty blob is b""."""
-        import mmap
-
-        with self.open_blob(digest) as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                data: bytes | mmap.mmap = b""
-            else:
-                data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        data = self._map(digest)
         actual = _sha256_digest(data)
         if actual != digest:
             raise StoreError(self._corrupt_message(digest, actual))
         return data
+
+    def _map(self, digest: str) -> bytes | mmap.mmap:
+        """The blob's file mapped read-only (unverified); b"" when it is empty (mmap refuses
+        a length of 0)."""
+        import mmap
+
+        with self.open_blob(digest) as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
 
     def map_verifying(self, digest: str) -> tuple[bytes | mmap.mmap, Callable[[], None]]:
         """The blob mapped as :meth:`map_blob` maps it, and a call that returns once its
@@ -876,13 +880,9 @@ class Store:
         a thread meanwhile (hashlib lets go of the GIL): a mount builds the tree from a 26 MB
         zTOC, with the GIL released too, while it is hashed. Until the call returns the bytes
         are to be read only as the C core reads hostile input."""
-        import mmap
         import threading
 
-        with self.open_blob(digest) as f:
-            data: bytes | mmap.mmap = b""
-            if os.fstat(f.fileno()).st_size:
-                data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        data = self._map(digest)
         got: list[str] = []
         hasher = threading.Thread(target=lambda: got.append(_sha256_digest(data)),
                                   name="soci-verify", daemon=True)
