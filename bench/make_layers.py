@@ -229,36 +229,31 @@ def stdlib_dir() -> str:
 
 def build_stdlib(level: int, force: bool) -> dict:
     src = stdlib_dir()
-    params = {"src": src, "exclude": ["site-packages", "__pycache__"], "level": level,
-              "format": "pax", "tool": "gzip"}
-    if not force and (m := cached("stdlib", params)):
-        log("stdlib: cached")
-        return m
-    log(f"stdlib: tarring {src}")
-    t0 = time.monotonic()
-    tar = DATA / "stdlib.tar"
-    arc = "usr/local/lib/" + os.path.basename(src.rstrip("/"))
-    st = write_tar(tar, [(src, arc)], {"site-packages", "__pycache__"}, None)
-    gzip_file(tar, DATA / "stdlib.tar.gz", ["gzip", f"-{level}", "-n", "-c"])
-    tar.unlink()
-    log(f"stdlib: done in {time.monotonic() - t0:.1f}s")
-    return save_meta("stdlib", params, {"tar_size": st["tar_size"], "entries": st["entries"]})
+    return build_dir_layer("stdlib", src, "usr/local/lib/" + os.path.basename(src.rstrip("/")),
+                           ["site-packages", "__pycache__"], level, force)
 
 
 def build_pylib(level: int, force: bool) -> dict:
-    src = os.path.join(sys.base_prefix, "lib")
-    params = {"src": src, "exclude": [], "level": level, "format": "pax", "tool": "gzip"}
-    if not force and (m := cached("pylib", params)):
-        log("pylib: cached")
+    return build_dir_layer("pylib", os.path.join(sys.base_prefix, "lib"), "usr/local/lib", [],
+                           level, force)
+
+
+def build_dir_layer(name: str, src: str, arc: str, exclude: list[str], level: int,
+                    force: bool) -> dict:
+    """One directory tree as layer NAME (PAX tar under ARC, without the EXCLUDE names,
+    `gzip -LEVEL -n`), unless the cached one has the same parameters."""
+    params = {"src": src, "exclude": exclude, "level": level, "format": "pax", "tool": "gzip"}
+    if not force and (m := cached(name, params)):
+        log(f"{name}: cached")
         return m
-    log(f"pylib: tarring {src}")
+    log(f"{name}: tarring {src}")
     t0 = time.monotonic()
-    tar = DATA / "pylib.tar"
-    st = write_tar(tar, [(src, "usr/local/lib")], set(), None)
-    gzip_file(tar, DATA / "pylib.tar.gz", ["gzip", f"-{level}", "-n", "-c"])
+    tar = DATA / f"{name}.tar"
+    st = write_tar(tar, [(src, arc)], set(exclude), None)
+    gzip_file(tar, DATA / f"{name}.tar.gz", ["gzip", f"-{level}", "-n", "-c"])
     tar.unlink()
-    log(f"pylib: done in {time.monotonic() - t0:.1f}s")
-    return save_meta("pylib", params, {"tar_size": st["tar_size"], "entries": st["entries"]})
+    log(f"{name}: done in {time.monotonic() - t0:.1f}s")
+    return save_meta(name, params, {"tar_size": st["tar_size"], "entries": st["entries"]})
 
 
 def sci_site_packages() -> str | None:
