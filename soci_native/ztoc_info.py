@@ -16,6 +16,7 @@ import json
 import operator
 
 from soci_native import _core
+from soci_native.filestream import gzip_span_size
 
 # Not typing.TYPE_CHECKING, and ztoc (dataclasses) only on an error: `ztoc info`'s fast path
 # (soci_native/quick_info.py) imports this module
@@ -44,7 +45,7 @@ def span_starts(checkpoints: bytes) -> list[int]:
 
 def span_size(checkpoints: bytes, algorithm: str) -> int:
     if algorithm == "gzip":
-        return int.from_bytes(checkpoints[4:12], "little", signed=True)
+        return gzip_span_size(checkpoints)
     return _tar_span_size(checkpoints)
 
 
