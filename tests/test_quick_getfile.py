@@ -289,3 +289,16 @@ def test_quick_json_refuses_what_json_refuses_or_reads_otherwise() -> None:
                 b"\xef\xbb\xbf{}", '{"a": 1}'.encode("utf-16")):
         with pytest.raises(ValueError):
             quick_json.loads(bad)
+
+
+def test_catalog_constants_are_the_stores() -> None:
+    """catalog restates Store's schema by hand (importing store would cost the fast path
+    its point): a change to one without the other fails here."""
+    from soci_native import catalog, store
+
+    assert catalog.SCHEMA_VERSION == store.SCHEMA_VERSION
+    assert catalog.ARTIFACT_TYPES == store.ARTIFACT_TYPES
+    assert catalog.COLUMNS == store._COLUMNS
+    assert catalog.BUSY_TIMEOUT_MS == store.BUSY_TIMEOUT_MS
+    assert catalog.OCI_MANIFEST == store.MEDIA_TYPE_OCI_MANIFEST
+    assert catalog.INDEX_TYPES == (store.INDEX_ARTIFACT_TYPE_V1, store.INDEX_ARTIFACT_TYPE_V2)

@@ -6,9 +6,7 @@ snapshot; a Prepare without labels is never ALREADY_EXISTS)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,6 @@ from google.protobuf import empty_pb2, field_mask_pb2
 
 from soci_native.snapshotter.proto import snapshots_pb2 as sp
 
-IN_CI = os.environ.get("CI") == "true"
 SVC = "/containerd.services.snapshots.v1.Snapshots/"
 
 
@@ -120,10 +117,7 @@ def test_remote_labels_without_an_index_fall_back(api: Any) -> None:
     with reg_server.Registry.start(base / "reg") as reg:
         lay = ce.build_image(base / "img")
         ce.push(lay, f"{reg.host}/noindex:v1")
-        manifest = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false",
-             f"docker://{reg.host}/noindex:v1"], check=True, capture_output=True).stdout)
-        layer = manifest["layers"][0]["digest"]
+        layer = ce.layer_digests(f"{reg.host}/noindex:v1")[0]
         for i, (ref, dg) in enumerate([(f"{reg.host}/noindex:v1", layer),
                                        (f"{reg.host}/noindex:v1", "sha256:" + "0" * 64),
                                        (f"{reg.host}/missing:v1", layer)]):
@@ -158,10 +152,7 @@ def test_remote_prepare_background_fetch_and_remove(tmp_path: Path) -> None:
         ce.push(ce.build_image(base / "img"), ref)
         ce.soci("create", f"docker://{ref}", *ce.CREATE_OPTS, root=base / "store")
         ce.soci("push", f"docker://{ref}", root=base / "store")
-        manifest = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-            check=True, capture_output=True).stdout)
-        layer = manifest["layers"][0]["digest"]
+        layer = ce.layer_digests(ref)[0]
         sn = ce.Snapshotter.start(base / "sn", base / "sn.sock", config=cfg)
         c = Client(base / "sn.sock")
         labels = {"containerd.io/snapshot.ref": "sha256:" + "ab" * 32,
