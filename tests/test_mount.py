@@ -595,6 +595,43 @@ def test_span_cache_lru(tmp_path: Path) -> None:
     assert again.total == 100 and sum(os.path.exists(p) for p in paths) == 1
 
 
+def test_cached_spans_are_the_spans_whole_in_the_cache(tmp_path: Path) -> None:
+    """What a mount hands the FUSE frontend as already cached: the spans a mount before it
+    committed (found by the cache's scan at start), the ones committed since (a prefetch
+    before the mount goes live), never an evicted one, a wrong-sized one or another zTOC's."""
+    from soci_native import ztoc
+    from soci_native.mount.spans import FileBlobReader, LayerStats, SpanCache, ZtocLayer
+
+    rng = random.Random(3)
+    layer = tmp_path / "layer"
+    _gzip_tar(layer, {f"f{i}": rng.randbytes(60_000) for i in range(8)})
+    z = ztoc.from_bytes(ztoc.build(str(layer), span_size=50_000)[1])
+    other = ztoc.from_bytes(ztoc.build(str(layer), span_size=70_000)[1])
+    digest = "sha256:" + "ef" * 32
+
+    def open_layer(zt: ztoc.Ztoc, limit: int = 1 << 30) -> ZtocLayer:
+        stats = LayerStats(digest, layer.stat().st_size, "lazy")
+        return ZtocLayer(digest, zt, FileBlobReader(layer), SpanCache(tmp_path / "c", limit),
+                         stats)
+
+    first = open_layer(z)
+    assert first.cached_spans() == [] and len(first.spans) > 6
+    for i in (1, 3, 4):
+        first.resolve(i)
+    open_layer(other).resolve(0)  # another zTOC's spans of the layer: other keys
+    warm = open_layer(z)
+    assert warm.cached_spans() == [(i, warm.span_path(i)) for i in (1, 3, 4)]
+    warm.resolve(5)  # committed after the scan
+    assert [i for i, _ in warm.cached_spans()] == [1, 3, 4, 5]
+    s1 = warm.spans[1]
+    Path(warm.span_path(1)).write_bytes(b"x" * (s1.uend - s1.ustart - 1))  # wrong size
+    sizes = sorted(s.uend - s.ustart for s in warm.spans)
+    small = open_layer(z, limit=sum(sizes[-3:]) + sizes[0])  # adopts what fits, oldest out
+    kept = [i for i in (3, 4, 5) if os.path.exists(small.span_path(i))]
+    assert 0 < len(kept) < 3
+    assert small.cached_spans() == [(i, small.span_path(i)) for i in kept]
+
+
 def test_local_layer_sparse_files(tmp_path: Path) -> None:
     import soci_native as sn
     from soci_native.mount.spans import LayerStats, LocalLayer

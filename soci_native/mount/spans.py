@@ -35,6 +35,7 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import tarfile
 import threading
 import time
@@ -224,10 +225,13 @@ class SpanCache:
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
+        self._found: set[str] = set()  # span files seen, up to their keys
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._adopt()
 
     def _adopt(self) -> None:
+        """Accounts for the spans already in the cache, removing stale temp files and unkeyed
+        names: the one scan of it, which :meth:`found` and :meth:`holds` answer from."""
         found: list[tuple[float, str, int]] = []
         now = time.time()
         for sub in self.root.iterdir():
@@ -243,15 +247,15 @@ class SpanCache:
                         with contextlib.suppress(OSError):
                             f.unlink()
                     continue
-                if f.is_file() and "+" in f.name and "-" not in f.name:
+                if not stat.S_ISREG(st.st_mode) or "+" not in f.name:
+                    continue
+                if "-" not in f.name:
                     with contextlib.suppress(OSError):  # unkeyed: any zTOC could have made it
                         f.unlink()
                     continue
-                if f.is_file() and "+" in f.name:
-                    found.append((st.st_mtime, str(f), st.st_size))
+                found.append((st.st_mtime, str(f), st.st_size))
         for _, path, size in sorted(found):
-            self._lru[path] = size
-            self._total += size
+            self._account(path, size)
         with self._lock:
             self._evict()
 
@@ -259,8 +263,33 @@ class SpanCache:
     def total(self) -> int:
         return self._total
 
+    def _unkeyed(self, layer_digest: str, start: int, length: int) -> str:
+        """A span file's path up to its key (a key is hex: the last ``-`` comes before it)."""
+        return str(self.root / layer_digest.split(":", 1)[-1] / f"{start}+{length}")
+
     def path(self, layer_digest: str, start: int, length: int, key: str) -> str:
-        return str(self.root / layer_digest.split(":", 1)[-1] / f"{start}+{length}-{key}")
+        return f"{self._unkeyed(layer_digest, start, length)}-{key}"
+
+    def _account(self, path: str, size: int) -> None:
+        """(Under the lock, or before the cache is shared.) A span file is in the cache."""
+        old = self._lru.pop(path, None)
+        if old is not None:
+            self._total -= old
+        self._lru[path] = size
+        self._total += size
+        self._found.add(path.rpartition("-")[0])
+
+    def found(self, layer_digest: str, start: int, length: int) -> bool:
+        """Whether a file for this span's range was seen under some key (by the scan at start,
+        or committed or read since): only then can :meth:`holds` be true for its path, so a
+        caller looks for the warm spans without working out every span's key."""
+        return self._unkeyed(layer_digest, start, length) in self._found
+
+    def holds(self, path: str, size: int) -> bool:
+        """Whether a span file of ``size`` bytes at ``path`` is accounted for in the cache
+        (adopted at start, or committed or read since, and not evicted)."""
+        with self._lock:
+            return self._lru.get(path) == size
 
     def read(self, path: str, offset: int, length: int, expect_size: int) -> bytes | None:
         """``length`` bytes at ``offset`` of a cached span, or None when it is not cached."""
@@ -280,8 +309,7 @@ class SpanCache:
             if path in self._lru:
                 self._lru.move_to_end(path)
             else:  # written by another mount sharing the cache
-                self._lru[path] = expect_size
-                self._total += expect_size
+                self._account(path, expect_size)
         return data
 
     def touch(self, path: str) -> None:
@@ -320,11 +348,7 @@ class SpanCache:
             return
         with self._lock:
             self._total -= size
-            old = self._lru.pop(path, None)
-            if old is not None:
-                self._total -= old
-            self._lru[path] = size
-            self._total += size
+            self._account(path, size)
             self._evict()
 
     def abort(self, fd: int, tmp: str, size: int) -> None:
@@ -625,23 +649,17 @@ class ZtocLayer:
     def cached_spans(self) -> list[tuple[int, str]]:
         """(index, path) of the spans already whole in the cache, as a mount over a warm
         cache starts: a file at a span's keyed path with the span's size is what a mount
-        verified and committed (the read path trusts it as much)."""
+        verified and committed (the read path trusts it as much). The cache's scan at start
+        says which spans have a file for their range at all, so the keys of the others (a
+        hash each, ~60 ms of a 240-span layer's mount start, though the cache is usually
+        cold) are not needed."""
         out: list[tuple[int, str]] = []
-        # one listing of the layer's cache directory first: only a span with a file named
-        # for its range there can be cached, and the keys of the others (a hash each, ~60 ms
-        # of a 240-span layer's mount start, though the cache is usually cold) are not needed
-        try:
-            here = {name.partition("-")[0] for name in os.listdir(
-                os.path.dirname(self.cache.path(self.digest, 0, 0, "")))}
-        except OSError:
-            return out
         for i, s in enumerate(self.spans):
             size = s.uend - s.ustart
-            if 0 < size <= self.cache.max_span and f"{s.ustart}+{size}" in here:
+            if 0 < size <= self.cache.max_span and self.cache.found(self.digest, s.ustart, size):
                 path = self._path(i)
-                with contextlib.suppress(OSError):
-                    if os.stat(path).st_size == size:
-                        out.append((i, path))
+                if self.cache.holds(path, size):
+                    out.append((i, path))
         return out
 
     def _filling(self, i: int, tmp: str, done: int) -> None:
