@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import bench_snapshotter as bs  # noqa: E402
 import ctr_env as ce  # noqa: E402
+from tree_oracle import TreeView  # noqa: E402
 
 READ_AHEAD_KB = (1024, 128, 0)
 SEQUENCE = ""  # --sequence: print the requests for files whose path holds this
@@ -119,7 +120,7 @@ def trace_reads(lay: Path, store: Path, ra_kb: int | None
         subprocess.run(["rm", "-rf", str(cache)])
     tree = mounted.tree
     names: dict[int, str] = {}
-    for path, node in tree.walk():
+    for path, node in TreeView(tree).walk():
         names.setdefault(node.ino, path)
     ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
     files: dict[str, int] = defaultdict(int)

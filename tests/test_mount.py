@@ -439,7 +439,7 @@ def E(name: str, type: str = "reg", size: int = 0, **kw: Any) -> Any:  # noqa: N
 def test_rfc3339_times() -> None:
     from datetime import datetime, timezone
 
-    from soci_native.mount.tree import parse_rfc3339_ns
+    from tree_oracle import parse_rfc3339_ns
 
     base = int(datetime(2024, 1, 31, 12, 0, tzinfo=timezone.utc).timestamp())
     assert parse_rfc3339_ns("2024-01-31T12:00:00Z") == base * 10**9
@@ -453,7 +453,7 @@ def test_rfc3339_times() -> None:
 
 
 def test_tree_overlay_rules() -> None:
-    from soci_native.mount.tree import build_tree
+    from tree_oracle import c_tree
 
     lower = [E("./", "dir", mode=0o755), E("a/", "dir", mode=0o700), E("a/f1", size=1),
              E("a/f2", size=2), E("a/sub/", "dir"), E("a/sub/x", size=3), E("b", size=4),
@@ -462,7 +462,7 @@ def test_tree_overlay_rules() -> None:
     upper = [E("a/.wh.f1"), E("a/", "dir", mode=0o751, uid=7), E(".wh.b"), E("b/", "dir"),
              E("b/in", size=8), E("new", size=9), E(".wh.new"), E("o/.wh..wh..opq"),
              E("o/y", size=10), E("h", size=11), E("./c/../c/d/e", "dir")]
-    t = build_tree([lower, upper])
+    t = c_tree([lower, upper])
     assert sorted(p for p in t.paths) == [
         "/", "/a", "/a/f2", "/a/sub", "/a/sub/x", "/b", "/b/in", "/c", "/c/d", "/c/d/e",
         "/h", "/l", "/new", "/o", "/o/y", "/s"]
@@ -475,16 +475,16 @@ def test_tree_overlay_rules() -> None:
     assert t.paths["/s"].size == len("target") and t.paths["/s"].target == "target"
     assert t.paths["/"].ino == 1 and len({n.ino for n in t.paths.values()}) == len(t.paths)
 
-    t2 = build_tree([[E("f", size=3), E("g", "hardlink", linkname="./f"),
+    t2 = c_tree([[E("f", size=3), E("g", "hardlink", linkname="./f"),
                       E("k", "hardlink", linkname="f")]])
     assert t2.paths["/f"] is t2.paths["/g"] is t2.paths["/k"] and t2.paths["/f"].nlink == 3
     assert t2.inodes == 2
 
 
 def test_single_layer_view() -> None:
-    from soci_native.mount.tree import build_tree
+    from tree_oracle import c_tree
 
-    t = build_tree([[E("d/.wh..wh..opq"), E("d/.wh.gone"), E("d/kept", size=1),
+    t = c_tree([[E("d/.wh..wh..opq"), E("d/.wh.gone"), E("d/kept", size=1),
                      E("d/.wh.kept"), E(".wh.top")]], single_layer=True)
     d = t.paths["/d"]
     assert d.xattrs == {"trusted.overlay.opaque": b"y"}
@@ -804,7 +804,7 @@ def test_clean_path_is_go_clean() -> None:
     """The fast path gives what the snapshotter's Clean("/" + name) gives, for every form."""
     import posixpath
 
-    from soci_native.mount.tree import clean_path
+    from tree_oracle import clean_path
 
     rng = random.Random(0)
     parts = ["a", ".", "..", "", "b.c", ".x", "..y", "z..", ".wh..wh..opq"]

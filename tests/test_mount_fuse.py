@@ -15,10 +15,11 @@ from typing import Any
 import mnt_image as mi
 import pytest
 from test_mount import Mount, img, mount, store  # noqa: F401 - fixtures
+from tree_oracle import c_tree
 
 from soci_native import _fuse
 from soci_native.mount.inodes import InodeTable
-from soci_native.mount.tree import Entry, build_tree
+from soci_native.mount.tree import Entry
 
 FIELDS, DIR_FIELDS = _fuse.FIELDS, _fuse.DIR_FIELDS
 KIND, PERM, NLINK, SIZE, LAYER, OFFSET = 1, 2, 3, 6, 9, 10  # row columns after the inode
@@ -28,7 +29,7 @@ PARENT, START, COUNT = 1, 2, 3  # dir row columns after the inode
 # ------------------------------------------------------------------------- the inode table
 
 def _table() -> InodeTable:
-    tree = build_tree([[
+    tree = c_tree([[
         Entry("d", "dir", 0, 0, mode=0o755),
         Entry("d/f", "reg", 512, 3, mode=0o644),
         Entry("d/g", "reg", 1024, 3, mode=0o644),
@@ -161,7 +162,7 @@ def test_a_bad_span_table_is_refused(starts: list[int]) -> None:
 
 
 def test_names_fuse_cannot_pass_are_left_out() -> None:
-    tree = build_tree([[Entry("ok", "reg", 0, 0), Entry("bad\0name", "reg", 512, 0),
+    tree = c_tree([[Entry("ok", "reg", 0, 0), Entry("bad\0name", "reg", 512, 0),
                         Entry("x" * 5000, "reg", 1024, 0)]])
     table = tree.table
     assert table.names == b"ok" and tree.inodes == 4 and len(tree.warnings) == 2
@@ -169,7 +170,7 @@ def test_names_fuse_cannot_pass_are_left_out() -> None:
 
 
 def test_times_and_devices_past_64_bits_are_clamped() -> None:
-    tree = build_tree([[Entry("f", "reg", 0, 0, mtime_ns=1 << 70),
+    tree = c_tree([[Entry("f", "reg", 0, 0, mtime_ns=1 << 70),
                         Entry("c", "char", 0, 0, devmajor=-1, devminor=-1)]])
     table = tree.table
     _frontend(table)

@@ -304,8 +304,10 @@ def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> No
     import io
     import tarfile
 
+    from tree_oracle import TreeView, c_tree, mkdev
+
     from soci_native.layer import index_layer
-    from soci_native.mount.tree import Entry, TreeBuilder, build_tree, mkdev
+    from soci_native.mount.tree import Entry, TreeBuilder
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
@@ -320,10 +322,10 @@ def test_device_numbers_beyond_c_int_do_not_break_the_tree(tmp_path: Path) -> No
     layer.write_bytes(gzip.compress(buf.getvalue()))
     ix = index_layer(str(layer), 1 << 20, entries=True)
     assert {e.name: e.devmajor for e in ix.entries}["big"] == 1 << 40
-    local = build_tree([[Entry.from_tar(e) for e in ix.entries]])
+    local = c_tree([[Entry.from_tar(e) for e in ix.entries]])
     b = TreeBuilder()
     b.add_ztoc(ztoc.build(str(layer), span_size=1 << 20)[1])
-    fromtoc = b.finish()
+    fromtoc = TreeView(b.finish())
     for tree in (local, fromtoc):
         assert tree.get("/big").rdev == mkdev(1 << 40, 3) == 3  # the high bits wrap away
         assert tree.get("/neg").rdev == mkdev(0xFFFFFFFF, 0xFFFFFFFE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -14,19 +15,24 @@ from pathlib import Path
 
 from peak_rss import HWM_KB
 from test_ztoc import SUPPORTED, built
+from tree_oracle import TreeView, c_tree, entry_from_toc
 
 from soci_native import ztoc
-from soci_native.mount.tree import Entry, TreeBuilder, build_tree
+from soci_native.mount.tree import Entry, TreeBuilder
 
 DEPTH = 40_000
 
-_DEEP_CHILD = HWM_KB + r"""
-import json, sys, time
+_DEEP_CHILD = HWM_KB + f"""
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+""" + r"""
+import json, time
 from soci_native.layer import index_layer
-from soci_native.mount.tree import Entry, build_tree
+from soci_native.mount.tree import Entry
+from tree_oracle import c_tree
 t = time.monotonic()
 ix = index_layer(sys.argv[1], 1 << 20, entries=True)  # what a mount does with a small layer
-tree = build_tree([[Entry.from_tar(e) for e in ix.entries]])
+tree = c_tree([[Entry.from_tar(e) for e in ix.entries]])
 depth, node = 0, tree.root
 while node.children:
     (name, node), = node.children.items()
@@ -68,18 +74,18 @@ def test_ztoc_trees_are_the_plain_entries_trees(catalog) -> None:
         _, ix = built(catalog, name)
         assert ix.ztoc is not None
         z = ztoc.from_bytes(ix.ztoc)
-        want = [Entry.from_toc(f) for f in z.files]
+        want = [entry_from_toc(f) for f in z.files]
         with_xattrs += sum(1 for e in want if e.xattrs)
         b = TreeBuilder()
         b.add_ztoc(ix.ztoc)  # parsed in C (csrc/mount_tree.c)
-        t1, t2 = build_tree([want]), b.finish()
+        t1, t2 = c_tree([want]), TreeView(b.finish())
         assert sorted(t1.paths) == sorted(t2.paths) and t1.inodes == t2.inodes
     assert with_xattrs  # the PAX records' path was taken
 
 
 def test_tree_get_walks_components() -> None:
-    t = build_tree([[Entry("a/b/c", "reg", 0, 1), Entry("a/l", "symlink", 0, 0,
-                                                         linkname="b")]])
+    t = c_tree([[Entry("a/b/c", "reg", 0, 1), Entry("a/l", "symlink", 0, 0,
+                                                     linkname="b")]])
     assert t.get("/") is t.root and t.get("/a/b/c").size == 1  # type: ignore[union-attr]
     assert t.get("/a/b/c/d") is None and t.get("/a/x") is None and t.get("/a/l/c") is None
     assert set(t.paths) == {"/", "/a", "/a/b", "/a/b/c", "/a/l"}

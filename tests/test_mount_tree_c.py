@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import re
 import stat
@@ -27,12 +28,7 @@ from test_ztoc_info import ODD_NAMES, overlapping_ztoc
 
 from soci_native import ztoc
 from soci_native.mount.inodes import InodeTable
-from soci_native.mount.tree import (
-    Entry,
-    TreeBuilder,
-    build_tree,
-    parse_rfc3339_ns,
-)
+from soci_native.mount.tree import Entry, TreeBuilder
 
 M32 = 0xFFFFFFFF
 
@@ -97,7 +93,7 @@ def oracle_table(layers: list[list[Entry]], single: bool) -> tuple[InodeTable, i
 
 def same(layers: list[list[Entry]], single: bool = False) -> None:
     want, warned = oracle_table(layers, single)
-    got = build_tree(layers, single_layer=single)
+    got = oracle.c_tree(layers, single_layer=single)
     assert got.inodes == want.inodes
     assert canon(got.table) == canon(want)
     assert len(got.warnings) == warned
@@ -239,15 +235,19 @@ def test_zone_and_range_rules_of_times(text: str) -> None:
             want = max(min(secs * 10**9 + int(frac), (1 << 63) - 1), -(1 << 63))
         except (ValueError, OverflowError):
             want = 0
-    assert parse_rfc3339_ns(text) == want
+    assert oracle.parse_rfc3339_ns(text) == want
 
 
-_OPAQUE_CHILD = HWM_KB + r"""
+_OPAQUE_CHILD = HWM_KB + f"""
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+""" + r"""
 import json
-from soci_native.mount.tree import Entry, build_tree
+from soci_native.mount.tree import Entry
+from tree_oracle import c_tree
 xattrs = {f"user.k{i}": b"v" * 16 for i in range(4000)}
 layer = [Entry("d", "dir", 0, 0, xattrs=xattrs)] + [Entry("d/.wh..wh..opq", "reg", 0, 0)] * 4000
-t = build_tree([layer], single_layer=True)
+t = c_tree([layer], single_layer=True)
 print(json.dumps({"xattrs": len(t.get("/d").xattrs), "maxrss_kb": hwm_kb()}))
 """
 

@@ -1,39 +1,152 @@
 """The mount tree's rules as plain Python: the oracle the C tree (csrc/mount_tree.c, through
 soci_native.mount.tree) is compared with. This is the Python tree and inode-table export the
 mount used before the tree moved to C, kept as the rules' readable statement (see
-soci_native/mount/tree.py's docstring for the rules)."""
+soci_native/mount/tree.py's docstring for the rules); and node views by path of a finished C
+tree (:func:`c_tree`, :class:`TreeView`), which tests read it through (a mount needs none)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
+import itertools
 import logging
+import posixpath
+import re
 import stat
 import struct
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat, starmap
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from soci_native import ztoc
+from soci_native import _core, ztoc
 from soci_native.mount.inodes import InodeTable
-from soci_native.mount.tree import (
-    NO_XATTRS,
-    OPAQUE_MARKER,
-    OPAQUE_XATTR,
-    WHITEOUT_PREFIX,
-    Entry,
-    ModeBits,
-    clean_path,
-    gc_paused,
-    mkdev,
-    node_at,
-    walk_nodes,
-)
+from soci_native.mount.tree import NO_XATTRS, Entry, MountTree, TreeBuilder, pax_xattrs
 
 if TYPE_CHECKING:
-    from soci_native.ztoc import ZtocBuffer
+    from soci_native.ztoc import FileMetadata, ZtocBuffer
 
 log = logging.getLogger("tree_oracle")
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+@functools.lru_cache(maxsize=1 << 16)
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 time as Go's ``Time.MarshalText`` writes it
+    (any zone offset, up to nanosecond fractions, ASCII digits only), clamped to int64; 0 for
+    an empty or unreadable value: the C tree's own reading of zTOC times (one rule for both).
+    Cached: the files of a layer share few distinct mtimes."""
+    return _core.rfc3339_ns(text.encode("utf-8", "surrogateescape"))
+
+
+def entry_from_toc(f: FileMetadata) -> Entry:
+    """A zTOC TOC entry as the Entry the oracle takes (a mount hands C the zTOC itself)."""
+    return Entry(f.name, f.type, f.uncompressed_offset, f.uncompressed_size, f.linkname,
+                 f.mode, f.uid, f.gid, parse_rfc3339_ns(f.mod_time), f.devmajor, f.devminor,
+                 pax_xattrs(f.xattrs.items()) if f.xattrs else NO_XATTRS)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a tree's 10^5 objects are made: each collection
+    walks every object made so far and finds nothing (the tree has no cycles), and they were
+    a quarter of a 53k-entry tree's build."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def mkdev(major: int, minor: int) -> int:
+    """Linux's dev_t for a tar header's numbers as the snapshotter makes it (Go's
+    ``unix.Mkdev(uint32(major), uint32(minor))``): any int64 a hostile header holds wraps to
+    32 bits instead of overflowing ``os.makedev``'s C ints."""
+    major &= 0xFFFFFFFF
+    minor &= 0xFFFFFFFF
+    return ((major & 0xFFFFF000) << 32) | ((major & 0xFFF) << 8) | \
+        ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
+
+
+_NEEDS_CLEANING = re.compile(r"(?:^|/)\.\.?(?:/|$)|//")
+
+
+def clean_path(name: str) -> str:
+    """The snapshotter's ``Clean("/" + name)`` without the leading slash ("" is the root).
+    Most tar names only need their slashes trimmed; the rest go through normpath (the
+    substring tests run first: cheaper than the regex, and most names have no "." after
+    a slash at all)."""
+    trimmed = name.strip("/")
+    while trimmed.startswith("./"):  # "./usr/bin/x", as docker writes layers: not odd
+        trimmed = trimmed[2:].lstrip("/")
+    if ("/." not in trimmed and "//" not in trimmed and not trimmed.startswith(".")) \
+            or _NEEDS_CLEANING.search(trimmed) is None:
+        return trimmed
+    return posixpath.normpath("/" + name).lstrip("/")
+
+
+class _TreeNode(Protocol):
+    @property
+    def children(self) -> Mapping[str, Any] | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+N = TypeVar("N", bound=_TreeNode)
+
+
+def node_at(root: N, path: str) -> N | None:
+    """The node under ``root`` at an absolute, clean path ("/", "/a/b"), for any tree whose
+    nodes have ``children`` (None for a non-directory): the oracle's and the C tree's views."""
+    node = root
+    if path == "/":
+        return node
+    for part in path[1:].split("/"):
+        children = node.children
+        if children is None:
+            return None
+        child = children.get(part)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def walk_nodes(root: N) -> Iterator[tuple[str, N]]:
+    """(path, node) for every name under ``root``, parents first, children in name order."""
+    stack: list[tuple[str, N]] = [("/", root)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        children = node.children
+        if children:
+            prefix = path if path == "/" else path + "/"
+            for name in reversed(node.names()):
+                stack.append((prefix + name, children[name]))
+
+
+class ModeBits:
+    """``is_dir`` and ``mode`` from a node's ``kind`` (S_IFMT bits) and ``perm``: for the
+    oracle's nodes and the C tree's views."""
+
+    __slots__ = ()
+    kind: int
+    perm: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def mode(self) -> int:
+        return self.kind | self.perm
+
 
 NAME_MAX_BYTES = 4096
 XATTR_NAME_MAX = 255
@@ -293,7 +406,7 @@ def toc_entries(buf: ZtocBuffer) -> list[Entry]:
     checked as :func:`~soci_native.ztoc.sorted_files` checks them (no overlapping data)."""
     z = ztoc.from_bytes(buf)
     ztoc.sorted_files(z)
-    return [Entry.from_toc(f) for f in z.files]
+    return [entry_from_toc(f) for f in z.files]
 
 
 def build_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> Tree:
@@ -395,3 +508,123 @@ def _xattrs(nodes: Iterable[Node]) -> Iterable[tuple[int, bytes, bytes]]:
             else:
                 log.warning("leaving out xattr %r of inode %d: beyond what Linux can ask for",
                             k, n.ino)
+
+
+# ------------------------------------------------------------------ views of the C tree
+
+def c_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> TreeView:
+    """The C tree of these layers (bottom first), as a mount builds it, with views by path."""
+    b = TreeBuilder(single_layer)
+    for entries in layers:
+        b.add_entries(entries)
+    return TreeView(b.finish())
+
+
+class TreeView:
+    """A finished :class:`~soci_native.mount.tree.MountTree` (its table, inodes, warnings
+    and files), plus node views by path made on demand from its inode table."""
+
+    def __init__(self, tree: MountTree) -> None:
+        self.tree = tree
+        self.table = tree.table
+        self.inodes = tree.inodes
+        self.warnings = tree.warnings
+        self.file = tree.file
+        self._index: _Index | None = None
+
+    @property
+    def root(self) -> TableNode:
+        if self._index is None:
+            self._index = _Index(self.table)
+        return self._index.node(1)
+
+    def get(self, path: str) -> TableNode | None:
+        """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
+        return node_at(self.root, path)
+
+    def walk(self) -> Iterator[tuple[str, TableNode]]:
+        """(path, node) for every name, parents first. Makes every path."""
+        return walk_nodes(self.root)
+
+    @property
+    def paths(self) -> dict[str, TableNode]:
+        """Every path's node (see :meth:`walk`)."""
+        return dict(self.walk())
+
+
+
+class _Index:
+    """The table by inode, for :class:`TableNode` views."""
+
+    def __init__(self, t: InodeTable) -> None:
+        rows = memoryview(t.rows).cast("q")
+        self.rows: dict[int, tuple[int, ...]] = {}
+        for k in range(0, len(rows), ROW_FIELDS):
+            self.rows.setdefault(rows[k], tuple(rows[k:k + ROW_FIELDS]))
+        dirs = memoryview(t.dirs).cast("q")
+        self.dirs = {dirs[k]: (dirs[k + 2], dirs[k + 3]) for k in range(0, len(dirs), 4)}
+        self.child_ino = memoryview(t.child_ino).cast("q")
+        lens = memoryview(t.child_name_len).cast("q")
+        self.starts = list(itertools.accumulate(lens, initial=0))
+        self.names = t.names
+        self.targets = {ino: b.decode("utf-8", "surrogateescape") for ino, b in t.targets}
+        self.xattrs: dict[int, dict[str, bytes]] = {}
+        for ino, name, value in t.xattrs:
+            self.xattrs.setdefault(ino, {})[name.decode("utf-8", "surrogateescape")] = value
+        self.sparse = set(memoryview(t.sparse).cast("q"))
+        self.views: dict[int, TableNode] = {}
+
+    def node(self, ino: int) -> TableNode:
+        n = self.views.get(ino)
+        if n is None:
+            n = self.views[ino] = TableNode(self, ino)
+        return n
+
+    def children(self, ino: int) -> dict[str, TableNode]:
+        start, count = self.dirs[ino]
+        out: dict[str, TableNode] = {}
+        for k in range(start, start + count):
+            name = self.names[self.starts[k]:self.starts[k + 1]]
+            out[name.decode("utf-8", "surrogateescape")] = self.node(self.child_ino[k])
+        return out
+
+
+ROW_FIELDS = 11  # ino kind perm nlink uid gid size mtime rdev layer offset (_fuse.FIELDS)
+
+
+class TableNode(ModeBits):
+    """A view of one inode of a C tree's table (one object per inode: hard links are several
+    names for the same TableNode)."""
+
+    __slots__ = ("_idx", "ino", "kind", "perm", "nlink", "uid", "gid", "size", "mtime_ns",
+                 "rdev", "layer", "offset", "_children")
+
+    def __init__(self, idx: _Index, ino: int) -> None:
+        self._idx = idx
+        (self.ino, self.kind, self.perm, self.nlink, self.uid, self.gid, self.size,
+         self.mtime_ns, rdev, self.layer, self.offset) = idx.rows[ino]
+        self.rdev = rdev & 0xFFFFFFFFFFFFFFFF
+        self._children: dict[str, TableNode] | None = None
+
+    @property
+    def target(self) -> str:
+        return self._idx.targets.get(self.ino, "")
+
+    @property
+    def xattrs(self) -> Mapping[str, bytes]:
+        return self._idx.xattrs.get(self.ino, NO_XATTRS)
+
+    @property
+    def sparse(self) -> bool:
+        return self.ino in self._idx.sparse
+
+    @property
+    def children(self) -> dict[str, TableNode] | None:
+        if not self.is_dir:
+            return None
+        if self._children is None:
+            self._children = self._idx.children(self.ino)
+        return self._children
+
+    def names(self) -> list[str]:
+        return sorted(self.children or ())
