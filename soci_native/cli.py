@@ -5,7 +5,6 @@ errors print one line on stderr and exit 1 (usage errors exit 2)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -541,21 +540,6 @@ def ztoc_info(ctx: click.Context, digest: str) -> None:
     out.flush()
 
 
-def find_layer_source(store: Store, rec: ArtifactRecord, layer: str | None) -> tuple[str, str]:
-    """(image ref, layer digest) to read the layer blob of a zTOC from."""
-    if rec.original_digest is None:
-        fail(f"zTOC {rec.digest} does not record its layer digest")
-    if layer:
-        return layer, rec.original_digest
-    refs = [rec.image_ref] if rec.image_ref else []
-    refs += [i.image_ref for i in store.list_artifacts(type="soci_index")
-             if i.image_ref and rec.digest in [z.digest for z in store.ztocs_for_index(i.digest)]]
-    for ref in refs:
-        if ref:
-            return ref, rec.original_digest
-    fail(f"no image known for zTOC {rec.digest}: pass --image REF")
-
-
 @ztoc_group.command("get-file")
 @click.argument("digest")
 @click.argument("path")
@@ -577,19 +561,26 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
     from soci_native.images import open_image
     from soci_native.outfile import open_output
     from soci_native.pathwalk import lazy
+    from soci_native.quick_getfile import image_of, siblings
     from soci_native.ztoc_info import span_size
 
     with user_errors(), store_of(ctx) as store:
         rec = record_or_fail(store, digest, "soci_layer")
         raw = store.map_blob(digest)
         z = ztoc.from_bytes(raw, files=False)  # one lookup in C instead of every entry
+        indexes, members = stored_indexes(store)
         others = [lazy(lambda d: getfile.lookup_in(store.read_blob(d)), d)
-                  for d in sibling_ztocs(store, digest)]
+                  for d in siblings(members, rec)]
         try:
             f = getfile.resolve(path, getfile.lookup_in(raw), others)
         except getfile.PathError as e:
             fail(f"{e} (zTOC {digest})")
-        ref, layer_digest = find_layer_source(store, rec, image_ref)
+        layer_digest = rec.original_digest
+        if layer_digest is None:
+            fail(f"zTOC {digest} does not record its layer digest")
+        ref = image_ref or image_of(rec, indexes, members)
+        if not isinstance(ref, str):
+            fail(f"no image known for zTOC {digest}: pass --image REF")
         span = span_size(z.checkpoints, z.compression_algorithm)
         with open_image(ref, registry=local_or_registry_options(ref, kw)) as src, \
                 open_output(output) as out:
@@ -602,18 +593,25 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
                        f"({100 * fetched / max(1, z.compressed_archive_size):.1f}%)", err=True)
 
 
-def sibling_ztocs(store: Store, digest: str) -> list[str]:
-    """The other zTOCs of every stored index that holds zTOC ``digest`` (its image's layers)."""
-    from soci_native.index import SociIndexError
+def stored_indexes(store: Store) -> tuple[list[ArtifactRecord], dict[str, list[str]]]:
+    """Every stored SOCI index and each one's zTOCs (in its order): where get-file finds a
+    zTOC's other layers and its image. An index that cannot be read (its blob missing,
+    unreadable or corrupt, not a SOCI index) is skipped with a warning naming it: one broken
+    index does not stop reading files through the others (quick_getfile leaves a store with
+    one to this command)."""
     from soci_native.store import StoreError
 
-    out: dict[str, None] = {}
+    indexes: list[ArtifactRecord] = []
+    members: dict[str, list[str]] = {}
     for i in store.list_artifacts(type="soci_index"):
-        with contextlib.suppress(StoreError, SociIndexError):
-            zs = [z.digest for z in store.ztocs_for_index(i.digest) if z.type == "soci_layer"]
-            if digest in zs:
-                out.update(dict.fromkeys(d for d in reversed(zs) if d != digest))
-    return list(out)
+        try:
+            recs = store.ztocs_for_index(i.digest)
+        except (StoreError, OSError) as e:
+            click.echo(f"warning: skipping SOCI index {i.digest}: {e}", err=True)
+            continue
+        indexes.append(i)
+        members[i.digest] = [z.digest for z in recs if z.type == "soci_layer"]
+    return indexes, members
 
 
 def local_or_registry_options(ref: str, kw: dict[str, Any]) -> RegistryOptions | None:

@@ -22,10 +22,18 @@ from soci_native.catalog import Catalog, Unsure
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
     import mmap
-    from collections.abc import Callable
-    from typing import Any, NoReturn
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn, Protocol
 
-    from soci_native.catalog import Record
+    class Listed(Protocol):
+        """A catalog Record or a Store ArtifactRecord: what :func:`siblings` and
+        :func:`image_of` read of a row."""
+
+        @property
+        def digest(self) -> str: ...
+
+        @property
+        def image_ref(self) -> object: ...
 
 # get-file's options the fast path takes (any other, --help included, goes to click)
 VALUED = {"-o": "output", "--output": "output", "--image": "image"}
@@ -91,9 +99,9 @@ class Plan:
             indexes = cat.of_type("soci_index")
             members = {i.digest: [r.digest for r in cat.ztocs_of_index(i.digest)
                                   if r.type == "soci_layer"] for i in indexes}
-            ref = args.image or image_ref(rec, indexes, members)
+            ref = args.image or image_of(rec, indexes, members)
             if not (isinstance(ref, str) and ref.startswith("oci:")):
-                raise Unsure(f"image {ref!r}")  # a registry's, an archive's: soon known
+                raise Unsure(f"image {ref!r}")  # none, a registry's, an archive's
             raw = cat.map(args.digest)
             try:
                 z = _core.ztoc_parse(raw, False, copy_checkpoints=False)
@@ -116,9 +124,9 @@ class Plan:
         self.span_size = filestream.gzip_span_size(self.checkpoints)
 
 
-def siblings(members: dict[str, list[str]], rec: Record) -> list[str]:
-    """cli.sibling_ztocs: the other zTOCs of every index holding this one (``members``:
-    each index's zTOCs, in index order)."""
+def siblings(members: dict[str, list[str]], rec: Listed) -> list[str]:
+    """The other zTOCs of every index holding this one, the layers a path's links may lead
+    to (``members``: each index's zTOCs, in its order; the click command's too)."""
     out: dict[str, None] = {}
     for zs in members.values():
         if rec.digest in zs:
@@ -126,14 +134,13 @@ def siblings(members: dict[str, list[str]], rec: Record) -> list[str]:
     return list(out)
 
 
-def image_ref(rec: Record, indexes: list[Record], members: dict[str, list[str]]) -> object:
-    """cli.find_layer_source's image: the zTOC's own, else the first index's holding it (a
-    zTOC digest names a zTOC row, so ``members`` holding only zTOCs changes nothing)."""
-    refs = [rec.image_ref] if rec.image_ref else []
-    refs += [i.image_ref for i in indexes if i.image_ref and rec.digest in members[i.digest]]
-    if not refs:
-        raise Unsure("no image")
-    return refs[0]
+def image_of(rec: Listed, indexes: Sequence[Listed], members: dict[str, list[str]]) -> object:
+    """The image to read a zTOC's layer from when none is given: the zTOC's own, else that
+    of the first index holding it; None if there is none (the click command's too)."""
+    if rec.image_ref:
+        return rec.image_ref
+    return next((i.image_ref for i in indexes if i.image_ref and rec.digest in members[i.digest]),
+                None)
 
 
 def fail(msg: str) -> NoReturn:

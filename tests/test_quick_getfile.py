@@ -156,13 +156,59 @@ def test_odd_stores_go_to_click(store: tuple[Path, str, str, bytes]) -> None:
         assert code == 0 and clicked and stdout == tool
     finally:
         db.close()
-    # an index whose blob is gone: Store skips it (no sibling layers, so no link to follow)
-    idx = json.loads(subprocess.run(
+
+
+def index_digests(root: Path) -> dict[str, str]:
+    """Each stored index's digest by its image."""
+    recs = json.loads(subprocess.run(
         [sys.executable, "-m", "soci_native.cli", "index", "list", "--json"], check=True,
-        capture_output=True, env=env_of(root)).stdout)[0]["digest"]
-    (root / "content" / "blobs" / "sha256" / idx[7:]).unlink()
-    (code, _, err, _), clicked = same(args, env_of(root))
-    assert clicked and code == 1 and len(err.splitlines()) == 1, err
+        capture_output=True, env=env_of(root)).stdout)
+    return {r["image_ref"]: r["digest"] for r in recs}
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "unreadable"])
+def test_a_bad_index_is_skipped_with_a_warning(store: tuple[Path, str, str, bytes],
+                                               tmp_path: Path, damage: str) -> None:
+    """An index that cannot be read (its blob gone, corrupt, or unreadable) is skipped with
+    one warning line naming it, by both paths (the fast one leaves such a store to click):
+    a file of another image's zTOC is read as ever; of its own image's, the zTOC's own row
+    still names the image, but links through its other layers cannot be followed."""
+    root, z, ref, tool = store
+    lay = tmp_path / "other"
+    other = ztoc_of_layer(root, 0, layout(lay, [put(lay, gz_layer([entry("./x", b"x")]))]))
+    indexes = index_digests(root)
+    assert len(indexes) == 2
+    bad = next(d for r, d in indexes.items() if r != ref)
+    blob = root / "content" / "blobs" / "sha256" / bad[7:]
+    if damage == "missing":
+        blob.unlink()
+    elif damage == "corrupt":
+        blob.chmod(0o600)
+        blob.write_bytes(blob.read_bytes().replace(b"{", b"[", 1))
+    else:  # what no one reads, root included
+        blob.unlink()
+        blob.mkdir()
+    warning = f"warning: skipping SOCI index {bad}: "
+    (code, stdout, err, _), clicked = same(["ztoc", "get-file", z, "/bin/tool"], env_of(root))
+    assert code == 0 and stdout == tool and clicked, err
+    assert len(err.splitlines()) == 1 and err.startswith(warning), err
+    assert bad[7:] in err[len(warning):], err  # and the blob's trouble
+    # the bad index is the other zTOC's own: its image is on its row, its layer readable
+    (code, stdout, err, _), clicked = same(["ztoc", "get-file", other, "x"], env_of(root))
+    assert (code, stdout) == (0, b"x") and err.startswith(warning), err
+    assert len(err.splitlines()) == 1, err
+    # ... and the fixture's own index bad too: a link into the base layer is not found
+    blob = root / "content" / "blobs" / "sha256" / indexes[ref][7:]
+    blob.chmod(0o600)
+    blob.unlink()
+    (code, stdout, err, _), clicked = same(["ztoc", "get-file", z, "/usr/bin/tool"],
+                                           env_of(root))
+    assert code == 0 and stdout == tool and len(err.splitlines()) == 2, err
+    (code, stdout, err, _), clicked = same(["ztoc", "get-file", z, "/bin/tool"], env_of(root))
+    lines = err.splitlines()
+    assert code == 1 and not stdout and len(lines) == 3, err
+    assert [ln.split(":")[0] for ln in lines] == ["warning", "warning", "soci-native"], err
+    assert "bin" in lines[2] and z in lines[2], err
 
 
 def test_big_file_and_write_errors(tmp_path: Path) -> None:
