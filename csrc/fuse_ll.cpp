@@ -26,7 +26,9 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <cstdio>
 #include <chrono>
 #include <sys/statvfs.h>
@@ -104,24 +106,68 @@ struct SpanTable {
     bool seq_moved = false, seq_files = false;
     uint64_t seq_ino = 0;
     size_t spans() const { return starts.size() - 1; }
+    // How many span starts (and the end) are at or before pos: the span holding pos is one
+    // less; 0 if pos lies before the first span, spans() + 1 if it is at or past the end.
+    size_t bound(uint64_t pos) const {
+        return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin());
+    }
     size_t span_of(uint64_t pos) const {  // the span holding byte pos (pos < the end)
-        size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin());
+        size_t i = bound(pos);
         return i ? i - 1 : 0;
     }
 };
 
-struct ReplyBuf {  // one per FUSE worker thread: reads of up to max_read bytes
-    std::unique_ptr<char[]> p;
-    size_t cap = 0;
-    char *get(size_t n) {
-        if (n > cap) {
-            p.reset(new char[n]);
-            cap = n;
+// The parts of one read's reply: a read-only shared mapping of each cache file it comes from,
+// just the pages the read needs (populated at once: one fault-free pass). Replying from them
+// skips the copy a pread into a buffer of ours would make; unmapped and closed when done.
+struct Views {
+    static constexpr size_t MAX = 32;  // spans one reply may come from (more: Python serves it)
+    struct View {
+        int fd;
+        void *map;
+        size_t map_len;
+        size_t skip;  // where the read's bytes start in the mapping
+        size_t len;
+    } v[MAX];
+    size_t n = 0;
+    Views() = default;
+    Views(const Views &) = delete;
+    Views &operator=(const Views &) = delete;
+    ~Views() { clear(); }
+    // Takes ``fd`` (closed here whatever happens): bytes [off, off + len) of it.
+    bool add(int fd, uint64_t off, uint64_t len) {
+        static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+        if (n == MAX || len == 0) {
+            close(fd);
+            return len == 0;
         }
-        return p.get();
+        uint64_t base = off / page * page;
+        size_t map_len = static_cast<size_t>(off + len - base);
+        void *m = mmap(nullptr, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, static_cast<off_t>(base));
+        if (m == MAP_FAILED) {
+            close(fd);
+            return false;
+        }
+        v[n++] = {fd, m, map_len, static_cast<size_t>(off - base), static_cast<size_t>(len)};
+        return true;
+    }
+    void reply(fuse_req_t req) const {
+        if (n == 1) {
+            fuse_reply_buf(req, static_cast<const char *>(v[0].map) + v[0].skip, v[0].len);
+            return;
+        }
+        struct iovec iov[MAX];
+        for (size_t k = 0; k < n; k++) iov[k] = {static_cast<char *>(v[k].map) + v[k].skip, v[k].len};
+        fuse_reply_iov(req, iov, static_cast<int>(n));
+    }
+    void clear() {
+        for (size_t k = 0; k < n; k++) {
+            munmap(v[k].map, v[k].map_len);
+            close(v[k].fd);
+        }
+        n = 0;
     }
 };
-thread_local ReplyBuf tls_buf;
 
 std::vector<int64_t> int64s(const nb::bytes &b, const char *what, size_t per) {
     if (b.size() % (8 * per)) throw nb::value_error((std::string(what) + ": size is not a whole number of rows").c_str());
@@ -179,7 +225,7 @@ public:
         for (size_t ino = 1; ino < nodes_.size(); ino++) {
             const Node &x = nodes_[ino];
             if (!S_ISREG(x.mode) || x.layer != layer || !x.size || (x.flags & FLAG_SPARSE)) continue;
-            size_t i = static_cast<size_t>(std::upper_bound(t->starts.begin(), t->starts.end(), x.offset) - t->starts.begin());
+            size_t i = t->bound(x.offset);
             if (i == 0 || i > n) continue;
             if (x.offset + x.size <= t->starts[i]) t->files[i - 1].push_back(ino);
         }
@@ -713,15 +759,16 @@ private:
     }
 
     // [pos, pos + len) of a layer's uncompressed stream from cache files, if every span it
-    // touches is whole there; false (nothing replied) otherwise.
-    bool cached_read(SpanTable &t, uint64_t pos, size_t len, char *out, size_t &last) {
+    // touches is whole there (or filled that far), as mapped views of those files, one per
+    // span (the reply is written from them: no copy into a buffer of ours first); false
+    // otherwise. Nothing replied either way.
+    bool cached_read(SpanTable &t, uint64_t pos, size_t len, Views &out, size_t &last) {
         if (!t.trusted.load(std::memory_order_acquire)) return false;
         uint64_t end = pos + len;
         if (end > t.starts.back()) return false;
-        size_t i = static_cast<size_t>(std::upper_bound(t.starts.begin(), t.starts.end(), pos) - t.starts.begin());
+        size_t i = t.bound(pos);
         if (i == 0) return false;
         i--;
-        size_t served = 0;
         while (pos < end) {
             if (i >= t.spans()) return false;
             uint64_t lo = t.starts[i], hi = t.starts[i + 1];
@@ -736,22 +783,15 @@ private:
                 if (whole && errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
                 return false;
             }
-            bool ok = true;
-            uint64_t got = 0;
-            while (ok && got < take) {
-                ssize_t r = pread(fd, out + served + got, take - got, static_cast<off_t>(pos - lo + got));
-                if (r < 0 && errno == EINTR) continue;
-                if (r <= 0) ok = false;
-                else got += static_cast<uint64_t>(r);
-            }
-            close(fd);
-            if (!ok) return false;
+            // The file never shrinks under us (cache files are only renamed and unlinked), and
+            // [pos - lo, + take) is within what it holds: open_span checked its size, a fill's
+            // bytes up to ``filled`` are written.
+            if (!out.add(fd, pos - lo, take)) return false;
             if (whole) {
                 t.touched[i].store(1, std::memory_order_relaxed);
                 if (!t.pushed[i].load(std::memory_order_relaxed)) push_later(t.layer, i, pos);
             }
             last = i;
-            served += take;
             pos += take;
             i++;
         }
@@ -809,12 +849,13 @@ private:
         size_t len = static_cast<size_t>(std::min<uint64_t>(size, x->size - static_cast<uint64_t>(off)));
         SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
         if (t && !(x->flags & FLAG_SPARSE)) {
-            char *buf = tls_buf.get(len);
+            Views v;
             size_t last = 0;
             uint64_t pos = x->offset + static_cast<uint64_t>(off);
-            if (cached_read(*t, pos, len, buf, last)) {
+            if (cached_read(*t, pos, len, v, last)) {
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
-                fuse_reply_buf(req, buf, len);
+                v.reply(req);
+                v.clear();
                 advise(*t, ino, t->span_of(pos), last, len, x->offset + x->size);
                 return;
             }
