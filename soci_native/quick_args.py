@@ -8,8 +8,13 @@ an option) is :class:`~soci_native.catalog.Unsure`: the caller leaves it to clic
 from __future__ import annotations
 
 import os
+import sys
 
 from soci_native.catalog import Unsure
+
+TYPE_CHECKING = False  # not typing's: see pathwalk.py
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PROG = "soci-native"
 
@@ -89,3 +94,19 @@ def dir_ok(path: str) -> bool:
 def completing() -> bool:
     """Whether click is asked for shell completion (_PROG_COMPLETE set): click's to answer."""
     return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+
+
+def fast_path(main: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:
+    """A fast path's ``main(argv)`` (it exits when it answers, returns False to leave the
+    command to click), made to end on Ctrl-C as click's main does: "Aborted!" on stderr,
+    exit 1. It also makes completion click's to answer."""
+
+    def run(argv: list[str]) -> bool:
+        if completing():
+            return False
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            sys.stderr.write("\nAborted!\n")
+            sys.exit(1)
+    return run

@@ -178,18 +178,12 @@ def stream(plan: Plan, args: Args) -> NoReturn:
     sys.exit(0)
 
 
+@quick_args.fast_path
 def main(argv: list[str]) -> bool:
     """Runs `soci-native ARGV` and exits if it is a get-file this can answer; False if
     not (nothing done: run the click command)."""
-    if quick_args.completing():
-        return False
     try:
-        try:
-            args = Args(argv)
-            plan = Plan(args)
-            stream(plan, args)
-        except Unsure:
-            return False
-    except KeyboardInterrupt:
-        sys.stderr.write("\nAborted!\n")  # as click's main
-        sys.exit(1)
+        args = Args(argv)
+        stream(Plan(args), args)
+    except Unsure:
+        return False

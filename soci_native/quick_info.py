@@ -32,11 +32,10 @@ class PacifiedFlush:
         return getattr(self.wrapped, name)
 
 
+@quick_args.fast_path
 def main(argv: list[str]) -> bool:
     """Runs `soci-native ARGV` and exits if it is a `ztoc info` this can answer; False if
     not (nothing done: run the click command)."""
-    if quick_args.completing():
-        return False
     try:
         args = quick_args.Args(argv, "info", 1)
         cat = Catalog(args.root())
@@ -55,9 +54,6 @@ def main(argv: list[str]) -> bool:
             cat.close()
     except Unsure:
         return False
-    except KeyboardInterrupt:
-        sys.stderr.write("\nAborted!\n")  # as click's main
-        sys.exit(1)
     try:
         out = sys.stdout.buffer
         for p in parts:
@@ -69,8 +65,5 @@ def main(argv: list[str]) -> bool:
             raise
         sys.stdout = PacifiedFlush(sys.stdout)
         sys.stderr = PacifiedFlush(sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write("\nAborted!\n")
         sys.exit(1)
     sys.exit(0)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from pathlib import Path
 
@@ -294,6 +296,44 @@ def test_ztoc_info_into_a_closed_pipe(tmp_path: Path) -> None:
         p.stdout.close()
         results.append((p.wait(timeout=60), p.stderr.read()))
     assert results[0] == results[1] == (1, b""), results
+
+
+def interrupted(code: str, args: list[str], env: dict[str, str]) -> tuple[Result, bool]:
+    """Runs ``args`` with a stdout nobody reads, sends Ctrl-C's SIGINT once it is blocked
+    writing there; (exit code, stdout, stderr less import lines, None), whether click was
+    imported."""
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while "pipe_write" not in Path(f"/proc/{p.pid}/wchan").read_text():
+            assert p.poll() is None and time.monotonic() < deadline, "never blocked"
+            time.sleep(0.01)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    lines = stderr.decode("utf-8", "replace").splitlines(keepends=True)
+    clicked = any(ln.startswith("import time:") and ln.split("|")[-1].strip() == "click"
+                  for ln in lines)
+    err = "".join(ln for ln in lines if not ln.startswith("import time:"))
+    return (p.returncode, stdout, err, None), clicked
+
+
+def test_ctrl_c_stops_both_paths_as_click_does(store: tuple[Path, str, str, bytes],
+                                               tmp_path: Path) -> None:
+    """Ctrl-C while the fast paths write (get-file's file, info's JSON, to a stdout nobody
+    reads) is click's "Aborted!" and exit 1, as the click commands give it."""
+    root, z, _, _ = store
+    members = [entry(f"./d/file-{i:05d}.txt", b"x" * 10) for i in range(3000)]
+    lay = tmp_path / "lay"
+    big = ztoc_of_layer(root, 0, layout(lay, [put(lay, gz_layer(members))]))
+    for args in (["ztoc", "get-file", z, "/usr/bin/tool"], ["ztoc", "info", big]):
+        (code, _, err, _), clicked = interrupted(ENTRY, args, env_of(root))
+        assert (code, err, clicked) == (1, "\nAborted!\n", False), args
+        (code, _, err, _), _ = interrupted(CLICK, args, env_of(root))
+        assert (code, err) == (1, "\nAborted!\n"), args
 
 
 def test_a_corrupt_ztoc_is_the_store_s_error(store: tuple[Path, str, str, bytes]) -> None:
