@@ -62,7 +62,16 @@ struct sn_tree {
      * together); dropped whenever a directory leaves the tree */
     sn_bytes cache_path; uint32_t cache_node; int cache_ok;
     sn_buf warn; size_t nwarn;
+    uint8_t *scratch; size_t scap; /* clean()'s work space, for every name of every layer */
 };
+
+/* An entry's clean path, split once: its directory is path[0 .. base - 1) ("" for a name
+ * at the root), its last component path[base ..); whether that is a whiteout. */
+typedef struct tpath {
+    sn_bytes path;
+    uint32_t base;
+    uint32_t whiteout;
+} tpath;
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -196,17 +205,20 @@ static int plain_name(sn_bytes name, sn_bytes *out) {
 }
 
 /* The cleaned path of a name, pointing into the name where its bytes appear there as they
- * are (the usual case: only leading "./" or slashes trimmed), else into the arena. */
-static int clean(sn_tree *t, sn_bytes name, uint8_t **scratch, size_t *scap, sn_bytes *out, sn_err *err) {
+ * are (the usual case: only leading "./" or slashes trimmed), else into the arena (`keep`)
+ * or into the scratch space, valid until the next clean (a hard link's target, only looked
+ * up). */
+static int clean(sn_tree *t, sn_bytes name, int keep, sn_bytes *out, sn_err *err) {
     if (plain_name(name, out)) return 0;
-    if (name.n > *scap) {
+    if (name.n > t->scap) {
         size_t c = name.n < 256 ? 256 : name.n;
-        uint8_t *q = realloc(*scratch, c);
+        uint8_t *q = realloc(t->scratch, c);
         if (!q) return sn_fail(err, SN_ENOMEM, "mount tree: out of memory");
-        *scratch = q;
-        *scap = c;
+        t->scratch = q;
+        t->scap = c;
     }
-    size_t n = sn_clean_path(name.p, name.n, *scratch);
+    uint8_t *scratch = t->scratch;
+    size_t n = sn_clean_path(name.p, name.n, scratch);
     out->n = (uint32_t)n;
     if (n == 0) { out->p = name.p; return 0; }
     size_t s = 0; /* where the first kept component starts */
@@ -215,11 +227,11 @@ static int clean(sn_tree *t, sn_bytes name, uint8_t **scratch, size_t *scap, sn_
         if (s + 1 < name.n && name.p[s] == '.' && name.p[s + 1] == '/') { s += 2; continue; }
         break;
     }
-    if (s + n <= name.n && memcmp(name.p + s, *scratch, n) == 0) {
+    if (s + n <= name.n && memcmp(name.p + s, scratch, n) == 0) {
         out->p = name.p + s;
         return 0;
     }
-    out->p = arena_copy(t, *scratch, n, err);
+    out->p = keep ? arena_copy(t, scratch, n, err) : scratch;
     return out->p ? 0 : err->code;
 }
 
@@ -388,14 +400,16 @@ static int parent_dir(sn_tree *t, sn_bytes dir, uint32_t *out, sn_err *err) {
     return 0;
 }
 
-static void split(sn_bytes path, sn_bytes *dir, sn_bytes *base) {
-    size_t k = path.n;
+static void split(tpath *tp) {
+    sn_bytes path = tp->path;
+    uint32_t k = path.n;
     while (k > 0 && path.p[k - 1] != '/') k--;
-    dir->p = path.p;
-    dir->n = k ? (uint32_t)(k - 1) : 0;
-    base->p = path.p + k;
-    base->n = (uint32_t)(path.n - k);
+    tp->base = k;
+    tp->whiteout = path.n && starts((sn_bytes){path.p + k, path.n - k}, WH_PREFIX);
 }
+
+static sn_bytes dir_of(const tpath *tp) { return (sn_bytes){tp->path.p, tp->base ? tp->base - 1 : 0}; }
+static sn_bytes base_of(const tpath *tp) { return (sn_bytes){tp->path.p + tp->base, tp->path.n - tp->base}; }
 
 static int set_xattrs(sn_tree *t, tnode *x, const sn_txattr *xa, uint32_t n, sn_err *err) {
     x->opaque = 0;
@@ -456,31 +470,26 @@ static int set_dir_meta(sn_tree *t, uint32_t id, const sn_tentry *e, sn_err *err
     return set_xattrs(t, x, e->xattrs, e->nxattrs, err);
 }
 
-/* One non-whiteout entry at its clean path (tree.py's Tree._add). */
-static int add(sn_tree *t, sn_bytes path, const sn_tentry *e, sn_err *err) {
+/* One non-whiteout entry at its clean path (tree_oracle.py's Tree._add). */
+static int add(sn_tree *t, const tpath *tp, const sn_tentry *e, sn_err *err) {
     if (e->kind == SN_TK_PAX_GLOBAL) return 0;
     if (e->kind == SN_TK_OTHER) {
         warn(t, "skipping ", e->name, ": unsupported tar entry type ", e->type, "");
         return 0;
     }
-    if (path.n == 0) { /* the root itself ("./") */
+    if (tp->path.n == 0) { /* the root itself ("./") */
         return e->kind == SN_TK_DIR ? set_dir_meta(t, 0, e, err) : 0;
     }
-    sn_bytes dir, base;
-    split(path, &dir, &base);
+    sn_bytes base = base_of(tp);
     uint32_t parent, node;
-    if (parent_dir(t, dir, &parent, err)) return err->code;
+    if (parent_dir(t, dir_of(tp), &parent, err)) return err->code;
     uint64_t h = hash_name(t, parent, base);
     uint32_t rec = find_rec(t, parent, base, h); /* stays valid: nothing below adds names */
     uint32_t old = rec == NONE ? NONE : t->recs[rec].node;
     if (e->kind == SN_TK_DIR && is_dir(t, old)) return set_dir_meta(t, old, e, err);
     if (e->kind == SN_TK_HARDLINK) {
-        uint8_t *scratch = NULL;
-        size_t scap = 0;
         sn_bytes target;
-        int rc = clean(t, e->link, &scratch, &scap, &target, err);
-        free(scratch);
-        if (rc) return rc;
+        if (clean(t, e->link, 0, &target, err)) return err->code;
         node = target.n ? lookup(t, target) : NONE;
         if (node == NONE || is_dir(t, node)) {
             warn(t, "skipping hard link ", e->name, ": its target ", e->link, " is missing or a directory");
@@ -495,12 +504,6 @@ static int add(sn_tree *t, sn_bytes path, const sn_tentry *e, sn_err *err) {
         return 0;
     }
     return insert_child(t, parent, base, h, node, err);
-}
-
-static int is_whiteout(sn_bytes path) {
-    sn_bytes dir, base;
-    split(path, &dir, &base);
-    return starts(base, WH_PREFIX);
 }
 
 static int add_opaque_xattr(sn_tree *t, uint32_t id, sn_err *err) {
@@ -530,9 +533,7 @@ int sn_tree_add_layer(sn_tree *t, const sn_tentry *e, size_t n, sn_err *err) {
     t->layers++;
     t->cache_ok = 0;
     int rc = 0;
-    uint8_t *scratch = NULL;
-    size_t scap = 0;
-    sn_bytes *paths = malloc((n ? n : 1) * sizeof *paths);
+    tpath *paths = malloc((n ? n : 1) * sizeof *paths);
     if (!paths) return sn_fail(err, SN_ENOMEM, "mount tree: out of memory");
     /* room for one node and name per entry up front (implicit directories grow it) */
     uint64_t want = (uint64_t)t->nrecs + n;
@@ -549,18 +550,17 @@ int sn_tree_add_layer(sn_tree *t, const sn_tentry *e, size_t n, sn_err *err) {
         }
     size_t nwh = 0;
     for (size_t i = 0; i < n && !rc; i++) {
-        rc = clean(t, e[i].name, &scratch, &scap, &paths[i], err);
-        if (!rc && paths[i].n && is_whiteout(paths[i])) nwh++;
+        rc = clean(t, e[i].name, 1, &paths[i].path, err);
+        if (!rc) split(&paths[i]);
+        if (!rc && paths[i].whiteout) nwh++;
     }
-    free(scratch);
     if (rc) goto out;
     if (!t->single) {
         /* whiteouts first: they hide only what lower layers made */
         for (size_t i = 0; nwh && i < n; i++) {
-            if (!paths[i].n || !is_whiteout(paths[i])) continue;
-            sn_bytes dir, base;
-            split(paths[i], &dir, &base);
-            uint32_t parent = lookup(t, dir);
+            if (!paths[i].whiteout) continue;
+            sn_bytes base = base_of(&paths[i]);
+            uint32_t parent = lookup(t, dir_of(&paths[i]));
             if (!is_dir(t, parent)) continue;
             if (beq(base, (const uint8_t *)OPAQUE, sizeof OPAQUE - 1)) {
                 clear_dir(t, parent);
@@ -569,23 +569,20 @@ int sn_tree_add_layer(sn_tree *t, const sn_tentry *e, size_t n, sn_err *err) {
                 remove_child(t, parent, name);
             }
         }
-        for (size_t i = 0; i < n && !rc; i++) {
-            if (nwh && paths[i].n && is_whiteout(paths[i])) continue;
-            rc = add(t, paths[i], &e[i], err);
-        }
+        for (size_t i = 0; i < n && !rc; i++)
+            if (!paths[i].whiteout) rc = add(t, &paths[i], &e[i], err);
         goto out;
     }
     /* one layer as overlayfs wants it: whiteouts as 0:0 character devices, opaque
      * directories marked, both after the layer's real entries */
     for (size_t i = 0; i < n && !rc; i++)
-        if (!paths[i].n || !is_whiteout(paths[i])) rc = add(t, paths[i], &e[i], err);
+        if (!paths[i].whiteout) rc = add(t, &paths[i], &e[i], err);
     for (size_t i = 0; nwh && i < n && !rc; i++) {
-        if (!paths[i].n || !is_whiteout(paths[i])) continue;
-        sn_bytes dir, base;
-        split(paths[i], &dir, &base);
+        if (!paths[i].whiteout) continue;
+        sn_bytes base = base_of(&paths[i]);
         uint32_t parent;
         t->cache_ok = 0;
-        if ((rc = make_dirs(t, 0, dir, &parent, err))) break;
+        if ((rc = make_dirs(t, 0, dir_of(&paths[i]), &parent, err))) break;
         if (beq(base, (const uint8_t *)OPAQUE, sizeof OPAQUE - 1)) {
             rc = add_opaque_xattr(t, parent, err);
             continue;
@@ -642,6 +639,7 @@ void sn_tree_free(sn_tree *t) {
         free(b);
     }
     sn_buf_free(&t->warn);
+    free(t->scratch);
     free(t);
 }
 

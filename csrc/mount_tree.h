@@ -1,6 +1,7 @@
 /* The merged file tree of a mount, built from tar entries alone (zTOC TOCs, or a local
  * layer's index), and exported as the flat inode table the FUSE frontend serves
- * (soci_native/mount/tree.py documents the overlay rules and the table's columns).
+ * (soci_native/mount/tree.py documents the overlay rules, soci_native/mount/inodes.py the
+ * table's columns).
  *
  * Build: sn_tree_new, then sn_tree_add_layer per layer (bottom first), then sn_tree_finish.
  * Entries are read, never kept: but the bytes they point to (names, link targets, xattrs)
