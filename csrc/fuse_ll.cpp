@@ -2,7 +2,8 @@
 // (inode) API. Python hands over the merged tree once, as a flat inode table (checked here
 // before anything is served); metadata requests are then answered here without the GIL. A read
 // of a regular file whose spans are all whole in the span cache (Python says which, once it has
-// verified and committed each one) is a pread of the cache files, also without the GIL;
+// verified and committed each one) is answered from read-only mappings of the cache files, also
+// without the GIL;
 // anything else (a span not cached yet, an evicted one, sparse files, layers without a zTOC,
 // the virtual stats.json) calls back into Python.
 #define FUSE_USE_VERSION 312
@@ -270,6 +271,16 @@ public:
         t.tmp_paths[i] = path;
         t.filled[i] = done;
         t.fill_cv.notify_all();
+    }
+
+    // The span cache evicted span i's file ``path``: reads of it go to Python again, and it
+    // may be asked to be filled ahead again (the hint is once per span while it is cached).
+    void span_evicted(int layer, int64_t i, const std::string &path) {
+        SpanTable &t = table(layer, i);
+        std::lock_guard<std::mutex> g(t.mu);
+        if (t.paths[i] != path) return;
+        t.cached[i].store(0, std::memory_order_release);
+        t.hinted[i].store(0, std::memory_order_release);
     }
 
     void untrust(int layer) {
@@ -780,7 +791,10 @@ private:
             bool whole = t.cached[i].load(std::memory_order_acquire);
             int fd = whole ? open_span(t, i) : open_filling(t, i, pos - lo + take);
             if (fd < 0) {
-                if (whole && errno == ENOENT) t.cached[i].store(0, std::memory_order_release);  // evicted
+                if (whole && errno == ENOENT) {  // evicted (by another mount sharing the cache)
+                    t.cached[i].store(0, std::memory_order_release);
+                    t.hinted[i].store(0, std::memory_order_release);
+                }
                 return false;
             }
             // The file never shrinks under us (cache files are only renamed and unlinked), and
@@ -1057,10 +1071,15 @@ private:
             if (!t.cached[k].load(std::memory_order_acquire) && !t.hinted[k].exchange(1)) want.push_back(k);
         if (want.empty()) return;
         nb::gil_scoped_acquire g;
-        try {
-            for (size_t k : want) ops_.attr("read_ahead")(t.layer, k);
-        } catch (nb::python_error &e) {
-            e.discard_as_unraisable("soci_native._fuse read_ahead");
+        for (size_t k : want) {
+            bool taken = false;
+            try {
+                taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k));
+            } catch (nb::python_error &e) {
+                e.discard_as_unraisable("soci_native._fuse read_ahead");
+            } catch (std::exception &) {
+            }
+            if (!taken) t.hinted[k].store(0, std::memory_order_release);  // over budget now: ask again later
         }
     }
 
@@ -1133,6 +1152,7 @@ NB_MODULE(_fuse, m) {
         .def("span_cached", &Frontend::span_cached, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
         .def("span_filling", &Frontend::span_filling, nb::arg("layer"), nb::arg("span"), nb::arg("path"),
              nb::arg("done"))
+        .def("span_evicted", &Frontend::span_evicted, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
         .def("untrust", &Frontend::untrust, nb::arg("layer"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def("take_hits", &Frontend::take_hits)

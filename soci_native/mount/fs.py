@@ -3,11 +3,13 @@
 Read-only. At mount the merged tree is handed to the C frontend once, as a flat inode table
 (:mod:`soci_native.mount.inodes`); lookup, getattr, readdir(plus), readlink, xattrs, statfs,
 open and opendir are then answered in C without the GIL, by libfuse's multithreaded loop. A
-read of a regular file whose spans are all whole in the span cache is a pread of the cache
-files, also in C: :class:`~soci_native.mount.spans.ZtocLayer` tells the frontend each span it
-has verified and committed (``on_cached``), and a span evicted since is found missing and read
+read of a regular file whose spans are all whole in the span cache is answered from mappings
+of the cache files, also in C: :class:`~soci_native.mount.spans.ZtocLayer` tells the frontend
+each span it has verified and committed (``on_cached``), the span cache each one it evicts
+(``on_evict``: read here again), and a span removed behind its back is found missing and read
 here instead; likewise how far a span being filled is in its temp file (``on_filling``), so
-reads of what is inflated so far are preads in C too. Every other read comes back to Python
+reads of what is inflated so far are answered in C too. The frontend also decides which spans
+to fill ahead of a reader (:meth:`SociFS.read_ahead`). Every other read comes back to Python
 (:meth:`SociFS.read`, with the GIL): spans not cached yet or not filled that far, uncacheable
 ones, sparse files, layers without a zTOC, and the virtual stats file. Errors are EIO, never
 wrong bytes.
@@ -76,15 +78,17 @@ class SociFS:
         total = sum(layer.stats.size for layer in mounted.layers)
         self.front = _fuse.Frontend(*table, len(mounted.layers), total, self)
         self._lazy: list[tuple[int, ZtocLayer]] = []
+        self._span_at: dict[str, tuple[int, int]] = {}  # a cached span's path: (layer, span)
+        mounted.cache.on_evict = self._span_evicted
         for li, layer in enumerate(mounted.layers):
             if isinstance(layer, ZtocLayer):
                 starts = [s.ustart for s in layer.spans]
                 starts.append(layer.spans[-1].uend if layer.spans else 0)
                 self.front.set_spans(li, array("q", starts).tobytes())
-                layer.on_cached = partial(self.front.span_cached, li)
+                layer.on_cached = partial(self._span_cached, li)
                 layer.on_filling = partial(self.front.span_filling, li)
                 for i, path in layer.cached_spans():  # served in C from the first read
-                    self.front.span_cached(li, i, path)
+                    self._span_cached(li, i, path)
                 layer.on_untrusted = partial(self.front.untrust, li)
                 if layer.untrusted:
                     self.front.untrust(li)
@@ -98,6 +102,17 @@ class SociFS:
         self._done = threading.Event()
         mounted.extra["direct_reads"] = 0
         mounted.extra["pushed_files"] = 0  # put into the page cache before anyone read them
+
+    def _span_cached(self, li: int, i: int, path: str) -> None:
+        self._span_at[path] = (li, i)
+        self.front.span_cached(li, i, path)
+
+    def _span_evicted(self, path: str) -> None:
+        """The span cache evicted ``path``: the frontend reads that span here again, and asks
+        for it to be filled ahead again when a reader heads there."""
+        at = self._span_at.pop(path, None)
+        if at is not None:
+            self.front.span_evicted(at[0], at[1], path)
 
     # -- called by the frontend (from libfuse's threads, with the GIL)
 
@@ -115,7 +130,7 @@ class SociFS:
             if header >= 0 and isinstance(layer, LocalLayer):  # sparse: not one range
                 data = layer.read_sparse(header, size, offset, length)
             elif isinstance(layer, ZtocLayer):
-                data = layer.read(start + offset, length, start + size)
+                data = layer.read(start + offset, length)
             else:
                 data = layer.read(start + offset, length)
         except OSError as e:
@@ -129,13 +144,12 @@ class SociFS:
             return errno.EIO
         return data
 
-    def read_ahead(self, layer: int, span: int) -> None:
+    def read_ahead(self, layer: int, span: int) -> bool:
         """The frontend saw a read that will want span ``span`` soon (the file read goes on
         into it, or a sequential reader is heading there), and it is not cached: fill it in
-        the background."""
+        the background. False: not now (the read-ahead budget is full), ask again later."""
         lazy = self.m.layers[layer]
-        if isinstance(lazy, ZtocLayer):
-            lazy.read_ahead(span)
+        return lazy.read_ahead(span) if isinstance(lazy, ZtocLayer) else True
 
     def stats_size(self) -> int:
         return len(self._stats_bytes())
@@ -210,6 +224,7 @@ class SociFS:
     def close(self) -> None:
         self._done.set()
         self.fold()
+        self.m.cache.on_evict = None
         for _, layer in self._lazy:
             layer.on_cached = layer.on_untrusted = layer.on_filling = None
 

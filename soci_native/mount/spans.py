@@ -13,10 +13,10 @@
   inflate (``_core.SpanInflater``) that every reader of the span continues: into a cache
   temp file, renamed into the :class:`SpanCache` once whole and its window chain checked, or,
   for a span too big to cache, straight into the replies. Plain tar layers' spans are the
-  fetched bytes themselves. A read of a file that goes on into the next span starts that
-  span's fill in the background (:meth:`ZtocLayer.read_ahead`) before it is served, so fetch
-  and inflate overlap serving; the FUSE frontend asks for more spans ahead of a reader it
-  sees reading sequentially. Fills run on a few worker threads per layer (:class:`_Workers`:
+  fetched bytes themselves. The FUSE frontend starts the next span's fill in the background
+  (:meth:`ZtocLayer.read_ahead`) when a read of a file goes on into it, before the read is
+  served, so fetch and inflate overlap serving, and a few more ahead of a reader it sees
+  reading sequentially. Fills run on a few worker threads per layer (:class:`_Workers`:
   a span a reader waits on first, then the ones ahead in stream order), 1 MiB at a time,
   and readers of a span still being filled read what is there so far.
 * :class:`LocalLayer` serves a layer without a zTOC from a complete local copy, indexed in
@@ -170,6 +170,7 @@ class LayerStats:
     last_error: str | None = None
     bytes_inflated: int = 0  # everything inflated, skipped bytes and repeats included
     span_bytes_inflated: int = 0  # distinct span bytes inflated (each counted once)
+    spans_read_ahead: int = 0  # span fills queued ahead of a reader
     ztoc: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -195,6 +196,7 @@ class LayerStats:
                 "errors": self.errors, "last_error": self.last_error,
                 "bytes_inflated": self.bytes_inflated,
                 "span_bytes_inflated": self.span_bytes_inflated,
+                "spans_read_ahead": self.spans_read_ahead,
                 # 1.0 when no span was inflated twice (issue: one inflate per span per mount)
                 "inflate_ratio": round(self.bytes_inflated / self.span_bytes_inflated, 4)
                 if self.span_bytes_inflated else None,
@@ -226,6 +228,9 @@ class SpanCache:
         self._total = 0
         self._lock = threading.Lock()
         self._found: set[str] = set()  # span files seen, up to their keys
+        # Called (under the cache's lock) with each span file's path as it is evicted: the
+        # FUSE frontend then stops reading that span from its file and may fill it again.
+        self.on_evict: Callable[[str], None] | None = None
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._adopt()
 
@@ -380,6 +385,9 @@ class SpanCache:
             self._total -= size
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            hook = self.on_evict
+            if hook is not None:
+                hook(path)
 
 
 # ---------------------------------------------------------------------------------- layers
@@ -673,19 +681,15 @@ class ZtocLayer:
         if hook is not None:
             hook(i, path)
 
-    def read(self, offset: int, length: int, ahead_until: int = 0) -> bytes:
-        """Bytes [offset, offset+length) of the tar stream. ``ahead_until``: the end of the
-        file being read; the span after this read's is then filled in the background if it
-        starts before that (:meth:`read_ahead`)."""
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the tar stream. (Which spans to fill ahead of
+        the reader is the FUSE frontend's call, made before it hands a read here.)"""
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
         self._check_trusted()
         parts: list[bytes] = []
-        first = i = max(0, bisect.bisect_right(self._starts, offset) - 1)
-        after = bisect.bisect_left(self._starts, end, lo=first)  # the first span past the read
-        if after < len(self.spans) and self.spans[after].ustart < ahead_until:
-            self.read_ahead(after)  # before reading: its fetch and inflate overlap this read
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
         pos = offset
         while pos < end:
             s = self.spans[i]
@@ -696,29 +700,31 @@ class ZtocLayer:
             i += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def read_ahead(self, i: int) -> None:
+    def read_ahead(self, i: int) -> bool:
         """Starts filling span ``i`` into the cache in the background (a reader of a file is
         about to need it), unless it is cached, being filled or too big to cache: its fetch
-        and inflate then overlap serving the span before it. Asked for by a read for the span
-        after it in the same file, and by the FUSE frontend for a few spans ahead of a
-        sequential reader. What is queued or filling ahead stays within a quarter of the
-        cache's bound."""
+        and inflate then overlap serving the span before it. Asked for by the FUSE frontend:
+        for the span after a read in the same file, and a few spans ahead of a sequential
+        reader. What is queued or filling ahead stays within a quarter of the cache's bound:
+        False if span ``i`` did not fit in that now (asking again later may), else True."""
         if not 0 <= i < len(self.spans) or self._closing or self._untrusted is not None:
-            return
+            return True
         s = self.spans[i]
         size = s.uend - s.ustart
         if not 0 < size <= self.cache.max_span:
-            return
+            return True
         with self._filler_lock:
             if i in self._ahead or i in self._fills:
-                return
+                return True
             # what is being read ahead stays within a quarter of the cache: it must not
             # evict the spans the reader is still on
             if self._ahead and self._ahead_bytes + size > self.cache.limit // 4:
-                return
+                return False
             self._ahead.add(i)
             self._ahead_bytes += size
+            self.stats.add(spans_read_ahead=1)
             self._workers().submit((1, i), partial(self._fill_ahead, i))
+        return True
 
     def _fill_ahead(self, i: int) -> None:
         try:
