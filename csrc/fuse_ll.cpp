@@ -58,6 +58,12 @@ constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into
 // of liblapack, libpython and numpy's modules it never reads: 31 spans instead of 25.
 constexpr size_t SEQ_READS = 3;
 constexpr size_t AHEAD_SPANS = 4;
+// A read of at least START_READ bytes at a file's start (a program reading the file, not the
+// loader's look at an ELF header, which the kernel makes a 16 KiB read) has the next
+// START_AHEAD spans of the file filled: the span after next is then queued while the next
+// one inflates, and a worker goes on to it instead of idling until the run looks sequential.
+constexpr size_t START_READ = 1 << 20;
+constexpr size_t START_AHEAD = 2;
 constexpr std::chrono::milliseconds FILL_WAIT{200};  // a read waits in C this long for a span's fill
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
@@ -870,14 +876,14 @@ private:
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 v.reply(req);
                 v.clear();
-                advise(*t, ino, t->span_of(pos), last, len, x->offset + x->size);
+                advise(*t, ino, t->span_of(pos), last, len, x->offset + x->size, off == 0);
                 return;
             }
         }
         uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
         bool lazy = t && !(x->flags & FLAG_SPARSE) && end <= t->starts.back();
         // before the read: the spans after it are fetched and inflated beside it
-        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size);
+        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size, off == 0);
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
         if (lazy)  // Python may have found the span cached, or cached it
             for (size_t i = t->span_of(pos); i < t->spans() && t->starts[i] < end; i++)
@@ -1040,7 +1046,7 @@ private:
     // into it; for a reader that looks sequential (SEQ_READS reads in a row near each other,
     // moving forward, a span's worth of bytes), the next AHEAD_SPANS: up to the file's end while the run reads one file,
     // past it once it reads several (a tree walk in stream order).
-    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, size_t len, uint64_t file_end) {
+    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, size_t len, uint64_t file_end, bool at_start) {
         bool seq, walk;
         {
             std::lock_guard<std::mutex> g(t.seq_mu);
@@ -1063,7 +1069,8 @@ private:
                   t.seq_bytes >= t.starts[first + 1] - t.starts[first];
             walk = t.seq_files;
         }
-        size_t n = t.spans(), stop = std::min(n, last + 1 + (seq ? AHEAD_SPANS : 1));
+        size_t ahead = seq ? AHEAD_SPANS : at_start && len >= START_READ ? START_AHEAD : 1;
+        size_t n = t.spans(), stop = std::min(n, last + 1 + ahead);
         if (!walk || !seq)  // within the file
             while (stop > last + 1 && t.starts[stop - 1] >= file_end) stop--;
         std::vector<size_t> want;

@@ -341,6 +341,26 @@ def test_a_file_read_in_order_has_its_spans_filled_ahead_once_each(
     assert s["errors"] == 0 and s["inflate_ratio"] == 1.0
 
 
+@pytest.mark.parametrize("size, ahead", [(16 << 10, 1), (1 << 20, 2)])
+def test_a_big_read_at_a_file_s_start_has_two_spans_filled_ahead(
+        mount: Mount, img: mi.Image, tmp_path: Path, size: int, ahead: int) -> None:  # noqa: F811
+    """A program reading a file from its start in big reads gets the two spans after its first
+    read filled at once (both cores inflate while it reads the first); a small read there
+    (the loader's look at a library's header) only the next one."""
+    rel = "data/big.bin"
+    want = (img.ref / rel).read_bytes()
+    mp = mount("--cache-dir", str(tmp_path / "c"))
+    fd = os.open(mp / rel, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees just this read
+        assert os.pread(fd, size, 0) == want[:size]
+    finally:
+        os.close(fd)
+    li, s = _big_layer(mp)
+    assert s["spans_read_ahead"] == ahead
+    assert s["errors"] == 0
+
+
 def test_evicted_spans_are_filled_ahead_again(
         mount: Mount, img: mi.Image, tmp_path: Path) -> None:  # noqa: F811
     """A span evicted from the cache is one the frontend may ask to be filled ahead again

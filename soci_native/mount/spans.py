@@ -92,7 +92,10 @@ class FileBlobReader:
         self.size = os.fstat(self._fd).st_size
 
     def read_range(self, start: int, end: int) -> bytes:
-        out = bytearray()
+        data = os.pread(self._fd, end - start, start)  # whole, but for a short read
+        if len(data) == end - start:
+            return data  # (no copy: a span is megabytes, fetched on the cold read path)
+        out = bytearray(data)
         while start + len(out) < end:
             chunk = os.pread(self._fd, end - start - len(out), start + len(out))
             if not chunk:
