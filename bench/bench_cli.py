@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Whole-process times of the short commands, beside a bare interpreter and `import click` in
-the same run: `--help`, `--version`, `ztoc info` on a large zTOC, `ztoc get-file` of a small
+the same run: `--help`, `--version`, a command's `--help` (`ztoc`, `index`, `mount`; `ztoc`'s
+also through the click command), `ztoc info` on a large zTOC, `ztoc get-file` of a small
 file from a local image (both also through the click command, which the console script's
 fast paths spare), the imports of `create`; and `soci-native mount` until the mountpoint
 answers, beside listing the same .tar.gz with `tar -tzf`.
@@ -86,6 +87,8 @@ def main() -> int:
         "soci-native --help": [str(script), "--help"],
         "soci-native --version": [str(script), "--version"],
         "soci-native ztoc --help": [str(script), "ztoc", "--help"],
+        "soci-native index --help": [str(script), "index", "--help"],
+        "soci-native mount --help": [str(script), "mount", "--help"],
     }
     # ztoc info and get-file, each also through the click command: what the console
     # script's fast paths (soci_native/quick_info.py, quick_getfile.py) spare (click, Store,
@@ -94,13 +97,15 @@ def main() -> int:
              "sys.argv[0] = \"soci-native\"; main()'", *sn[1:]]
     get_file = ["ztoc", "get-file", digest, small, "--image", f"oci:{lay}:bench", "-o",
                 "/dev/null"]
+    cmds["  ztoc --help, through click"] = [*click[:3], "ztoc", "--help"]
     cmds[f"ztoc info ({entries} entries)"] = [*sn, "ztoc", "info", digest]
     cmds["  info, through click"] = [*click, "ztoc", "info", digest]
     cmds[f"ztoc get-file ({size} B, local)"] = [*sn, *get_file]
     cmds["  get-file, through click"] = [*click, *get_file]
     cmds["imports of create"] = [py, "-c", "'import soci_native.cli, soci_native.build'"]
     # the first --help renders through click and saves its text; time the saved path
-    sh([str(script), "--help"])
+    for cmd in ([], ["ztoc"], ["index"], ["mount"]):
+        sh([str(script), *cmd, "--help"])
     rounds: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(args.rounds):
         for k, v in hyperfine(cmds, args.runs).items():

@@ -1,12 +1,13 @@
-"""The `soci-native` console script: the top-level help and --version without importing click.
+"""The `soci-native` console script: help and --version without importing click.
 
 Importing click costs several times a bare interpreter's start, so ``soci-native``,
-``soci-native -h``/``--help`` and ``--version`` are answered from text that click itself
-rendered: the first top-level help shown at full width (a terminal of >= 80 columns, or no
-terminal) is saved in the user's cache directory, under a signature made of the size and
-mtime of every module of soci_native and of click. Any edit or upgrade of either changes the
-signature, so the saved text is rendered again by click rather than shown stale. Everything
-else (a narrower terminal, subcommands, other flags) goes through click as always, but for
+``soci-native -h``/``--help``, a command's help (``soci-native COMMAND -h``/``--help``, e.g.
+``ztoc --help``) and ``--version`` are answered from text that click itself rendered: the
+first such help shown at full width (a terminal of >= 80 columns, or no terminal) is saved in
+the user's cache directory, under a signature made of the size and mtime of every module of
+soci_native and of click. Any edit or upgrade of either changes the signature, so the saved
+text is rendered again by click rather than shown stale. Everything else (a narrower
+terminal, deeper subcommands, other flags) goes through click as always, but for
 `ztoc get-file` from a local image and `ztoc info`, answered without click when
 soci_native.quick_getfile and quick_info can (they fall back to click for anything else).
 
@@ -28,14 +29,15 @@ FULL_WIDTH = 78
 
 def main() -> None:
     args = sys.argv[1:]
-    quick = len(args) <= 1 and os.path.basename(sys.argv[0]) == PROG
-    if quick and args == ["--version"]:
+    console = os.path.basename(sys.argv[0]) == PROG  # click names the program after it
+    if console and args == ["--version"]:
         sys.stdout.write(f"{PROG}, version {__version__}\n")
         sys.exit(0)
+    topic = help_topic(args) if console else None
     saved = None
-    if quick and (not args or args[0] in HELP_FLAGS) and terminal_columns() >= FULL_WIDTH + 2:
+    if topic is not None and terminal_columns() >= FULL_WIDTH + 2:
         sig = signature()
-        text = read_saved(sig)
+        text = read_saved(sig, topic)
         if text is not None:
             # no arguments: click shows the help as a usage error (stderr, exit 2)
             (sys.stdout if args else sys.stderr).write(text + "\n")
@@ -52,9 +54,25 @@ def main() -> None:
         info(args)
     from soci_native.cli import main as cli_main
 
-    if saved is not None:
-        save(saved, render_help(cli_main))
+    if saved is not None and topic is not None:
+        text = render_help(cli_main, topic, args[-1] if args else "")
+        if text is not None:
+            save(saved, topic, text)
     cli_main()
+
+
+def help_topic(args: list[str]) -> str | None:
+    """Which saved help answers ``args``: "" the top level's (``[]``, ``-h``, ``--help``), a
+    command's name for ``COMMAND -h|--help``; None when none does."""
+    if not args or (len(args) == 1 and args[0] in HELP_FLAGS):
+        return ""
+    name = args[0]
+    if len(args) == 2 and args[1] in HELP_FLAGS and name[:1].isalpha() and name.isascii() \
+            and all(c.isalnum() or c == "-" for c in name):
+        from soci_native.rootopt import env_root_ok
+
+        return name if env_root_ok() else None  # a command's name: a file name too
+    return None
 
 
 def terminal_columns() -> int:
@@ -73,9 +91,11 @@ def terminal_columns() -> int:
     return columns
 
 
-def cache_file() -> str:
+def cache_file(topic: str) -> str:
+    """Where the help of ``topic`` (see :func:`help_topic`) is kept."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, PROG, f"help-{FULL_WIDTH}.txt")
+    name = f"help-{FULL_WIDTH}-{topic}.txt" if topic else f"help-{FULL_WIDTH}.txt"
+    return os.path.join(base, PROG, name)
 
 
 def module_stats(top: str) -> list[str]:
@@ -110,30 +130,39 @@ def signature() -> str:
     return " ".join(parts)
 
 
-def read_saved(sig: str) -> str | None:
+def read_saved(sig: str, topic: str) -> str | None:
     try:
-        with open(cache_file(), encoding="utf-8") as f:
+        with open(cache_file(topic), encoding="utf-8") as f:
             first, _, text = f.read().partition("\n")
     except (OSError, UnicodeDecodeError):
         return None
     return text if first == sig and text else None
 
 
-def render_help(cmd: object) -> str:
-    """click's own top-level help at full width, as `soci-native --help` prints it (less
-    echo's newline)."""
+def render_help(cmd: object, topic: str, flag: str) -> str | None:
+    """click's own help at full width, as `soci-native --help` (topic "") or `soci-native
+    TOPIC FLAG` prints it (less echo's newline), in the contexts click's main makes for it;
+    None when click would not print a help for it (no such command, FLAG not its help)."""
     import click
 
-    assert isinstance(cmd, click.Command)
+    assert isinstance(cmd, click.Group)
     settings = {**cmd.context_settings, "terminal_width": FULL_WIDTH}
     with click.Context(cmd, info_name=PROG, **settings) as ctx:
-        return cmd.get_help(ctx)
+        if not topic:
+            return cmd.get_help(ctx)
+        sub = cmd.get_command(ctx, topic)
+        if sub is None:
+            return None
+        with sub.context_class(sub, info_name=topic, parent=ctx, **sub.context_settings) as sc:
+            if not sub.add_help_option or flag not in sub.get_help_option_names(sc):
+                return None
+            return sub.get_help(sc)
 
 
-def save(sig: str, text: str) -> None:
+def save(sig: str, topic: str, text: str) -> None:
     """Written whole to a temporary name, then renamed: a reader sees the old text or the new
     one. A cache that cannot be written (read-only home) only costs the next start's speed."""
-    path = cache_file()
+    path = cache_file(topic)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -11,6 +11,7 @@ import os
 import sys
 
 from soci_native.catalog import Unsure
+from soci_native.rootopt import dir_ok
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
@@ -77,18 +78,6 @@ class Args:
         if xdg and os.path.isabs(xdg):
             return os.path.join(xdg, PROG)
         return os.path.join(os.path.expanduser("~"), ".local", "share", PROG)
-
-
-def dir_ok(path: str) -> bool:
-    """What click.Path(file_okay=False) accepts: a path not there, or a readable one that is
-    not a regular file."""
-    import stat
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return True
-    return not stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK)
 
 
 def completing() -> bool:

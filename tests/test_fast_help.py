@@ -1,6 +1,6 @@
-"""`soci-native`, `-h`, `--help` and `--version` answered without importing click
-(soci_native/entry.py): byte for byte what click prints, for every terminal width, and never
-from a saved text that the code has outgrown."""
+"""`soci-native`, `-h`, `--help`, `COMMAND --help` and `--version` answered without importing
+click (soci_native/entry.py): byte for byte what click prints, for every terminal width, and
+never from a saved text that the code has outgrown."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ CLICK = "import sys; sys.argv[0] = 'soci-native'; from soci_native.cli import ma
 
 
 def run(code: str, *args: str, cache: Path, columns: str | None = None,
-        profile: bool = False) -> tuple[int, str, str, bool]:
+        profile: bool = False, root: str | None = None) -> tuple[int, str, str, bool]:
     """(exit code, stdout, stderr less import-time lines, whether click was imported)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("COLUMNS", "LINES", "SOCI_NATIVE_ROOT")}
     env["XDG_CACHE_HOME"] = str(cache)
+    if root is not None:
+        env["SOCI_NATIVE_ROOT"] = root
     if columns is not None:
         env["COLUMNS"] = columns
     if profile:
@@ -50,6 +53,59 @@ def test_same_bytes_as_click(tmp_path: Path, args: list[str], columns: str | Non
         (not narrow and args != ["--version"])
 
 
+def commands() -> list[str]:
+    """Every top-level command, as click lists them."""
+    import click
+
+    from soci_native.cli import main
+
+    with click.Context(main, info_name="soci-native") as ctx:
+        return main.list_commands(ctx)
+
+
+def test_every_command_s_help_is_click_s(tmp_path: Path) -> None:
+    names = commands()
+    assert {"ztoc", "index", "mount", "create"} <= set(names)
+    for name in names:
+        for flag in ("--help", "-h"):
+            want = run(CLICK, name, flag, cache=tmp_path / "ref")[:3]
+            assert want[0] == 0 and f"Usage: soci-native {name} " in want[1], (name, want)
+            first = run(ENTRY, name, flag, cache=tmp_path, profile=True)
+            second = run(ENTRY, name, flag, cache=tmp_path, profile=True)
+            assert first[:3] == want and second[:3] == want, (name, flag)
+            assert first[3] is (flag == "--help") and not second[3], (name, flag)
+        assert (tmp_path / "soci-native" / f"help-78-{name}.txt").exists()
+
+
+@pytest.mark.parametrize("columns", [None, "200", "60", "junk"])
+def test_a_command_s_help_at_every_width(tmp_path: Path, columns: str | None) -> None:
+    want = run(CLICK, "ztoc", "--help", cache=tmp_path / "ref", columns=columns)[:3]
+    first = run(ENTRY, "ztoc", "--help", cache=tmp_path, columns=columns)
+    second = run(ENTRY, "ztoc", "--help", cache=tmp_path, columns=columns, profile=True)
+    assert first[:3] == want and second[:3] == want
+    assert second[3] is (columns == "60")
+
+
+def test_what_click_refuses_before_a_command_s_help_is_click_s(tmp_path: Path) -> None:
+    """No such command; a $SOCI_NATIVE_ROOT click refuses (it checks the top level's options
+    first), even with the help saved: click's error, from click."""
+    for args in (["nope", "--help"], ["ztoc", "--nope"], ["ztoc", "info", "--help"]):
+        want = run(CLICK, *args, cache=tmp_path / "ref")[:3]
+        assert run(ENTRY, *args, cache=tmp_path)[:3] == want, args
+    assert not list(tmp_path.glob("soci-native/help-78-*"))  # nothing saved for them
+    run(ENTRY, "ztoc", "--help", cache=tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    want = run(CLICK, "ztoc", "--help", cache=tmp_path / "ref", root=str(afile))[:3]
+    assert want[0] == 2 and "is a file" in want[2]
+    code, out, err, clicked = run(ENTRY, "ztoc", "--help", cache=tmp_path, root=str(afile),
+                                  profile=True)
+    assert (code, out, err) == want and clicked
+    ok = run(ENTRY, "ztoc", "--help", cache=tmp_path, root=str(tmp_path / "none"),
+             profile=True)
+    assert ok[0] == 0 and not ok[3]
+
+
 def test_a_changed_module_is_rendered_again(tmp_path: Path) -> None:
     run(ENTRY, "--help", cache=tmp_path)
     saved = tmp_path / "soci-native" / "help-78.txt"
@@ -76,8 +132,8 @@ def test_unwritable_cache_still_answers(tmp_path: Path) -> None:
 
 
 def test_other_commands_go_through_click(tmp_path: Path) -> None:
-    code, out, _, clicked = run(ENTRY, "ztoc", "--help", cache=tmp_path, profile=True)
-    assert code == 0 and clicked and "Usage: soci-native ztoc" in out
+    code, out, _, clicked = run(ENTRY, "ztoc", "ls", "--help", cache=tmp_path, profile=True)
+    assert code == 0 and clicked and "Usage: soci-native ztoc ls" in out
     code, _, err, _ = run(ENTRY, "--nope", cache=tmp_path)
     assert code == 2 and "No such option '--nope'" in err
 

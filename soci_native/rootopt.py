@@ -1,0 +1,26 @@
+"""The top-level ``--root`` option's value check without click (only os is imported), for
+the console script's fast paths (soci_native/entry.py, quick_args.py): they answer only when
+click would take the value too."""
+
+from __future__ import annotations
+
+import os
+
+
+def dir_ok(path: str) -> bool:
+    """What click.Path(file_okay=False) accepts: a path not there, or a readable one that is
+    not a regular file."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return not stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK)
+
+
+def env_root_ok() -> bool:
+    """Whether click takes $SOCI_NATIVE_ROOT (``--root``'s envvar), which it checks before it
+    gets to a subcommand, even to show that subcommand's help."""
+    env = os.environ.get("SOCI_NATIVE_ROOT")
+    return not env or dir_ok(env)
