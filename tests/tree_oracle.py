@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat, starmap
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from soci_native import _core, ztoc
 from soci_native.mount.inodes import InodeTable
@@ -104,10 +104,14 @@ N = TypeVar("N", bound=_TreeNode)
 def node_at(root: N, path: str) -> N | None:
     """The node under ``root`` at an absolute, clean path ("/", "/a/b"), for any tree whose
     nodes have ``children`` (None for a non-directory): the oracle's and the C tree's views."""
+    return root if path == "/" else node_under(root, path[1:].split("/"))
+
+
+def node_under(root: N, parts: Iterable[str]) -> N | None:
+    """The node under ``root`` named by these components, or None (missing, or a
+    non-directory on the way)."""
     node = root
-    if path == "/":
-        return node
-    for part in path[1:].split("/"):
+    for part in parts:
         children = node.children
         if children is None:
             return None
@@ -129,6 +133,29 @@ def walk_nodes(root: N) -> Iterator[tuple[str, N]]:
             prefix = path if path == "/" else path + "/"
             for name in reversed(node.names()):
                 stack.append((prefix + name, children[name]))
+
+
+class ByPath(Generic[N]):
+    """Nodes by path under ``root``: the oracle's :class:`Tree` and the C tree's
+    :class:`TreeView`."""
+
+    if TYPE_CHECKING:  # an attribute of the oracle's, a property of the view's
+        @property
+        def root(self) -> N: ...
+
+    def get(self, path: str) -> N | None:
+        """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
+        return node_at(self.root, path)
+
+    def walk(self) -> Iterator[tuple[str, N]]:
+        """(path, node) for every name, parents first. Makes every path: for tests and
+        tools, not for the mount."""
+        return walk_nodes(self.root)
+
+    @property
+    def paths(self) -> dict[str, N]:
+        """Every path's node (see :meth:`walk`)."""
+        return dict(self.walk())
 
 
 class ModeBits:
@@ -214,7 +241,7 @@ def _is_whiteout(path: str) -> bool:
     return path.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
 
 
-class Tree:
+class Tree(ByPath["Node"]):
     """The merged tree. Build with :meth:`add_layer` (bottom layer first), then
     :meth:`finish`, which numbers inodes and counts links.
 
@@ -222,6 +249,8 @@ class Tree:
     parent's dict key), paths are resolved component by component (:meth:`get`), and the
     build's directory cache is keyed by entries' parent paths, each a prefix of its entry's
     name. (A table of every full path made a 40,000-deep name cost 1.8 GB.)"""
+
+    root: Node  # (ByPath's)
 
     def __init__(self, single_layer: bool = False) -> None:
         self.root = Node(stat.S_IFDIR, 0o755)
@@ -231,17 +260,6 @@ class Tree:
         self._dirs: dict[str, Node] = {}  # parent path -> its directory, while adding
 
     # -- building
-
-    def _lookup(self, parts: list[str]) -> Node | None:
-        node = self.root
-        for p in parts:
-            if node.children is None:
-                return None
-            child = node.children.get(p)
-            if child is None:
-                return None
-            node = child
-        return node
 
     def _parent(self, parts: list[str]) -> Node:
         """The directory for ``parts[:-1]``, made (implicitly) where missing."""
@@ -277,7 +295,7 @@ class Tree:
                      if WHITEOUT_PREFIX in path and _is_whiteout(path)]
         for path in whiteouts:  # whiteouts first: they only hide what lower layers made
             parts = path.split("/")
-            parent = self._lookup(parts[:-1])
+            parent = node_under(self.root, parts[:-1])
             if parent is None or parent.children is None:
                 continue
             if parts[-1] == OPAQUE_MARKER:
@@ -342,7 +360,7 @@ class Tree:
             self._set_dir_meta(old, e)
             return
         if kind == "hardlink":
-            target = self._lookup(clean_path(e.linkname).split("/"))
+            target = node_under(self.root, clean_path(e.linkname).split("/"))
             if target is None or target.is_dir or not clean_path(e.linkname):
                 log.warning("skipping hard link %r: its target %r is missing or a directory",
                             e.name, e.linkname)
@@ -385,20 +403,6 @@ class Tree:
             d.nlink = 2 + subdirs
         self.inodes = ino
         return self
-
-    def get(self, path: str) -> Node | None:
-        """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
-        return node_at(self.root, path)
-
-    def walk(self) -> Iterator[tuple[str, Node]]:
-        """(path, node) for every name, parents first. Makes every path: for tests and
-        tools, not for the mount."""
-        return walk_nodes(self.root)
-
-    @property
-    def paths(self) -> dict[str, Node]:
-        """Every path's node (see :meth:`walk`)."""
-        return dict(self.walk())
 
 
 def toc_entries(buf: ZtocBuffer) -> list[Entry]:
@@ -520,7 +524,7 @@ def c_tree(layers: Iterable[Iterable[Entry]], single_layer: bool = False) -> Tre
     return TreeView(b.finish())
 
 
-class TreeView:
+class TreeView(ByPath["TableNode"]):
     """A finished :class:`~soci_native.mount.tree.MountTree` (its table, inodes, warnings
     and files), plus node views by path made on demand from its inode table."""
 
@@ -537,20 +541,6 @@ class TreeView:
         if self._index is None:
             self._index = _Index(self.table)
         return self._index.node(1)
-
-    def get(self, path: str) -> TableNode | None:
-        """The node at an absolute, clean path as FUSE passes them ("/", "/a/b")."""
-        return node_at(self.root, path)
-
-    def walk(self) -> Iterator[tuple[str, TableNode]]:
-        """(path, node) for every name, parents first. Makes every path."""
-        return walk_nodes(self.root)
-
-    @property
-    def paths(self) -> dict[str, TableNode]:
-        """Every path's node (see :meth:`walk`)."""
-        return dict(self.walk())
-
 
 
 class _Index:
