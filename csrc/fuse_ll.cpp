@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <chrono>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 #include <vector>
 
@@ -47,7 +48,21 @@ constexpr int64_t MAX_OFFSET = INT64_C(1) << 62;  // sizes and offsets beyond th
 constexpr const char *STATS_DIR = ".soci-native";
 constexpr const char *STATS_FILE = "stats.json";
 constexpr uint32_t FLAG_SPARSE = 1;
-constexpr uint64_t PUSH_MAX_FILE = 1 << 20;  // larger files are not pushed into the page cache  // data is not one range: Python reads it
+// Pushing file pages into the kernel's page cache (Frontend::push_file): only files up to
+// PUSH_MAX_FILE, at most PUSH_MAX_LISTING bytes per directory listed and PUSH_MAX_MOUNT per mount,
+// in stores of up to PUSH_CHUNK bytes; at most PUSH_QUEUE jobs wait (more: reads serve them).
+constexpr uint64_t PUSH_MAX_FILE = UINT64_C(32) << 20;
+constexpr uint64_t PUSH_MAX_LISTING = UINT64_C(64) << 20;
+constexpr uint64_t PUSH_MAX_MOUNT = UINT64_C(1) << 30;
+constexpr size_t PUSH_CHUNK = size_t(512) << 10;  // and a pipe of 1 MiB, the default limit, holds one
+constexpr size_t PUSH_QUEUE = 4096;
+// A listing's first store may come before the lister has made the inodes from our reply: it
+// is tried again this often, this far apart.
+constexpr int STORE_TRIES = 20;
+constexpr std::chrono::microseconds STORE_RETRY{100};
+// Per inode (Frontend::ino_flags_): the pusher took the file (or the directory's listing), a
+// FUSE read of the file came in.
+constexpr uint8_t I_PUSHED = 1, I_READ = 2;
 // A reader is taken as sequential after this many reads in a row, each starting in the span the
 // last one reached, the one before or the one after, that have crossed into a later span and
 // asked for a span's worth of bytes in all; its next AHEAD_SPANS spans are then filled on
@@ -123,6 +138,22 @@ struct SpanTable {
         return i ? i - 1 : 0;
     }
 };
+
+// The requests served, per kind, and the time spent answering them (from the handler's start
+// to its reply being written): stats.json's "requests", to see where a walk's time goes.
+enum Req { R_LOOKUP, R_GETATTR, R_READLINK, R_OPEN, R_READ, R_RELEASE, R_OPENDIR, R_READDIR, R_READDIRPLUS,
+           R_RELEASEDIR, R_STATFS, R_GETXATTR, R_LISTXATTR, NREQS };
+constexpr const char *REQ_NAMES[NREQS] = {"lookup", "getattr", "readlink", "open", "read", "release", "opendir",
+                                          "readdir", "readdirplus", "releasedir", "statfs", "getxattr", "listxattr"};
+struct ReqCount {
+    std::atomic<uint64_t> n{0}, ns{0};
+};
+
+uint64_t now_ns() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
 
 // The parts of one read's reply: a read-only shared mapping of each cache file it comes from,
 // just the pages the read needs (populated at once: one fault-free pass). Replying from them
@@ -204,6 +235,8 @@ public:
         for (int i = 0; i <= layers; i++) hits_[i] = 0;
         stats_dir_ = nodes_.size();
         stats_ino_ = nodes_.size() + 1;
+        ino_flags_ = std::make_unique<std::atomic<uint8_t>[]>(nodes_.size());
+        for (size_t i = 0; i < nodes_.size(); i++) ino_flags_[i] = 0;
     }
 
     uint64_t stats_dir_ino() const { return stats_dir_; }
@@ -608,6 +641,15 @@ private:
         if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
         conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;  // always: listing a directory answers its lookups
         if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+        // No-opendir mode (the first OPENDIR answers ENOSYS): a kernel that offers it then keeps
+        // every listing (FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE is its default there) and sends no
+        // OPENDIR/RELEASEDIR pair per directory walked.
+        // Page-cache stores splice from the span files (the kernel copies their pages once)
+        // instead of a pread into a buffer of ours first.
+        fs->splice_ = conn->capable & FUSE_CAP_SPLICE_WRITE;
+        if (fs->splice_) conn->want |= FUSE_CAP_SPLICE_WRITE;
+        fs->no_opendir_ = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
+        if (fs->no_opendir_) conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
         nb::gil_scoped_acquire g;
         try {
             fs->ops_.attr("init")();
@@ -644,6 +686,7 @@ private:
         Frontend *fs = self(req);
         const Node *x = fs->node(ino);
         if (ino != fs->stats_dir_ && (!x || !S_ISDIR(x->mode))) return (void)fuse_reply_err(req, ENOTDIR);
+        if (fs->no_opendir_) return (void)fuse_reply_err(req, ENOSYS);
         fi->cache_readdir = 1;  // the listing never changes: the kernel keeps it
         fi->keep_cache = 1;
         fuse_reply_open(req, fi);
@@ -696,6 +739,9 @@ private:
             pos += got;
         }
         fuse_reply_buf(req, buf.data(), pos);
+        // The kernel now has (or is about to make) the children's inodes: their pages can go in.
+        if (plus && off <= 0 && !stats && d->child_count && !ino_flags_[ino].fetch_or(I_PUSHED))
+            push_job({ino, -1, 0, 0});
     }
 
     static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *) {
@@ -867,6 +913,8 @@ private:
         if (!S_ISREG(x->mode)) return (void)fuse_reply_err(req, EINVAL);
         if (off < 0 || static_cast<uint64_t>(off) >= x->size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
         size_t len = static_cast<size_t>(std::min<uint64_t>(size, x->size - static_cast<uint64_t>(off)));
+        if (!(ino_flags_[ino].load(std::memory_order_relaxed) & I_READ))  // the pusher leaves it to us
+            ino_flags_[ino].fetch_or(I_READ, std::memory_order_relaxed);
         SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
         if (t && !(x->flags & FLAG_SPARSE)) {
             Views v;
@@ -891,20 +939,31 @@ private:
     }
 
     // Once per span per mount, when it is whole in the cache and read here: the files wholly inside
-    // it go into the kernel's page cache (fuse_lowlevel_notify_store), so a reader walking a
-    // tree of small files finds their pages there instead of making a FUSE read per file. On a
-    // thread of its own: a store waits for the page locks of reads in flight, which the FUSE
-    // workers must stay free to answer. Files the kernel has no inode for yet are skipped.
-    // Those after ``from`` (where the read was) go first: a walker reads on from there, and
-    // would otherwise overtake the pusher.
+    // it go into the kernel's page cache (fuse_lowlevel_notify_store), so a reader opening files
+    // by name (no listing) finds their pages there instead of making a FUSE read per file. Files
+    // the kernel has no inode for yet are skipped. Those after ``from`` (where the read was) go
+    // first: a reader reads on from there, and would otherwise overtake the pusher.
     void push_later(int layer, size_t i, uint64_t from) {
         if (layer < 0) return;
         SpanTable &t = *spans_[static_cast<size_t>(layer)];
         if (t.files[i].empty() || t.pushed[i].exchange(1)) return;
+        push_job({0, layer, i, from});
+    }
+
+    // Jobs for the pusher, a thread of its own: a store waits for the page locks of reads in
+    // flight, which the FUSE workers must stay free to answer.
+    struct PushJob {
+        uint64_t dir;  // a directory listed (its files), or 0: span ``span`` of ``layer``
+        int layer;
+        size_t span;
+        uint64_t from;
+    };
+
+    void push_job(const PushJob &job) {
         {
             std::lock_guard<std::mutex> g(push_mu_);
-            if (push_q_.size() >= 1024) return;  // far behind: let the reads come
-            push_q_.push_back({layer, i, from});
+            if (push_stop_ || push_q_.size() >= PUSH_QUEUE) return;  // far behind: let the reads come
+            push_q_.push_back(job);
         }
         push_cv_.notify_one();
     }
@@ -977,35 +1036,137 @@ private:
                 job = push_q_.front();
                 push_q_.pop_front();
             }
-            push_span(*spans_[static_cast<size_t>(job.layer)], job.span, job.from, buf);
+            SpanCursor cur;
+            if (job.dir) push_listing(job.dir, cur, buf);
+            else push_span(*spans_[static_cast<size_t>(job.layer)], job.span, job.from, cur, buf);
         }
     }
 
-    void push_span(SpanTable &t, size_t i, uint64_t from, std::vector<char> &buf) {
-        if (!t.trusted.load(std::memory_order_acquire) || !t.cached[i].load(std::memory_order_acquire)) return;
-        int fd = open_span(t, i);
-        if (fd < 0) return;
-        uint64_t lo = t.starts[i];
+    // Reads whole, verified spans of a layer's stream for the pusher, keeping the last span's
+    // cache file open (a listing's small files mostly share a few spans).
+    struct SpanCursor {
+        const SpanTable *t = nullptr;
+        size_t span = 0;
+        int fd = -1;
+        ~SpanCursor() { drop(); }
+        void drop() {
+            if (fd >= 0) close(fd);
+            fd = -1;
+        }
+        // Span i's cache file, if the span is whole in the cache; else -1.
+        int open(const SpanTable &tab, size_t i) {
+            if (!tab.cached[i].load(std::memory_order_acquire)) return -1;
+            if (fd < 0 || t != &tab || span != i) {
+                drop();
+                fd = open_span(tab, i);
+                t = &tab;
+                span = i;
+            }
+            return fd;
+        }
+        // [pos, pos + len) into out, from spans that are whole in the cache only.
+        bool read(const SpanTable &tab, uint64_t pos, size_t len, char *out) {
+            uint64_t end = pos + len;
+            for (size_t i = tab.span_of(pos); pos < end; i++) {
+                if (i >= tab.spans()) return false;
+                uint64_t lo = tab.starts[i], hi = tab.starts[i + 1];
+                if (hi <= pos) continue;  // an empty span
+                if (open(tab, i) < 0) return false;
+                size_t take = static_cast<size_t>(std::min(end, hi) - pos);
+                for (size_t got = 0; got < take;) {
+                    ssize_t r = pread(fd, out + got, take - got, static_cast<off_t>(pos - lo + got));
+                    if (r < 0 && errno == EINTR) continue;
+                    if (r <= 0) return false;
+                    got += static_cast<size_t>(r);
+                }
+                out += take;
+                pos += take;
+            }
+            return true;
+        }
+    };
+
+    // Every spans [pos, pos + len) of the layer touches is whole in the cache.
+    static bool all_cached(const SpanTable &t, uint64_t pos, uint64_t len) {
+        uint64_t end = pos + len;
+        if (end > t.starts.back()) return false;
+        for (size_t i = t.span_of(pos); i < t.spans() && t.starts[i] < end; i++)
+            if (t.starts[i + 1] > t.starts[i] && !t.cached[i].load(std::memory_order_acquire)) return false;
+        return true;
+    }
+
+    enum class Push { NO, YES, STOP };
+
+    // Regular file ino, whole, into the kernel's page cache, if it is small enough (and fits
+    // ``budget``), every span it lies in is whole and verified in the cache, and neither the
+    // pusher nor a read has taken it yet. Stores never go past the file's size (that would grow
+    // it in the kernel). STOP: unmounting. ``tries``: how often a store to an inode the kernel
+    // does not have yet is made (0 once it found one missing: the listing is not there).
+    Push push_file(uint64_t ino, SpanCursor &cur, std::vector<char> &buf, uint64_t &budget, int &tries) {
+        const Node &x = nodes_[ino];
+        if (!S_ISREG(x.mode) || !x.size || x.size > PUSH_MAX_FILE || x.size > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
+        SpanTable *t = spans_[static_cast<size_t>(x.layer)].get();
+        if (!t || !t->trusted.load(std::memory_order_acquire) || !all_cached(*t, x.offset, x.size)) return Push::NO;
+        if (pushed_bytes_.load(std::memory_order_relaxed) + x.size > PUSH_MAX_MOUNT) return Push::NO;
+        if (ino_flags_[ino].fetch_or(I_PUSHED) & (I_PUSHED | I_READ)) return Push::NO;
+        for (uint64_t off = 0; off < x.size;) {
+            // A read of the file came in: the reader overtook us, and its reads bring the rest.
+            if (off && (ino_flags_[ino].load(std::memory_order_relaxed) & I_READ)) return Push::NO;
+            size_t n = static_cast<size_t>(std::min<uint64_t>(PUSH_CHUNK, x.size - off));
+            uint64_t pos = x.offset + off;
+            size_t i = t->span_of(pos);
+            uint64_t in_span = t->starts[i + 1] - pos;  // off is page-aligned, and so is every store's end
+            if (n > in_span) n = in_span >= BLOCK ? static_cast<size_t>(in_span / BLOCK * BLOCK) : std::min<size_t>(BLOCK, x.size - off);
+            struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
+            int fd = splice_ && n <= in_span && n >= 2 * BLOCK ? cur.open(*t, i) : -1;
+            if (fd >= 0) {  // the kernel copies from the span file's pages: no copy here
+                bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+                bv.buf[0].fd = fd;
+                bv.buf[0].pos = static_cast<off_t>(pos - t->starts[i]);
+            } else {
+                buf.resize(n);
+                if (!cur.read(*t, pos, n, buf.data())) return Push::NO;
+                bv.buf[0].mem = buf.data();
+            }
+            int rc;
+            for (int k = 0;; k++) {
+                {
+                    std::shared_lock<std::shared_mutex> g(se_mu_);
+                    if (!se_ || push_stop_) return Push::STOP;
+                    rc = fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0));
+                }
+                if (rc != -ENOENT || off || k + 1 >= tries) break;
+                std::this_thread::sleep_for(STORE_RETRY);
+            }
+            if (rc == -ENOENT && !off) tries = 1;
+            if (rc) return Push::NO;
+            budget -= n;
+            pushed_bytes_.fetch_add(n, std::memory_order_relaxed);
+            off += n;
+        }
+        pushed_files_.fetch_add(1, std::memory_order_relaxed);
+        return Push::YES;
+    }
+
+    // The files of a directory just listed, in the listing's order (a walker's order).
+    void push_listing(uint64_t dir, SpanCursor &cur, std::vector<char> &buf) {
+        const Node &d = nodes_[dir];
+        uint64_t budget = PUSH_MAX_LISTING;
+        int tries = STORE_TRIES;
+        for (uint64_t k = 0; k < d.child_count; k++)
+            if (push_file(children_[d.child_start + k].ino, cur, buf, budget, tries) == Push::STOP) return;
+    }
+
+    void push_span(SpanTable &t, size_t i, uint64_t from, SpanCursor &cur, std::vector<char> &buf) {
         const std::vector<uint64_t> &files = t.files[i];  // in stream order
         size_t n = files.size();
         size_t first = static_cast<size_t>(std::lower_bound(files.begin(), files.end(), from, [this](uint64_t ino, uint64_t pos) {
                                                return nodes_[ino].offset < pos;
                                            }) - files.begin());
-        for (size_t k = 0; k < n; k++) {
-            uint64_t ino = files[(first + k) % n];
-            const Node &x = nodes_[ino];
-            if (x.size > PUSH_MAX_FILE) continue;  // read in large requests anyway
-            buf.resize(x.size);
-            ssize_t got = pread(fd, buf.data(), x.size, static_cast<off_t>(x.offset - lo));
-            if (got != static_cast<ssize_t>(x.size)) break;
-            struct fuse_bufvec bv = FUSE_BUFVEC_INIT(x.size);
-            bv.buf[0].mem = buf.data();
-            std::shared_lock<std::shared_mutex> g(se_mu_);
-            if (!se_ || push_stop_) break;
-            if (fuse_lowlevel_notify_store(se_, ino, 0, &bv, FUSE_BUF_SPLICE_NONBLOCK) == 0)
-                pushed_files_.fetch_add(1, std::memory_order_relaxed);
-        }
-        close(fd);
+        uint64_t budget = PUSH_MAX_MOUNT;
+        int tries = 1;
+        for (size_t k = 0; k < n; k++)
+            if (push_file(files[(first + k) % n], cur, buf, budget, tries) == Push::STOP) return;
     }
 
     // The temp file of span i being filled, open, once its first ``need`` bytes are there
@@ -1090,22 +1251,39 @@ private:
         }
     }
 
+    // A handler counted in reqs_[K]: the frontend is taken before the handler replies (the
+    // reply frees the request).
+    template <int K, auto F> struct Counted;
+    template <int K, typename... A, void (*F)(fuse_req_t, A...)>
+    struct Counted<K, F> {
+        static void call(fuse_req_t req, A... a) {
+            ReqCount &c = self(req)->reqs_[K];
+            uint64_t t0 = now_ns();
+            F(req, a...);
+            c.ns.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+            c.n.fetch_add(1, std::memory_order_relaxed);
+        }
+    };
+
+    static void op_releasedir(fuse_req_t req, fuse_ino_t, struct fuse_file_info *) { fuse_reply_err(req, 0); }
+
     static fuse_lowlevel_ops make_ops() {
         fuse_lowlevel_ops o;
         std::memset(&o, 0, sizeof o);
         o.init = op_init;
-        o.lookup = op_lookup;
-        o.getattr = op_getattr;
-        o.readlink = op_readlink;
-        o.open = op_open;
-        o.read = op_read;
-        o.release = op_release;
-        o.opendir = op_opendir;
-        o.readdir = op_readdir;
-        o.readdirplus = op_readdirplus;
-        o.statfs = op_statfs;
-        o.getxattr = op_getxattr;
-        o.listxattr = op_listxattr;
+        o.lookup = Counted<R_LOOKUP, op_lookup>::call;
+        o.getattr = Counted<R_GETATTR, op_getattr>::call;
+        o.readlink = Counted<R_READLINK, op_readlink>::call;
+        o.open = Counted<R_OPEN, op_open>::call;
+        o.read = Counted<R_READ, op_read>::call;
+        o.release = Counted<R_RELEASE, op_release>::call;
+        o.opendir = Counted<R_OPENDIR, op_opendir>::call;
+        o.readdir = Counted<R_READDIR, op_readdir>::call;
+        o.readdirplus = Counted<R_READDIRPLUS, op_readdirplus>::call;
+        o.releasedir = Counted<R_RELEASEDIR, op_releasedir>::call;
+        o.statfs = Counted<R_STATFS, op_statfs>::call;
+        o.getxattr = Counted<R_GETXATTR, op_getxattr>::call;
+        o.listxattr = Counted<R_LISTXATTR, op_listxattr>::call;
         return o;
     }
 
@@ -1121,22 +1299,30 @@ private:
     std::unique_ptr<std::atomic<uint64_t>[]> hits_;
     uint64_t stats_dir_ = 0, stats_ino_ = 0;
     std::atomic<bool> stats_cached_{false};
+    bool no_opendir_ = false;  // set at INIT, before any other request
+    bool splice_ = false;  // stores splice from span files (FUSE_CAP_SPLICE_WRITE)
     std::shared_mutex se_mu_;
     std::mutex push_mu_;
     std::condition_variable push_cv_;
-    struct PushJob {
-        int layer;
-        size_t span;
-        uint64_t from;
-    };
     std::deque<PushJob> push_q_;
+    std::unique_ptr<std::atomic<uint8_t>[]> ino_flags_;  // I_PUSHED, I_READ per inode
     std::atomic<bool> push_stop_{false};
     bool push_done_ = false;
     std::condition_variable push_done_cv_;
     struct fuse_session *se_ = nullptr;
 
 public:
-    std::atomic<uint64_t> pushed_files_{0};  // read by the pushed_files property
+    std::atomic<uint64_t> pushed_files_{0}, pushed_bytes_{0};  // read by the pushed_* properties
+    ReqCount reqs_[NREQS];
+
+    // {kind: (count, nanoseconds)} of the kinds served at least once.
+    nb::dict requests() const {
+        nb::dict d;
+        for (int k = 0; k < NREQS; k++)
+            if (uint64_t n = reqs_[k].n.load(std::memory_order_relaxed))
+                d[REQ_NAMES[k]] = nb::make_tuple(n, reqs_[k].ns.load(std::memory_order_relaxed));
+        return d;
+    }
 };
 
 }  // namespace
@@ -1162,6 +1348,8 @@ NB_MODULE(_fuse, m) {
         .def("span_evicted", &Frontend::span_evicted, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
         .def("untrust", &Frontend::untrust, nb::arg("layer"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
+        .def_prop_ro("pushed_bytes", [](const Frontend &f) { return f.pushed_bytes_.load(); })
+        .def("requests", &Frontend::requests)
         .def("take_hits", &Frontend::take_hits)
         .def("take_touched", &Frontend::take_touched, nb::arg("layer"))
         .def("invalidate_stats", &Frontend::invalidate_stats, nb::call_guard<nb::gil_scoped_release>())

@@ -102,6 +102,8 @@ class SociFS:
         self._done = threading.Event()
         mounted.extra["direct_reads"] = 0
         mounted.extra["pushed_files"] = 0  # put into the page cache before anyone read them
+        mounted.extra["pushed_bytes"] = 0
+        mounted.extra["requests"] = {}  # FUSE requests served, per kind: count, time answering
 
     def _span_cached(self, li: int, i: int, path: str) -> None:
         self._span_at[path] = (li, i)
@@ -198,6 +200,10 @@ class SociFS:
         with self._fold_lock:  # reads answered from span cache files without Python
             self.m.extra["direct_reads"] = self.m.extra.get("direct_reads", 0) + sum(hits)
             self.m.extra["pushed_files"] = self.front.pushed_files
+            self.m.extra["pushed_bytes"] = self.front.pushed_bytes
+            self.m.extra["requests"] = {
+                kind: {"count": n, "us": ns // 1000}
+                for kind, (n, ns) in self.front.requests().items()}
         for li, layer in self._lazy:
             for i in self.front.take_touched(li):
                 self.m.cache.touch(layer.span_path(i))
