@@ -310,6 +310,9 @@ def main() -> int:
     ap.add_argument("--table", action="store_true",
                     help="instead: issue 10's table for the big layer, mounted locally, against "
                          "ratarmount and a plain directory (bench/mount_table.py)")
+    ap.add_argument("--warm-tree", action="store_true",
+                    help="with --table: only the tree on a fresh mount over a warm span cache, "
+                         "against the plain directory, and the floor pieces beside it")
     args = ap.parse_args()
     if args.table:
         import mount_table
@@ -317,6 +320,8 @@ def main() -> int:
         if not (DATA / "big.tar.gz").exists():
             subprocess.run([sys.executable, str(HERE / "make_layers.py"), "--layers", "big"],
                            check=True)
+        if args.warm_tree:
+            return mount_table.run_warm_tree(make_layout(["big"]), args.repeat, args.tmp)
         return mount_table.run_table(make_layout(["big"]), args.repeat, args.tmp)
     missing = [t for t in ("docker-registry", "skopeo", "fusermount3", "tar") if not
                shutil.which(t)] + (["umoci"] if args.extract == "umoci" and

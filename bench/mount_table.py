@@ -15,12 +15,19 @@ Plus one core's raw inflate of the layer (zlib-ng in the C core) as the ceiling 
 reads. Each round runs the three in a rotating order; medians over --repeat rounds and
 ratios are printed. The big file read through each mount is checked (sha256) against the
 plain directory's; a mismatch stops the run.
+
+`--table --warm-tree` runs only the warm-cache tree row (no ratarmount), with what a fresh
+mount cannot avoid beside it: the FUSE requests the walk made (stats.json), the walk's
+listing alone (every directory is new to the kernel: a READDIRPLUS pair per directory and an
+inode per entry; on a mount that pushes nothing) against the plain directory's, and one FUSE
+round trip (a stat of a missing name).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -30,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -113,20 +121,21 @@ class Setup:
         self.mp = td / "mp"
         self.mp.mkdir()
 
-    def prepare(self) -> None:
+    def prepare(self, ratarmount: bool = True) -> None:
         self.plain.mkdir()
         subprocess.run(["tar", "-xzf", str(self.blob), "-C", str(self.plain)], check=True)
         subprocess.run([*self.cli, "create", f"oci:{self.layout}", "-q"], env=self.env,
                        check=True, capture_output=True)
-        with self.ratarmount():  # builds its index once
-            pass
+        if ratarmount:
+            with self.ratarmount():  # builds its index once
+                pass
 
-    def mount_soci(self, fresh_cache: bool) -> float:
+    def mount_soci(self, fresh_cache: bool, *opts: str) -> float:
         if fresh_cache:
             shutil.rmtree(self.store / "cache", ignore_errors=True)
         t = time.perf_counter()
-        subprocess.run([*self.cli, "mount", f"oci:{self.layout}", str(self.mp)], env=self.env,
-                       check=True, capture_output=True)
+        subprocess.run([*self.cli, "mount", f"oci:{self.layout}", str(self.mp), *opts],
+                       env=self.env, check=True, capture_output=True)
         return time.perf_counter() - t
 
     def umount_soci(self) -> None:
@@ -136,8 +145,8 @@ class Setup:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
 
     @contextlib.contextmanager
-    def soci(self, fresh_cache: bool) -> Iterator[Path]:
-        self.mount_soci(fresh_cache)
+    def soci(self, fresh_cache: bool, *opts: str) -> Iterator[Path]:
+        self.mount_soci(fresh_cache, *opts)
         try:
             yield self.mp
         finally:
@@ -246,3 +255,70 @@ def print_table(res: dict[str, dict[str, list[float]]], rel: str, inflate: float
     big = m("soci", "big")
     print(f"\ncold big file: soci-native at {big / inflate:.2f}x one core's raw inflate "
           f"(goal >= 0.7x) and {big / m('ratarmount', 'big'):.2f}x ratarmount (goal >= 2x)")
+
+
+# ------------------------------------------------------------------- --warm-tree: one row
+
+def list_tree(root: Path) -> float:
+    t = time.perf_counter()
+    files_under(root)
+    return time.perf_counter() - t
+
+
+def round_trip_us(d: Path, tag: str, n: int = 2000) -> float:
+    """Mean µs of a stat of a name that is not there: one LOOKUP round trip each (names never
+    asked before, so the kernel's negative entries do not answer)."""
+    t = time.perf_counter_ns()
+    for i in range(n):
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(d / f".no-such-{tag}-{i}")
+    return (time.perf_counter_ns() - t) / n / 1000
+
+
+def read_stats(root: Path) -> dict[str, Any]:
+    return json.loads((root / ".soci-native" / "stats.json").read_text())
+
+
+def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
+    """The tree read on a fresh mount over a warm span cache against the plain directory
+    (page cache warm), interleaved round by round, and the pieces of a fresh mount's floor."""
+    tree = Path(SITE)
+    res: dict[str, list[float]] = {k: [] for k in (
+        "soci", "plain", "soci_list", "plain_list", "rtt_us", "plain_rtt_us")}
+    with tempfile.TemporaryDirectory(prefix="bench-mount-warm-", dir=tmp) as tds:
+        s = Setup(Path(tds), layout)
+        s.prepare(ratarmount=False)
+        with s.soci(True) as root:  # fills the span cache
+            read_tree(root / tree)
+            time.sleep(2)  # the last spans' fills are committed
+        read_tree(s.plain / tree)
+        for r in range(repeat):
+            print(f"round {r + 1}/{repeat}", file=sys.stderr)
+            first = ["soci", "plain"] if r % 2 == 0 else ["plain", "soci"]
+            for name in first:
+                if name == "plain":
+                    res["plain"].append(read_tree(s.plain / tree))
+                    continue
+                with s.soci(False) as root:
+                    res["soci"].append(read_tree(root / tree))
+                    st = read_stats(root)
+                # the listing alone (nothing pushed meanwhile), then round trips
+                with s.soci(False, "--page-cache-push", "0") as root:
+                    res["soci_list"].append(list_tree(root / tree))
+                    res["rtt_us"].append(round_trip_us(root / tree, str(r)))
+            res["plain_list"].append(list_tree(s.plain / tree))
+            res["plain_rtt_us"].append(round_trip_us(s.plain / tree, str(r)))
+    m = {k: statistics.median(v) for k, v in res.items()}
+    reqs = {k: v["count"] for k, v in st.get("requests", {}).items()}
+    print(f"\nmedians of {repeat} rounds; load average {os.getloadavg()[0]:.2f}\n")
+    print(f"{'':44} {'soci-native':>12} {'plain dir':>10} {'soci/plain':>10}")
+    for label, a, b in (("the tree, fresh mount, span cache warm, s", "soci", "plain"),
+                        ("  its listing alone (os.walk + stats), s", "soci_list", "plain_list"),
+                        ("  one stat of a missing name, µs", "rtt_us", "plain_rtt_us")):
+        print(f"{label:44} {m[a]:>12.3f} {m[b]:>10.3f} {m[a] / m[b]:>10.2f}")
+    print(f"\nFUSE requests of the last walk: {reqs}; pushed into the page cache: "
+          f"{st.get('pushed_files', 0)} files, {st.get('pushed_bytes', 0) / 1e6:.0f} MB")
+    floor = (m["plain"] + m["soci_list"] - m["plain_list"]) / m["plain"]
+    print(f"floor with every read free (plain walk + the fresh listing's extra): "
+          f"{floor:.2f}x plain; goal <= 1.2x")
+    return 0

@@ -48,18 +48,11 @@ constexpr int64_t MAX_OFFSET = INT64_C(1) << 62;  // sizes and offsets beyond th
 constexpr const char *STATS_DIR = ".soci-native";
 constexpr const char *STATS_FILE = "stats.json";
 constexpr uint32_t FLAG_SPARSE = 1;
-// Pushing file pages into the kernel's page cache (Frontend::push_file): only files up to
-// PUSH_MAX_FILE, at most PUSH_MAX_LISTING bytes per directory listed and PUSH_MAX_MOUNT per mount,
-// in stores of up to PUSH_CHUNK bytes; at most PUSH_QUEUE jobs wait (more: reads serve them).
-constexpr uint64_t PUSH_MAX_FILE = UINT64_C(32) << 20;
-constexpr uint64_t PUSH_MAX_LISTING = UINT64_C(64) << 20;
-constexpr uint64_t PUSH_MAX_MOUNT = UINT64_C(1) << 30;
+// Pushing file pages into the kernel's page cache (Frontend::push_file): the size limits are
+// set by Python (set_push_limits); stores of up to PUSH_CHUNK bytes; at most PUSH_QUEUE jobs
+// wait (more: reads serve those files).
 constexpr size_t PUSH_CHUNK = size_t(512) << 10;  // and a pipe of 1 MiB, the default limit, holds one
 constexpr size_t PUSH_QUEUE = 4096;
-// A listing's first store may come before the lister has made the inodes from our reply: it
-// is tried again this often, this far apart.
-constexpr int STORE_TRIES = 20;
-constexpr std::chrono::microseconds STORE_RETRY{100};
 // Per inode (Frontend::ino_flags_): the pusher took the file (or the directory's listing), a
 // FUSE read of the file came in.
 constexpr uint8_t I_PUSHED = 1, I_READ = 2;
@@ -141,10 +134,12 @@ struct SpanTable {
 
 // The requests served, per kind, and the time spent answering them (from the handler's start
 // to its reply being written): stats.json's "requests", to see where a walk's time goes.
-enum Req { R_LOOKUP, R_GETATTR, R_READLINK, R_OPEN, R_READ, R_RELEASE, R_OPENDIR, R_READDIR, R_READDIRPLUS,
-           R_RELEASEDIR, R_STATFS, R_GETXATTR, R_LISTXATTR, NREQS };
-constexpr const char *REQ_NAMES[NREQS] = {"lookup", "getattr", "readlink", "open", "read", "release", "opendir",
-                                          "readdir", "readdirplus", "releasedir", "statfs", "getxattr", "listxattr"};
+// Reads of stats.json are counted apart ("stats_read"): reading the counters does not move "read".
+enum Req { R_LOOKUP, R_GETATTR, R_READLINK, R_OPEN, R_READ, R_STATS_READ, R_RELEASE, R_OPENDIR, R_READDIR,
+           R_READDIRPLUS, R_RELEASEDIR, R_STATFS, R_GETXATTR, R_LISTXATTR, NREQS };
+constexpr const char *REQ_NAMES[NREQS] = {"lookup", "getattr", "readlink", "open", "read", "stats_read", "release",
+                                          "opendir", "readdir", "readdirplus", "releasedir", "statfs", "getxattr",
+                                          "listxattr"};
 struct ReqCount {
     std::atomic<uint64_t> n{0}, ns{0};
 };
@@ -320,6 +315,19 @@ public:
         if (t.paths[i] != path) return;
         t.cached[i].store(0, std::memory_order_release);
         t.hinted[i].store(0, std::memory_order_release);
+    }
+
+    // Files up to ``max_file`` bytes go into the page cache as their directory is listed (or
+    // a read of their span is served here), at most ``max_listing`` bytes per listing and
+    // ``max_mount`` in all; 0: none. Before serve (the pusher reads them unlocked).
+    void set_push_limits(uint64_t max_file, uint64_t max_listing, uint64_t max_mount) {
+        {
+            std::shared_lock<std::shared_mutex> g(se_mu_);
+            if (se_) throw std::runtime_error("set_push_limits: already serving");
+        }
+        push_max_file_ = max_file;
+        push_max_listing_ = max_listing;
+        push_max_mount_ = max_mount;
     }
 
     void untrust(int layer) {
@@ -697,7 +705,8 @@ private:
         bool stats = ino == stats_dir_;
         if (!stats && (!d || !S_ISDIR(d->mode))) return (void)fuse_reply_err(req, ENOTDIR);
         uint64_t count = stats ? 1 : d->child_count;
-        std::vector<char> buf(size);
+        thread_local std::vector<char> buf;  // fuse_add_direntry* pad what they write: no zeroing
+        if (buf.size() < size) buf.resize(size);
         size_t pos = 0;
         std::string name;
         // Entry k (0 ".", 1 "..", 2+i child i) carries k + 1 as its offset: the next request
@@ -739,8 +748,11 @@ private:
             pos += got;
         }
         fuse_reply_buf(req, buf.data(), pos);
-        // The kernel now has (or is about to make) the children's inodes: their pages can go in.
-        if (plus && off <= 0 && !stats && d->child_count && !ino_flags_[ino].fetch_or(I_PUSHED))
+        // A request past the last entry (the lister's end-of-listing check) comes once the
+        // kernel has made the inodes of the entries our earlier replies carried (it parses a
+        // reply before it asks again): their pages can go in now.
+        if (plus && !stats && off >= 0 && static_cast<uint64_t>(off) >= count + 2 && d->child_count && push_max_file_ &&
+            !ino_flags_[ino].fetch_or(I_PUSHED))
             push_job({ino, -1, 0, 0});
     }
 
@@ -1100,14 +1112,13 @@ private:
     // Regular file ino, whole, into the kernel's page cache, if it is small enough (and fits
     // ``budget``), every span it lies in is whole and verified in the cache, and neither the
     // pusher nor a read has taken it yet. Stores never go past the file's size (that would grow
-    // it in the kernel). STOP: unmounting. ``tries``: how often a store to an inode the kernel
-    // does not have yet is made (0 once it found one missing: the listing is not there).
-    Push push_file(uint64_t ino, SpanCursor &cur, std::vector<char> &buf, uint64_t &budget, int &tries) {
+    // it in the kernel). STOP: unmounting.
+    Push push_file(uint64_t ino, SpanCursor &cur, std::vector<char> &buf, uint64_t &budget) {
         const Node &x = nodes_[ino];
-        if (!S_ISREG(x.mode) || !x.size || x.size > PUSH_MAX_FILE || x.size > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
+        if (!S_ISREG(x.mode) || !x.size || x.size > push_max_file_ || x.size > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
         SpanTable *t = spans_[static_cast<size_t>(x.layer)].get();
         if (!t || !t->trusted.load(std::memory_order_acquire) || !all_cached(*t, x.offset, x.size)) return Push::NO;
-        if (pushed_bytes_.load(std::memory_order_relaxed) + x.size > PUSH_MAX_MOUNT) return Push::NO;
+        if (pushed_bytes_.load(std::memory_order_relaxed) + x.size > push_max_mount_) return Push::NO;
         if (ino_flags_[ino].fetch_or(I_PUSHED) & (I_PUSHED | I_READ)) return Push::NO;
         for (uint64_t off = 0; off < x.size;) {
             // A read of the file came in: the reader overtook us, and its reads bring the rest.
@@ -1128,18 +1139,13 @@ private:
                 if (!cur.read(*t, pos, n, buf.data())) return Push::NO;
                 bv.buf[0].mem = buf.data();
             }
-            int rc;
-            for (int k = 0;; k++) {
-                {
-                    std::shared_lock<std::shared_mutex> g(se_mu_);
-                    if (!se_ || push_stop_) return Push::STOP;
-                    rc = fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0));
-                }
-                if (rc != -ENOENT || off || k + 1 >= tries) break;
-                std::this_thread::sleep_for(STORE_RETRY);
+            {
+                std::shared_lock<std::shared_mutex> g(se_mu_);
+                if (!se_ || push_stop_) return Push::STOP;
+                // ENOENT: the kernel has no inode for it (never looked up, or forgotten since)
+                if (fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0)) != 0)
+                    return Push::NO;
             }
-            if (rc == -ENOENT && !off) tries = 1;
-            if (rc) return Push::NO;
             budget -= n;
             pushed_bytes_.fetch_add(n, std::memory_order_relaxed);
             off += n;
@@ -1151,10 +1157,9 @@ private:
     // The files of a directory just listed, in the listing's order (a walker's order).
     void push_listing(uint64_t dir, SpanCursor &cur, std::vector<char> &buf) {
         const Node &d = nodes_[dir];
-        uint64_t budget = PUSH_MAX_LISTING;
-        int tries = STORE_TRIES;
+        uint64_t budget = push_max_listing_;
         for (uint64_t k = 0; k < d.child_count; k++)
-            if (push_file(children_[d.child_start + k].ino, cur, buf, budget, tries) == Push::STOP) return;
+            if (push_file(children_[d.child_start + k].ino, cur, buf, budget) == Push::STOP) return;
     }
 
     void push_span(SpanTable &t, size_t i, uint64_t from, SpanCursor &cur, std::vector<char> &buf) {
@@ -1163,10 +1168,9 @@ private:
         size_t first = static_cast<size_t>(std::lower_bound(files.begin(), files.end(), from, [this](uint64_t ino, uint64_t pos) {
                                                return nodes_[ino].offset < pos;
                                            }) - files.begin());
-        uint64_t budget = PUSH_MAX_MOUNT;
-        int tries = 1;
+        uint64_t budget = push_max_mount_;
         for (size_t k = 0; k < n; k++)
-            if (push_file(files[(first + k) % n], cur, buf, budget, tries) == Push::STOP) return;
+            if (push_file(files[(first + k) % n], cur, buf, budget) == Push::STOP) return;
     }
 
     // The temp file of span i being filled, open, once its first ``need`` bytes are there
@@ -1267,6 +1271,11 @@ private:
 
     static void op_releasedir(fuse_req_t req, fuse_ino_t, struct fuse_file_info *) { fuse_reply_err(req, 0); }
 
+    static void op_read_counted(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+        if (fi->fh || ino == self(req)->stats_ino_) return Counted<R_STATS_READ, op_read>::call(req, ino, size, off, fi);
+        Counted<R_READ, op_read>::call(req, ino, size, off, fi);
+    }
+
     static fuse_lowlevel_ops make_ops() {
         fuse_lowlevel_ops o;
         std::memset(&o, 0, sizeof o);
@@ -1275,7 +1284,7 @@ private:
         o.getattr = Counted<R_GETATTR, op_getattr>::call;
         o.readlink = Counted<R_READLINK, op_readlink>::call;
         o.open = Counted<R_OPEN, op_open>::call;
-        o.read = Counted<R_READ, op_read>::call;
+        o.read = op_read_counted;
         o.release = Counted<R_RELEASE, op_release>::call;
         o.opendir = Counted<R_OPENDIR, op_opendir>::call;
         o.readdir = Counted<R_READDIR, op_readdir>::call;
@@ -1301,6 +1310,7 @@ private:
     std::atomic<bool> stats_cached_{false};
     bool no_opendir_ = false;  // set at INIT, before any other request
     bool splice_ = false;  // stores splice from span files (FUSE_CAP_SPLICE_WRITE)
+    uint64_t push_max_file_ = 0, push_max_listing_ = 0, push_max_mount_ = 0;  // set_push_limits
     std::shared_mutex se_mu_;
     std::mutex push_mu_;
     std::condition_variable push_cv_;
@@ -1347,6 +1357,8 @@ NB_MODULE(_fuse, m) {
              nb::arg("done"))
         .def("span_evicted", &Frontend::span_evicted, nb::arg("layer"), nb::arg("span"), nb::arg("path"))
         .def("untrust", &Frontend::untrust, nb::arg("layer"))
+        .def("set_push_limits", &Frontend::set_push_limits, nb::arg("max_file"), nb::arg("max_listing"),
+             nb::arg("max_mount"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def_prop_ro("pushed_bytes", [](const Frontend &f) { return f.pushed_bytes_.load(); })
         .def("requests", &Frontend::requests)

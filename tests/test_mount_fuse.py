@@ -540,14 +540,14 @@ def test_spans_filled_in_steps_serve_the_right_bytes_to_many_readers(
         assert s["layers"][0]["inflate_ratio"] == 1.0  # no span inflated twice
 
 
-def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
-        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
-    """On a fresh mount over a warm span cache, the first read served from a span puts the
-    other files inside it into the kernel's page cache: reading them then mostly makes no
-    FUSE read at all, and every byte is still the image's."""
-    cache = tmp_path / "warm"
+PUSH_TREE = "usr/lib/python/json"
+
+
+def _warm_cache(mount: Mount, img: mi.Image, store: Path, cache: Path, tree: str) -> list[str]:
+    """Reads every file under ``tree`` through a mount on span cache ``cache`` until its spans
+    are all committed there, and unmounts: the next mount on ``cache`` starts warm. The
+    files, relative to ``tree``."""
     mp = mount("--cache-dir", str(cache))
-    tree = "usr/lib/python/json"
     files = _regular_files(img.ref / tree)
     assert len(files) >= 5
     for rel in files:
@@ -558,9 +558,40 @@ def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
             break
         threading.Event().wait(0.05)
     assert mi.umount_cmd(mp, store).returncode == 0
+    return files
 
+
+def _requests(mp: Path, kind: str) -> int:
+    """How many FUSE requests of ``kind`` the mount has answered (stats.json's own reads are
+    counted apart, as stats_read)."""
+    return int(mi.stats(mp)["requests"].get(kind, {}).get("count", 0))
+
+
+def _settled_pushes(mp: Path) -> dict[str, Any]:
+    """stats.json once the pusher has stopped moving (nothing new for a quarter second)."""
+    s = mi.stats(mp)
+    for _ in range(40):
+        threading.Event().wait(0.25)
+        t = mi.stats(mp)
+        if (t["pushed_files"], t["pushed_bytes"]) == (s["pushed_files"], s["pushed_bytes"]):
+            return t
+        s = t
+    return s
+
+
+def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """On a fresh mount over a warm span cache, the first read served from a span puts the
+    other files inside it into the kernel's page cache, also for a reader that opens files
+    by name without listing their directory: reading them then mostly makes no FUSE read at
+    all, and every byte is still the image's."""
+    cache = tmp_path / "warm"
+    tree = PUSH_TREE
+    files = _warm_cache(mount, img, store, cache, tree)
     mp = mount("--cache-dir", str(cache))
-    os.listdir(mp / tree)  # the kernel learns the inodes (READDIRPLUS)
+    for rel in files:  # the kernel learns the inodes by LOOKUP: no listing pushes them
+        os.stat(mp / tree / rel)
+    assert mi.stats(mp)["pushed_files"] == 0
     first = mp / tree / files[0]
     assert first.read_bytes() == (img.ref / tree / files[0]).read_bytes()
     for _ in range(100):
@@ -569,9 +600,104 @@ def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
             break
         threading.Event().wait(0.05)
     assert pushed > 0
-    before = mi.stats(mp)["direct_reads"]
+    before = _requests(mp, "read")
     for rel in files:
         assert (mp / tree / rel).read_bytes() == (img.ref / tree / rel).read_bytes(), rel
     s = mi.stats(mp)
-    assert s["direct_reads"] - before < len(files) - 1  # most were in the page cache already
+    assert _requests(mp, "read") - before < len(files) - 1  # most were in the page cache already
     assert s["totals"]["errors"] == 0 and s["totals"]["spans_fetched"] == 0
+
+
+def test_a_listed_directory_s_files_are_pushed_into_the_page_cache_right(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """On a fresh mount over a warm span cache, listing a directory puts all its files into
+    the kernel's page cache (no-open mode keeps them): reading them then makes no FUSE read,
+    and every byte is what `umoci unpack` wrote."""
+    cache = tmp_path / "warm"
+    tree = PUSH_TREE
+    _warm_cache(mount, img, store, cache, tree)
+    mp = mount("--cache-dir", str(cache))
+    here = sorted(n for n in os.listdir(mp / tree)  # READDIRPLUS: the pusher starts
+                  if (img.ref / tree / n).is_file() and not (img.ref / tree / n).is_symlink())
+    assert len(here) >= 3
+    s = _settled_pushes(mp)
+    assert s["pushed_files"] == len(here)
+    assert s["pushed_bytes"] == sum((img.ref / tree / n).stat().st_size for n in here)
+    before = _requests(mp, "read")
+    for n in here:
+        assert (mp / tree / n).read_bytes() == (img.ref / tree / n).read_bytes(), n
+    assert _requests(mp, "read") == before  # every page was there
+    s = mi.stats(mp)
+    assert s["totals"]["errors"] == 0 and s["totals"]["spans_fetched"] == 0
+    # no-opendir mode: one OPENDIR (answered ENOSYS), then none and no RELEASEDIR, however
+    # many directories are listed
+    for d in ("usr/lib/python", "usr/lib", "usr", "data"):
+        os.listdir(mp / d)
+    assert _requests(mp, "opendir") <= 1 and _requests(mp, "releasedir") == 0
+
+
+def test_listing_pushes_stay_within_their_caps(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """--page-cache-push SIZE: a listing pushes only files up to SIZE, at most 2*SIZE bytes
+    of them (in the listing's order, a file that does not fit skipped); the others are
+    read through FUSE as before, with the right bytes. 0 pushes nothing at all."""
+    cache = tmp_path / "warm"
+    tree = PUSH_TREE
+    _warm_cache(mount, img, store, cache, tree)
+    ref = img.ref / tree
+    here = sorted((n for n in os.listdir(ref) if (ref / n).is_file() and not
+                   (ref / n).is_symlink()), key=os.fsencode)  # the frontend's order
+    sizes = {n: (ref / n).stat().st_size for n in here}
+    cap = sorted(sizes.values())[len(sizes) // 2]  # about half the files are larger
+    budget, want = 2 * cap, []
+    for n in here:
+        if 0 < sizes[n] <= min(cap, budget):
+            budget -= sizes[n]
+            want.append(n)
+    assert 0 < len(want) < len(here)
+
+    mp = mount("--cache-dir", str(cache), "--page-cache-push", str(cap))
+    os.listdir(mp / tree)
+    s = _settled_pushes(mp)
+    assert (s["pushed_files"], s["pushed_bytes"]) == (len(want), sum(sizes[n] for n in want))
+    assert s["pushed_bytes"] <= 2 * cap
+    before = _requests(mp, "read")
+    for n in here:
+        assert (mp / tree / n).read_bytes() == (ref / n).read_bytes(), n
+    assert _requests(mp, "read") - before >= len([n for n in here if sizes[n] and n not in want])
+
+    mp = mount("--cache-dir", str(cache), "--page-cache-push", "0")
+    os.listdir(mp / tree)
+    for n in here:
+        assert (mp / tree / n).read_bytes() == (ref / n).read_bytes(), n
+    s = _settled_pushes(mp)
+    assert (s["pushed_files"], s["pushed_bytes"]) == (0, 0)
+    assert _requests(mp, "read") >= len([n for n in here if sizes[n]])
+
+
+def test_nothing_is_pushed_from_spans_not_whole_in_the_cache(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Listing pushes only bytes already verified and cached: on a cold cache nothing, and
+    over a warm one whose span files were cut short after the mount took them (no longer
+    the verified span), nothing either; reads still get the image's bytes."""
+    tree = PUSH_TREE
+    ref = img.ref / tree
+    here = [n for n in os.listdir(ref) if (ref / n).is_file() and not (ref / n).is_symlink()]
+    mp = mount()  # a fresh, empty span cache
+    os.listdir(mp / tree)
+    threading.Event().wait(0.3)
+    assert mi.stats(mp)["pushed_files"] == 0
+
+    cache = tmp_path / "warm"
+    _warm_cache(mount, img, store, cache, tree)
+    mp = mount("--cache-dir", str(cache))
+    spans = [p for p in cache.rglob("*") if p.is_file()]
+    assert spans
+    for p in spans:
+        os.truncate(p, p.stat().st_size - 1)
+    os.listdir(mp / tree)
+    s = _settled_pushes(mp)
+    assert (s["pushed_files"], s["pushed_bytes"]) == (0, 0)
+    for n in here:
+        assert (mp / tree / n).read_bytes() == (ref / n).read_bytes(), n
+    assert mi.stats(mp)["totals"]["errors"] == 0

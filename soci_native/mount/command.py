@@ -99,6 +99,12 @@ def _write_fd(fd: int, text: str) -> None:
 @click.option("--cache-size", type=ByteSize(), default="1GiB", show_default=True,
               help="Span cache bound (least recently used spans are evicted; a span larger "
                    "than half of it is never cached, its reads are inflated on demand).")
+@click.option("--page-cache-push", "push_max", type=ByteSize(), default="32MiB",
+              show_default=True, metavar="SIZE",
+              help="As a directory is listed, its files up to SIZE whose spans are already in "
+                   "the span cache are put into the kernel's page cache in the background "
+                   "(at most twice SIZE per directory, the cache size per mount), so reading "
+                   "them makes no FUSE request. 0: off.")
 @click.option("--stats", "print_stats", is_flag=True,
               help="Print .soci-native/stats.json at unmount (foreground; else to the log).")
 @click.option("--prefetch", is_flag=True,
@@ -122,7 +128,7 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
                   cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
                   allow_other: bool, log_file: str | None, debug: bool,
                   ready_fd: int | None, secrets_fd: int | None, background_fetch: float,
-                  **kw: Any) -> None:
+                  push_max: int, **kw: Any) -> None:
     """Mount IMAGE's root filesystem read-only at MOUNTPOINT, loading file bytes lazily.
 
     The image's SOCI index is taken from the local store (`soci-native create IMAGE`, or a
@@ -158,13 +164,14 @@ def mount_command(ctx: click.Context, image: str, mountpoint: str, platform: str
             image, mp, root, pidfile, str(log_path), platform=platform, layer=layer,
             index_digest=index_digest, cache_dir=cache_dir, cache_size=cache_size,
             print_stats=print_stats, prefetch=prefetch, allow_other=allow_other, debug=debug,
-            ready_fd=fd, registry=reg, background_fetch=background_fetch))
+            ready_fd=fd, registry=reg, background_fetch=background_fetch, push_max=push_max))
         return
     _setup_logging(debug)
     _run(image, mp, root, pidfile, log_file or "", platform=platform, layer=layer,
          index_digest=index_digest, cache_dir=cache_dir, cache_size=cache_size,
          print_stats=print_stats, prefetch=prefetch, allow_other=allow_other, debug=debug,
-         ready_fd=ready_fd, registry=registry_options(kw), background_fetch=background_fetch)
+         ready_fd=ready_fd, registry=registry_options(kw), background_fetch=background_fetch,
+         push_max=push_max)
 
 
 # Options whose values are secret: never on the daemon's command line (readable by every
@@ -269,7 +276,8 @@ def _spawn(ctx: click.Context, root: Path, mp: str, log_file: Path,
         elif isinstance(p, click.Option) and p.is_flag and p.secondary_opts:
             if value != p.default:  # an on/off pair set away from its default
                 args.append(p.opts[-1] if value else p.secondary_opts[-1])
-        elif isinstance(p, click.Option) and value not in (None, False):
+        elif isinstance(p, click.Option) and value is not None and value is not False:
+            # (not ``value not in (None, False)``: 0 == False, and a 0 given must be passed on)
             args.append(p.opts[-1])
             if not p.is_flag:
                 args.append(str(value))
@@ -388,7 +396,8 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
          platform: str | None, layer: str | None, index_digest: str | None,
          cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
          allow_other: bool, debug: bool, ready_fd: int | None,
-         registry: RegistryOptions | None = None, background_fetch: float = 0.0) -> None:
+         registry: RegistryOptions | None = None, background_fetch: float = 0.0,
+         push_max: int = 32 << 20) -> None:
     from pathlib import Path
 
     from soci_native.images import ImageError
@@ -429,7 +438,8 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
                                    "log": log_file or None}))
     failed: str | None = None
     try:
-        serve(mounted, mp, allow_other=allow_other, debug=debug, on_ready=on_ready)
+        serve(mounted, mp, allow_other=allow_other, debug=debug, on_ready=on_ready,
+              push_max=push_max)
     except Exception as e:
         # the loop also returns non-zero when a signal ended it; that is a normal stop
         # once the mount was live. Otherwise libfuse could not mount (it said why on stderr).

@@ -18,8 +18,9 @@ The image never changes, so the kernel keeps what it learns: entries and attribu
 lookups too) for a day, directory listings, symlink targets, and file pages across opens.
 ``open`` of a regular file answers ENOSYS, which puts the kernel in no-open mode: later opens,
 closes (release, flush) never reach us and the page cache is kept, so a warm
-open+read+close costs what it costs on a local disk. ``readdir`` always answers READDIRPLUS
-with every child's attributes, so listing a directory also makes its lookups.
+open+read+close costs what it costs on a local disk; ``opendir`` likewise (no-opendir mode:
+no opendir/releasedir pair per directory, listings kept). ``readdir`` always answers
+READDIRPLUS with every child's attributes, so listing a directory also makes its lookups.
 
 ``/.soci-native/stats.json`` is a virtual file (not listed by ``readdir`` of ``/``, but
 ``stat``/``open`` work) holding :meth:`MountedImage.stats` as JSON, rendered when read. In
@@ -29,11 +30,13 @@ no-open mode its pages would stay cached, so after it is read its inode is inval
 Cache hits served in C (``direct_reads``) and the spans they read are folded into the layer
 stats and the span cache's LRU order at the same ticks.
 
-When C first serves a read from a span, the other files wholly inside that span are put into
-the kernel's page cache (``fuse_lowlevel_notify_store``, on a thread of its own; counted as
-``pushed_files``): a walk over a tree of small files then finds most of them cached instead of
-making a FUSE round trip per file. Only bytes already verified and cached are pushed; nothing
-more is fetched.
+Once a directory's listing is done, its files, and when C first serves a read from a span,
+the other files wholly inside that span, are put into the kernel's page cache
+(``fuse_lowlevel_notify_store``, on a thread of its own; counted as ``pushed_files`` and
+``pushed_bytes``): a walk over a warm span cache then reads them with no FUSE round trip.
+Only files whose spans are all whole and verified in the cache are pushed, up to
+``push_max`` bytes each (``--page-cache-push``), twice that per listing and the cache size
+per mount; nothing more is fetched. ``requests`` counts the FUSE requests answered, per kind.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ INIT_WAIT = 2.0  # seconds the mount waits for the kernel to take its INIT reply
 READ_AHEAD_KB = 1024  # the kernel's default for a FUSE mount is 128: 8x the requests
 MAX_IDLE_THREADS = 10
 MAX_THREADS = 16
+PUSH_MAX = 32 << 20  # the largest file a listing pushes into the page cache (--page-cache-push)
 
 
 class SociFS:
@@ -71,12 +75,14 @@ class SociFS:
     hands back, and stats.json."""
 
     def __init__(self, mounted: MountedImage,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, push_max: int = PUSH_MAX) -> None:
         self.m = mounted
         self.on_ready = on_ready
         table = mounted.tree.table
         total = sum(layer.stats.size for layer in mounted.layers)
         self.front = _fuse.Frontend(*table, len(mounted.layers), total, self)
+        # more than the span cache holds would push what it has evicted meanwhile
+        self.front.set_push_limits(push_max, 2 * push_max, mounted.cache.limit)
         self._lazy: list[tuple[int, ZtocLayer]] = []
         self._span_at: dict[str, tuple[int, int]] = {}  # a cached span's path: (layer, span)
         mounted.cache.on_evict = self._span_evicted
@@ -273,14 +279,15 @@ def tune_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
 
 
 def serve(mounted: MountedImage, mountpoint: str, *, allow_other: bool = False,
-          debug: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+          debug: bool = False, on_ready: Callable[[], None] | None = None,
+          push_max: int = PUSH_MAX) -> None:
     """Mounts and runs the FUSE loop in this thread until unmounted (``fusermount3 -u``) or
     sent SIGINT/SIGTERM/SIGHUP (libfuse then unmounts and the loop returns). libfuse takes
     only signals still at their default: in the main thread Python's SIGINT handler (which
     could not run while the loop holds the thread) steps aside for the loop; a program that
     set its own handlers (the snapshotter's mount daemon) keeps them."""
     mounted.mountpoint = mountpoint
-    fs = SociFS(mounted, on_ready)
+    fs = SociFS(mounted, on_ready, push_max)
     opts = "ro,default_permissions,fsname=soci-native,subtype=soci-native"
     if allow_other:
         opts += ",allow_other"
