@@ -1,6 +1,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "span_hash.h"
 
+#include "map_guard.h"
 #include "sha256_dual.h"
 
 #include <pthread.h>
@@ -30,6 +31,8 @@ struct span_hasher {
     uint64_t pos;
     size_t next_start;
     int hashing;
+    int in_update;       /* threaded: the hasher is reading a buffer (mu dropped) */
+    sn_map_guard *guard; /* threaded: the hasher thread's, narrowed to each buffer it reads */
     sn_sha256 md;        /* the current span */
     sn_sha256 whole;     /* the whole blob, to check it against its digest */
     uint8_t whole_digest[32];
@@ -69,23 +72,42 @@ static int step(span_hasher *h) {
     const uint8_t *p = h->seg[k].p + (h->pos - h->seg[k].start);
     size_t n = (size_t)(end - h->pos);
     int hashing = h->hashing;
-    if (h->threaded) pthread_mutex_unlock(&h->mu);
+    if (h->threaded) {
+        h->in_update = 1;
+        h->guard->lo = p; /* a mapped buffer may vanish under us (its file truncated) */
+        h->guard->hi = p + n;
+        pthread_mutex_unlock(&h->mu);
+    }
     if (hashing) sn_sha256_update2(&h->md, &h->whole, p, n); /* both digests in one pass */
     else sn_sha256_update(&h->whole, p, n);
-    if (h->threaded) pthread_mutex_lock(&h->mu);
+    if (h->threaded) {
+        pthread_mutex_lock(&h->mu);
+        h->in_update = 0;
+    }
     h->pos = end;
     return 0;
 }
 
 static void *run(void *arg) {
     span_hasher *h = arg;
-    pthread_mutex_lock(&h->mu);
+    sn_map_guard guard = {.lo = NULL, .hi = NULL};
+    if (sigsetjmp(guard.jb, 1)) { /* a buffer's page went away mid-hash: its file shrank */
+        pthread_mutex_lock(&h->mu);
+        h->in_update = 0;
+        h->failed = 1;
+        sn_fail(&h->err, SN_EFORMAT, "the layer's bytes went away while being hashed (its file shrank)");
+    } else {
+        pthread_mutex_lock(&h->mu);
+        h->guard = &guard;
+    }
+    sn_map_guard_arm(&guard);
     while (!h->quit) {
         if (h->failed || step(h)) {
             pthread_cond_broadcast(&h->done);
             pthread_cond_wait(&h->work, &h->mu);
         }
     }
+    sn_map_guard_arm(NULL);
     pthread_mutex_unlock(&h->mu);
     return NULL;
 }
@@ -239,6 +261,15 @@ int sh_finish(span_hasher *h, sn_err *err) {
     if (rc) *err = h->err;
     if (h->threaded) pthread_mutex_unlock(&h->mu);
     return rc;
+}
+
+void sh_abort(span_hasher *h) {
+    lock(h);
+    h->failed = 1;
+    sn_fail(&h->err, SN_EIO, "hashing stopped: the input failed");
+    if (h->threaded) pthread_cond_signal(&h->work);
+    while (h->in_update) pthread_cond_wait(&h->done, &h->mu);
+    unlock(h);
 }
 
 const uint8_t *sh_blob_digest(const span_hasher *h) { return h->whole_digest; }

@@ -1,0 +1,103 @@
+"""A local layer is read through mmap (no read() copy): a file truncated while it is mapped
+would raise SIGBUS on the vanished pages. The indexer must turn that into an error naming the
+file, whichever thread (the inflater or the hasher) touches them first, and `create` must
+report it on one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_interrupt import build_layout
+
+import soci_native as sn
+
+
+def _wait_mapped(path: Path, pid: int | str = "self", timeout: float = 60.0) -> bool:
+    """Polls until the process maps ``path`` (the indexer has started on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if str(path) in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            return False
+        time.sleep(0.0005)
+    return False
+
+
+def _index_and_truncate(path: Path, keep: int) -> BaseException | None:
+    seen: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sn.index_layer(str(path), entries=False)
+        except BaseException as e:  # noqa: BLE001 (what the thread saw is the result)
+            seen.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert _wait_mapped(path), "the layer was never mapped"
+        os.truncate(path, keep)
+    finally:
+        t.join(timeout=60)
+    assert not t.is_alive()
+    return seen[0] if seen else None
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    lay = tmp_path_factory.mktemp("mapped") / "lay"
+    digest = build_layout(lay, big=48 << 20)[0]
+    path = lay / "blobs" / "sha256" / digest.split(":")[1]
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("hash_thread", ["1", "0"])
+@pytest.mark.parametrize("keep_fraction", [0, 0.25, 0.5])
+def test_truncated_while_mapped_is_an_error(tmp_path: Path, layer: tuple[Path, bytes],
+                                            monkeypatch: pytest.MonkeyPatch, hash_thread: str,
+                                            keep_fraction: float) -> None:
+    """Cut to nothing, the hasher's pages vanish as well as the inflater's (either may fault
+    first); cut further on, the inflater runs into the end. Every time: FormatError, the
+    file named, and the process alive to index the whole layer again."""
+    monkeypatch.setenv("SOCI_NATIVE_HASH_THREAD", hash_thread)
+    src, data = layer
+    path = tmp_path / "layer.tar.gz"
+    for _ in range(3):
+        path.write_bytes(data)
+        keep = int(len(data) * keep_fraction)
+        e = _index_and_truncate(path, keep)
+        assert isinstance(e, sn.FormatError), e
+        assert f"{path} shrank from {len(data)} to {keep} bytes while being indexed" in str(e)
+    path.write_bytes(data)
+    assert sn.index_layer(str(path), entries=False).blob_digest == sn.index_layer(
+        str(src), entries=False).blob_digest
+
+
+def test_create_reports_a_layer_truncated_under_it(tmp_path: Path) -> None:
+    lay, root = tmp_path / "lay", tmp_path / "store"
+    digests = build_layout(lay, big=32 << 20)
+    victim = lay / "blobs" / "sha256" / digests[-1].split(":")[1]
+    size = victim.stat().st_size
+    env = dict(os.environ, SOCI_NATIVE_ROOT=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "soci_native.cli", "create", f"oci:{lay}:t",
+                             "--jobs", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_mapped(victim, proc.pid, timeout=120), "the layer was never mapped"
+        os.truncate(victim, size // 3)
+        _, err = proc.communicate(timeout=120)  # a guard, not a measurement
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{victim} shrank from {size} to {size // 3} bytes while being indexed" in err, err
