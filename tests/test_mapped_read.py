@@ -101,3 +101,22 @@ def test_create_reports_a_layer_truncated_under_it(tmp_path: Path) -> None:
     assert proc.returncode == 1, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"{victim} shrank from {size} to {size // 3} bytes while being indexed" in err, err
+
+
+def test_unmappable_path_is_read_instead(tmp_path: Path, layer: tuple[Path, bytes]) -> None:
+    """A path that cannot be mapped (a FIFO here) is read() in turn: the same index."""
+    src, data = layer
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        piped = sn.index_layer(str(fifo), span_size=1 << 20)
+    finally:
+        t.join(timeout=60)
+    assert piped == sn.index_layer(str(src), span_size=1 << 20)
