@@ -189,7 +189,8 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
 def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                  opts: BuildOptions, progress: Progress | None = None,
                  on_layer: Callable[[Descriptor], None] | None = None) -> list[LayerResult]:
-    """zTOCs for each distinct layer, ``opts.jobs`` at a time, results in layer order.
+    """zTOCs for each distinct layer, ``opts.jobs`` at a time (the largest first), results
+    in layer order.
 
     The layers run on worker threads even with one job, so the calling thread stays free to
     take a KeyboardInterrupt: then queued layers are dropped and running ones stop at their
@@ -205,7 +206,11 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                 report(layer, n)
     pool = ThreadPoolExecutor(max(1, min(opts.jobs, len(layers))))
     try:
-        futures = [pool.submit(build_layer, src, store, layer, opts, safe) for layer in layers]
+        # Largest first: a big layer started last would run alone at the end while the other
+        # jobs' cores idle (with equal layers the order changes nothing).
+        order = sorted(range(len(layers)), key=lambda i: -layers[i].size)
+        started = {i: pool.submit(build_layer, src, store, layers[i], opts, safe) for i in order}
+        futures = [started[i] for i in range(len(layers))]
         if on_layer is not None:
             done = on_layer
 
