@@ -876,6 +876,31 @@ private:
         return true;
     }
 
+    // Has Python make [pos, end) final in the spans' temp files (or find them cached), for
+    // cached_read to reply with: ops.fill per span, which inflates in this thread as a read
+    // would. 0: done; -1: a span Python serves only through ops.read (too big to cache, a tar
+    // layer's), or too many spans; else the errno to reply.
+    int fill_spans(SpanTable &t, uint64_t pos, uint64_t end) {
+        size_t first = t.span_of(pos), last = t.span_of(end - 1);
+        if (last - first >= Views::MAX) return -1;
+        nb::gil_scoped_acquire g;
+        for (size_t i = first; i <= last; i++) {
+            uint64_t lo = t.starts[i], hi = t.starts[i + 1];
+            if (hi <= pos || t.cached[i].load(std::memory_order_acquire)) continue;  // empty, or whole already
+            int r = -1;
+            try {
+                r = nb::cast<int>(ops_.attr("fill")(t.layer, i, std::min(end, hi) - lo));
+            } catch (nb::python_error &e) {
+                e.discard_as_unraisable("soci_native._fuse fill");
+                r = EIO;
+            } catch (std::exception &) {
+                r = EIO;
+            }
+            if (r != 0) return r < 0 ? -1 : (r < 4096 ? r : EIO);
+        }
+        return 0;
+    }
+
     // A read answered by Python: ops.<method>(args...) returns bytes (at most ``size``; for
     // file data exactly ``want``) or an errno.
     template <typename... A>
@@ -944,6 +969,13 @@ private:
         bool lazy = t && !(x->flags & FLAG_SPARSE) && end <= t->starts.back();
         // before the read: the spans after it are fetched and inflated beside it
         if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size, off == 0);
+        if (lazy && t->trusted.load(std::memory_order_acquire)) {  // inflated there, replied from here
+            int r = fill_spans(*t, pos, end);
+            if (r > 0) return (void)fuse_reply_err(req, r);
+            Views v;
+            size_t last = 0;
+            if (r == 0 && cached_read(*t, pos, len, v, last)) return v.reply(req);
+        }
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
         if (lazy)  // Python may have found the span cached, or cached it
             for (size_t i = t->span_of(pos); i < t->spans() && t->starts[i] < end; i++)

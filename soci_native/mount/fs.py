@@ -9,10 +9,12 @@ each span it has verified and committed (``on_cached``), the span cache each one
 (``on_evict``: read here again), and a span removed behind its back is found missing and read
 here instead; likewise how far a span being filled is in its temp file (``on_filling``), so
 reads of what is inflated so far are answered in C too. The frontend also decides which spans
-to fill ahead of a reader (:meth:`SociFS.read_ahead`). Every other read comes back to Python
-(:meth:`SociFS.read`, with the GIL): spans not cached yet or not filled that far, uncacheable
-ones, sparse files, layers without a zTOC, and the virtual stats file. Errors are EIO, never
-wrong bytes.
+to fill ahead of a reader (:meth:`SociFS.read_ahead`). A read of spans not cached yet, or
+not filled that far, has Python make its bytes final in the temp files (:meth:`SociFS.fill`,
+inflating in the reading thread if no other is) and is then answered in C from them too.
+Every other read comes back to Python (:meth:`SociFS.read`, with the GIL): uncacheable
+spans, tar layers' spans, sparse files, layers without a zTOC, and the virtual stats file.
+Errors are EIO, never wrong bytes.
 
 The image never changes, so the kernel keeps what it learns: entries and attributes (negative
 lookups too) for a day, directory listings, symlink targets, and file pages across opens.
@@ -151,6 +153,22 @@ class SociFS:
             log.error("read of inode %d [%d, +%d): got %d bytes", ino, offset, length, len(data))
             return errno.EIO
         return data
+
+    def fill(self, layer: int, span: int, need: int) -> int:
+        """The frontend is about to reply with the first ``need`` bytes of a span not cached
+        yet from the span's temp file itself: 0 once they are there (inflated here, or by the
+        fill under way), -1 when it should ask :meth:`read` instead, else an errno."""
+        lazy = self.m.layers[layer]
+        if not isinstance(lazy, ZtocLayer):
+            return -1
+        try:
+            return 0 if lazy.fill_to(span, need) else -1
+        except OSError as e:
+            log.error("filling span %d of layer %d: %s", span, layer, e)
+            return errno.EIO
+        except Exception:
+            log.exception("filling span %d of layer %d failed", span, layer)
+            return errno.EIO
 
     def read_ahead(self, layer: int, span: int) -> bool:
         """The frontend saw a read that will want span ``span`` soon (the file read goes on

@@ -740,29 +740,58 @@ class ZtocLayer:
                 self._ahead.discard(i)
                 self._ahead_bytes -= self.spans[i].uend - self.spans[i].ustart
 
+    def fill_to(self, i: int, need: int) -> bool:
+        """For the FUSE frontend, which then replies with the bytes itself (from the span's
+        temp file or cache file, with no copy through Python): makes span ``i``'s first
+        ``need`` bytes final in its temp file, or finds the span whole in the cache, as a read
+        of them would (starting its fetch and inflate, or continuing the one under way).
+        False if the frontend cannot serve the span that way (too big to cache, a tar
+        layer's, the cache could not take it): :meth:`read` it then. A failure is the
+        SpanError a read would raise."""
+        s = self.spans[i]
+        size = s.uend - s.ustart
+        if not self.gzip or not 0 < need <= size <= self.cache.max_span:
+            return False
+        self._check_trusted()
+        path = self._path(i)
+        for _ in range(3):  # a fill may be committed (and evicted) under us
+            fill = self._fill_or_cached(i, path, 0, 0)
+            if not isinstance(fill, _Fill):
+                return True  # whole in the cache
+            with fill.lock:
+                if fill.fd < 0 and fill.state == "filling":
+                    return False  # kept for reads, not cached
+            if self._serve(fill, 0, need, read=False) is not None:
+                return True
+        raise SpanError(f"layer {self.digest} span {i}: evicted while being read, three times")
+
+    def _fill_or_cached(self, i: int, path: str, rel: int, length: int) -> _Fill | bytes:
+        """Bytes [rel, rel+length) of span ``i`` if it is whole in the cache, else its fill
+        (started here if none is under way)."""
+        size = self.spans[i].uend - self.spans[i].ustart
+        data = self.cache.read(path, rel, length, size)
+        if data is None:
+            with self._locks[i]:  # one fetch per span, however many readers want it
+                fill = self._fills.get(i)
+                if fill is not None:
+                    return fill
+                data = self.cache.read(path, rel, length, size)
+                if data is None:
+                    self.stats.add(cache_misses=1)
+                    return self._start(i, path)
+        self.stats.add(cache_hits=1)
+        self._cached(i, path)
+        return data
+
     def _span_slice(self, i: int, rel: int, length: int) -> bytes:
         """Bytes [rel, rel+length) of span ``i``: from the cache, else from the span's one
         inflate (started here if none is under way: fetch and verify once, then inflate only
         as far as this read needs; the rest is filled into the cache in the background)."""
-        s = self.spans[i]
-        size = s.uend - s.ustart
         path = self._path(i)
         for _ in range(3):  # a fill may be committed (and evicted) under us
-            data = self.cache.read(path, rel, length, size)
-            if data is not None:
-                self.stats.add(cache_hits=1)
-                self._cached(i, path)
-                return data
-            with self._locks[i]:  # one fetch per span, however many readers want it
-                fill = self._fills.get(i)
-                if fill is None:
-                    data = self.cache.read(path, rel, length, size)
-                    if data is not None:
-                        self.stats.add(cache_hits=1)
-                        self._cached(i, path)
-                        return data
-                    self.stats.add(cache_misses=1)
-                    fill = self._start(i, path)
+            fill = self._fill_or_cached(i, path, rel, length)
+            if not isinstance(fill, _Fill):
+                return fill
             data = self._serve(fill, rel, length)
             if data is not None:
                 return data
@@ -814,9 +843,10 @@ class ZtocLayer:
         log.error("%s", msg)
         return SpanError(msg)
 
-    def _serve(self, fill: _Fill, rel: int, length: int) -> bytes | None:
+    def _serve(self, fill: _Fill, rel: int, length: int, read: bool = True) -> bytes | None:
         """The bytes from the fill (waiting for, or else advancing, its inflate as far as
-        needed), or None once it has been committed to the cache (read them there)."""
+        needed), or None once it has been committed to the cache (read them there). Not
+        ``read``: b"" once they are in the temp file (the frontend reads them there)."""
         need = rel + length
         while True:
             with fill.lock:
@@ -827,9 +857,9 @@ class ZtocLayer:
                     if fill.state == "committed":
                         return None
                     if fill.fd < 0:
-                        return self._serve_uncached(fill, rel, length)
+                        return self._serve_uncached(fill, rel, length) if read else None
                     if fill.done >= need:
-                        return self._pread_fill(fill, rel, length)
+                        return self._pread_fill(fill, rel, length) if read else b""
                     if not fill.busy:
                         break
                     fill.cond.wait()  # another thread's inflate is on its way there
