@@ -13,8 +13,9 @@ directory (`tar -xzf`), in the same run:
 
 Plus one core's raw inflate of the layer (zlib-ng in the C core, once per round: on a shared
 machine the ceiling moves too) as the ceiling for cold reads. Each round runs the three in a
-rotating order; medians over --repeat rounds and ratios are printed. The big file read through each mount is checked (sha256) against the
-plain directory's; a mismatch stops the run.
+rotating order; medians over --repeat rounds and ratios are printed. The big file read
+through each mount is checked (sha256) against the plain directory's; a mismatch stops the
+run.
 
 `--table --warm-tree` runs only the warm-cache tree row (no ratarmount), with what a fresh
 mount cannot avoid beside it: the FUSE requests the walk made (stats.json), the walk's
