@@ -748,11 +748,10 @@ private:
             pos += got;
         }
         fuse_reply_buf(req, buf.data(), pos);
-        // A request past the last entry (the lister's end-of-listing check) comes once the
-        // kernel has made the inodes of the entries our earlier replies carried (it parses a
-        // reply before it asks again): their pages can go in now.
-        if (plus && !stats && off >= 0 && static_cast<uint64_t>(off) >= count + 2 && d->child_count && push_max_file_ &&
-            !ino_flags_[ino].fetch_or(I_PUSHED))
+        // An empty reply past "." and ".." (the end of the listing) answers a request the kernel
+        // made once it had made the inodes of the entries our earlier replies carried (it
+        // parses a reply before it asks again): their pages can go in now.
+        if (plus && !stats && !pos && off >= 2 && d->child_count && push_max_file_ && !ino_flags_[ino].fetch_or(I_PUSHED))
             push_job({ino, -1, 0, 0});
     }
 
