@@ -153,6 +153,9 @@ uint64_t now_ns() {
 // The parts of one read's reply: a read-only shared mapping of each cache file it comes from,
 // just the pages the read needs (populated at once: one fault-free pass). Replying from them
 // skips the copy a pread into a buffer of ours would make; unmapped and closed when done.
+// Only the kernel touches the mapped bytes (populating them, and the writev of the reply to
+// /dev/fuse), never code of ours: a page that cannot be read fails that copy, and FUSE ends
+// the request with EIO, where a load of ours would be a SIGBUS.
 struct Views {
     static constexpr size_t MAX = 32;  // spans one reply may come from (more: Python serves it)
     struct View {
