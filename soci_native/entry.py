@@ -11,6 +11,9 @@ terminal, deeper subcommands, other flags) goes through click as always, but for
 `ztoc get-file` from a local image and `ztoc info`, answered without click when
 soci_native.quick_getfile and quick_info can (they fall back to click for anything else).
 
+Shell completion (click run with _SOCI_NATIVE_COMPLETE set, no arguments) is click's to
+answer, never the saved help's.
+
 This module imports only os and sys: it runs before anything else of the CLI.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from soci_native import __version__
+from soci_native import __version__, quick_io
 
 PROG = "soci-native"
 HELP_FLAGS = ("-h", "--help")
@@ -29,7 +32,8 @@ FULL_WIDTH = 78
 
 def main() -> None:
     args = sys.argv[1:]
-    console = os.path.basename(sys.argv[0]) == PROG  # click names the program after it
+    # click names the program after argv[0]; completion runs it with no arguments
+    console = os.path.basename(sys.argv[0]) == PROG and not quick_io.completing()
     if console and args == ["--version"]:
         sys.stdout.write(f"{PROG}, version {__version__}\n")
         sys.exit(0)

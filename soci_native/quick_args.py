@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from soci_native import quick_io
 from soci_native.catalog import Unsure
 from soci_native.rootopt import dir_ok
 
@@ -80,18 +81,13 @@ class Args:
         return os.path.join(os.path.expanduser("~"), ".local", "share", PROG)
 
 
-def completing() -> bool:
-    """Whether click is asked for shell completion (_PROG_COMPLETE set): click's to answer."""
-    return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
-
-
 def fast_path(main: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:
     """A fast path's ``main(argv)`` (it exits when it answers, returns False to leave the
     command to click), made to end on Ctrl-C as click's main does: "Aborted!" on stderr,
     exit 1. It also makes completion click's to answer."""
 
     def run(argv: list[str]) -> bool:
-        if completing():
+        if quick_io.completing():
             return False
         try:
             return main(argv)

@@ -7,29 +7,10 @@ click command; tests/test_quick_getfile.py compares the two."""
 
 from __future__ import annotations
 
-import errno
 import sys
 
-from soci_native import quick_args
+from soci_native import quick_args, quick_io
 from soci_native.catalog import Catalog, Unsure
-
-
-class PacifiedFlush:
-    """A stream whose flush ignores a pipe gone, as click leaves stdout and stderr after
-    one (the interpreter's last flush would report it otherwise)."""
-
-    def __init__(self, wrapped: object) -> None:
-        self.wrapped = wrapped
-
-    def flush(self) -> None:
-        try:
-            self.wrapped.flush()  # type: ignore[attr-defined]
-        except OSError as e:
-            if e.errno != errno.EPIPE:
-                raise
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.wrapped, name)
 
 
 @quick_args.fast_path
@@ -60,10 +41,6 @@ def main(argv: list[str]) -> bool:
             out.write(p)
         out.write(b"\n")
         out.flush()
-    except OSError as e:  # click's main: a pipe gone is exit 1, quietly
-        if e.errno != errno.EPIPE:
-            raise
-        sys.stdout = PacifiedFlush(sys.stdout)
-        sys.stderr = PacifiedFlush(sys.stderr)
-        sys.exit(1)
+    except OSError as e:
+        quick_io.pipe_gone(e)
     sys.exit(0)

@@ -18,10 +18,13 @@ CLICK = "import sys; sys.argv[0] = 'soci-native'; from soci_native.cli import ma
 
 
 def run(code: str, *args: str, cache: Path, columns: str | None = None,
-        profile: bool = False, root: str | None = None) -> tuple[int, str, str, bool]:
+        profile: bool = False, root: str | None = None, extra: dict[str, str] | None = None
+        ) -> tuple[int, str, str, bool]:
     """(exit code, stdout, stderr less import-time lines, whether click was imported)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("COLUMNS", "LINES", "SOCI_NATIVE_ROOT")}
+           if k not in ("COLUMNS", "LINES", "SOCI_NATIVE_ROOT")
+           and not (k.startswith("_") and k.endswith("_COMPLETE"))}
+    env.update(extra or {})
     env["XDG_CACHE_HOME"] = str(cache)
     if root is not None:
         env["SOCI_NATIVE_ROOT"] = root
@@ -136,6 +139,24 @@ def test_other_commands_go_through_click(tmp_path: Path) -> None:
     assert code == 0 and clicked and "Usage: soci-native ztoc ls" in out
     code, _, err, _ = run(ENTRY, "--nope", cache=tmp_path)
     assert code == 2 and "No such option '--nope'" in err
+
+
+def test_completion_is_click_s_with_a_help_saved(tmp_path: Path) -> None:
+    """Shell completion runs the program with no arguments: the saved top-level help must
+    not answer it (it did, as a usage error, from the second Tab on)."""
+    comp = {"COMP_WORDS": "soci-native zt", "COMP_CWORD": "1",
+            "_SOCI_NATIVE_COMPLETE": "bash_complete"}
+    want = run(CLICK, cache=tmp_path / "ref", extra=comp)[:3]
+    assert want[0] == 0 and "plain,ztoc" in want[1].splitlines(), want
+    assert run(ENTRY, cache=tmp_path, extra=comp)[:3] == want  # nothing saved yet
+    run(ENTRY, cache=tmp_path)  # `soci-native` alone: saves the help
+    assert (tmp_path / "soci-native" / "help-78.txt").exists()
+    assert run(ENTRY, cache=tmp_path, extra=comp)[:3] == want
+    run(ENTRY, "ztoc", "--help", cache=tmp_path)
+    comp.update(COMP_WORDS="soci-native ztoc --he", COMP_CWORD="2")
+    want = run(CLICK, "ztoc", "--help", cache=tmp_path / "ref", extra=comp)[:3]
+    assert "plain,--help" in want[1].splitlines(), want
+    assert run(ENTRY, "ztoc", "--help", cache=tmp_path, extra=comp)[:3] == want
 
 
 def test_console_script_is_the_entry() -> None:
