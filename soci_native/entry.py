@@ -24,6 +24,10 @@ import sys
 
 from soci_native import __version__, quick_io
 
+TYPE_CHECKING = False  # not typing's: see pathwalk.py
+if TYPE_CHECKING:
+    from typing import TextIO
+
 PROG = "soci-native"
 HELP_FLAGS = ("-h", "--help")
 # click renders help at min(terminal columns, 80) - 2, so every width >= 80 gives this text
@@ -44,7 +48,7 @@ def main() -> None:
         text = read_saved(sig, topic)
         if text is not None:
             # no arguments: click shows the help as a usage error (stderr, exit 2)
-            (sys.stdout if args else sys.stderr).write(text + "\n")
+            show(text, sys.stdout if args else sys.stderr)
             sys.exit(0 if args else 2)
         saved = sig
     # `ztoc get-file` of a local image and `ztoc info` without click, when they can
@@ -63,6 +67,15 @@ def main() -> None:
         if text is not None:
             save(saved, topic, text)
     cli_main()
+
+
+def show(text: str, stream: TextIO) -> None:
+    """Writes a saved help as click echoes it, a pipe gone as click's main takes it."""
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except OSError as e:
+        quick_io.pipe_gone(e)
 
 
 def help_topic(args: list[str]) -> str | None:

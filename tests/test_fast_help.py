@@ -159,5 +159,33 @@ def test_completion_is_click_s_with_a_help_saved(tmp_path: Path) -> None:
     assert run(ENTRY, "ztoc", "--help", cache=tmp_path, extra=comp)[:3] == want
 
 
+def closed_pipe(code: str, args: list[str], cache: Path, to_stderr: bool) -> tuple[int, bytes]:
+    """(exit code, what the other stream got) when stdout (or stderr) is a pipe whose reader
+    is gone before anything is written (`soci-native --help | true`)."""
+    r, w = os.pipe()
+    os.close(r)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "SOCI_NATIVE_ROOT")}
+    env["XDG_CACHE_HOME"] = str(cache)
+    streams = {"stderr": w, "stdout": subprocess.PIPE} if to_stderr else \
+        {"stdout": w, "stderr": subprocess.PIPE}
+    try:
+        p = subprocess.run([sys.executable, "-c", code, *args], env=env, timeout=60,
+                           stdin=subprocess.DEVNULL, **streams)
+    finally:
+        os.close(w)
+    return p.returncode, p.stdout if to_stderr else p.stderr
+
+
+def test_a_closed_pipe_is_click_s_exit(tmp_path: Path) -> None:
+    """A reader gone (`| head`, `| true`): exit 1 and nothing on stderr, as click gives it,
+    from the saved help too (it printed a BrokenPipeError traceback)."""
+    for args in (["--help"], ["ztoc", "--help"], []):
+        run(ENTRY, *args, cache=tmp_path)
+        assert run(ENTRY, *args, cache=tmp_path, profile=True)[3] is False  # saved
+        want = closed_pipe(CLICK, args, tmp_path / "ref", to_stderr=not args)
+        assert want == (1, b""), (args, want)
+        assert closed_pipe(ENTRY, args, tmp_path, to_stderr=not args) == want, args
+
+
 def test_console_script_is_the_entry() -> None:
     assert 'soci-native = "soci_native.entry:main"' in (REPO / "pyproject.toml").read_text()
