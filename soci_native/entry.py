@@ -14,12 +14,13 @@ soci_native.quick_getfile and quick_info can (they fall back to click for anythi
 Shell completion (click run with _SOCI_NATIVE_COMPLETE set, no arguments) is click's to
 answer, never the saved help's.
 
-This module imports only os and sys: it runs before anything else of the CLI.
+This module imports only os, stat and sys: it runs before anything else of the CLI.
 """
 
 from __future__ import annotations
 
 import os
+import stat  # os imports it: no cost
 import sys
 
 from soci_native import __version__, quick_io
@@ -32,6 +33,8 @@ PROG = "soci-native"
 HELP_FLAGS = ("-h", "--help")
 # click renders help at min(terminal columns, 80) - 2, so every width >= 80 gives this text
 FULL_WIDTH = 78
+# a saved help is a few KiB: anything bigger at its name is not one
+MAX_SAVED = 64 * 1024
 
 
 def main() -> None:
@@ -147,13 +150,42 @@ def signature() -> str:
     return " ".join(parts)
 
 
-def read_saved(sig: str, topic: str) -> str | None:
+def own_dir(path: str) -> bool:
+    """Whether ``path`` is a directory of this user's (the effective uid's): another's could
+    swap the saved text or the temporary file under us."""
     try:
-        with open(cache_file(topic), encoding="utf-8") as f:
-            first, _, text = f.read().partition("\n")
-    except (OSError, UnicodeDecodeError):
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def read_saved(sig: str, topic: str) -> str | None:
+    """The help saved for ``topic`` under signature ``sig``; None (click renders it) when
+    there is none, or it is anything but a small regular file of this user's: never a link
+    followed, a FIFO waited on, or a big file read."""
+    path = cache_file(topic)
+    if not own_dir(os.path.dirname(path)):
         return None
-    return text if first == sig and text else None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
+                or st.st_size > MAX_SAVED:
+            return None
+        data = os.read(fd, MAX_SAVED + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        first, _, text = data.decode("utf-8").partition("\n")
+    except UnicodeDecodeError:
+        return None
+    return text if first == sig and text and len(data) <= MAX_SAVED else None
 
 
 def render_help(cmd: object, topic: str, flag: str) -> str | None:
@@ -178,13 +210,25 @@ def render_help(cmd: object, topic: str, flag: str) -> str | None:
 
 def save(sig: str, topic: str, text: str) -> None:
     """Written whole to a temporary name, then renamed: a reader sees the old text or the new
-    one. A cache that cannot be written (read-only home) only costs the next start's speed."""
+    one. The temporary file is made new (nothing there is followed or reused) in a directory
+    of this user's. A cache that cannot be written (read-only home) only costs the next
+    start's speed."""
     path = cache_file(topic)
+    data = f"{sig}\n{text}".encode()
+    if len(data) > MAX_SAVED:
+        return  # read_saved would not read it
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"{sig}\n{text}")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if not own_dir(os.path.dirname(path)):
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError:
+        return  # a name taken is left as it is
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError:
         import contextlib

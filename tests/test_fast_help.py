@@ -187,5 +187,61 @@ def test_a_closed_pipe_is_click_s_exit(tmp_path: Path) -> None:
         assert closed_pipe(ENTRY, args, tmp_path, to_stderr=not args) == want, args
 
 
+def test_a_link_at_the_temporary_name_is_not_followed(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """save() makes its temporary file new: a link planted at that name (this process's
+    pid) is neither written through nor left as the saved help."""
+    from soci_native import entry
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "soci-native").mkdir()
+    tmp = Path(f"{entry.cache_file('')}.{os.getpid()}.tmp")
+    tmp.symlink_to(victim)
+    entry.save("sig", "", "text")
+    assert victim.read_text() == "keep" and tmp.is_symlink()
+    assert not Path(entry.cache_file("")).exists()
+    tmp.unlink()
+    entry.save("sig", "", "text")  # the name free again: saved
+    assert entry.read_saved("sig", "") == "text" and not tmp.exists()
+
+
+def test_what_is_no_saved_help_is_not_read(tmp_path: Path) -> None:
+    """A link, a FIFO or a big file at the saved help's name: click renders the help (the
+    same bytes) and saves it in their place; no link is followed, no FIFO waited on."""
+    want = run(CLICK, "--help", cache=tmp_path / "ref")[:3]
+    saved = tmp_path / "soci-native" / "help-78.txt"
+    run(ENTRY, "--help", cache=tmp_path)
+    good = saved.read_text()
+    sig = good.partition("\n")[0]
+    victim = tmp_path / "victim"
+    victim.write_text(f"{sig}\nnot the help")
+    for plant in ("link", "fifo", "big"):
+        saved.unlink()
+        if plant == "link":
+            saved.symlink_to(victim)
+        elif plant == "fifo":
+            os.mkfifo(saved)
+        else:
+            saved.write_text(f"{sig}\n" + "x" * 70_000)
+        code, out, err, clicked = run(ENTRY, "--help", cache=tmp_path, profile=True)
+        assert (code, out, err) == want and clicked, plant
+        assert saved.is_file() and not saved.is_symlink() and saved.read_text() == good, plant
+    assert victim.read_text() == f"{sig}\nnot the help"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the cache to another user")
+def test_a_cache_of_another_user_s_is_not_used(tmp_path: Path) -> None:
+    run(ENTRY, "--help", cache=tmp_path)
+    saved = tmp_path / "soci-native" / "help-78.txt"
+    before = saved.read_text()
+    os.chown(saved.parent, 1, -1)
+    code, out, _, clicked = run(ENTRY, "--help", cache=tmp_path, profile=True)
+    assert code == 0 and clicked and out == before.partition("\n")[2] + "\n"
+    saved.unlink()
+    assert run(ENTRY, "--help", cache=tmp_path)[0] == 0 and not saved.exists()  # not saved
+
+
 def test_console_script_is_the_entry() -> None:
     assert 'soci-native = "soci_native.entry:main"' in (REPO / "pyproject.toml").read_text()
