@@ -53,6 +53,12 @@ constexpr uint32_t FLAG_SPARSE = 1;
 // wait (more: reads serve those files).
 constexpr size_t PUSH_CHUNK = size_t(512) << 10;  // and a pipe of 1 MiB, the default limit, holds one
 constexpr size_t PUSH_QUEUE = 4096;
+// What a push of n bytes costs the page cache: whole pages (a 1-byte file takes one), which is
+// what the listing and mount caps count; pushed_bytes counts the file bytes.
+uint64_t pages_of(uint64_t n) {
+    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    return (n + page - 1) / page * page;
+}
 // Per inode (Frontend::ino_flags_): the pusher took the file (or the directory's listing), a
 // FUSE read of the file came in.
 constexpr uint8_t I_PUSHED = 1, I_READ = 2;
@@ -1149,10 +1155,11 @@ private:
     // it in the kernel). STOP: unmounting.
     Push push_file(uint64_t ino, SpanCursor &cur, std::vector<char> &buf, uint64_t &budget) {
         const Node &x = nodes_[ino];
-        if (!S_ISREG(x.mode) || !x.size || x.size > push_max_file_ || x.size > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
+        uint64_t cost = pages_of(x.size);
+        if (!S_ISREG(x.mode) || !x.size || x.size > push_max_file_ || cost > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
         SpanTable *t = spans_[static_cast<size_t>(x.layer)].get();
         if (!t || !t->trusted.load(std::memory_order_acquire) || !all_cached(*t, x.offset, x.size)) return Push::NO;
-        if (pushed_bytes_.load(std::memory_order_relaxed) + x.size > push_max_mount_) return Push::NO;
+        if (pushed_pages_.load(std::memory_order_relaxed) + cost > push_max_mount_) return Push::NO;
         if (ino_flags_[ino].fetch_or(I_PUSHED) & (I_PUSHED | I_READ)) return Push::NO;
         for (uint64_t off = 0; off < x.size;) {
             // A read of the file came in: the reader overtook us, and its reads bring the rest.
@@ -1180,7 +1187,8 @@ private:
                 if (fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0)) != 0)
                     return Push::NO;
             }
-            budget -= n;
+            budget -= std::min(budget, pages_of(n));
+            pushed_pages_.fetch_add(pages_of(n), std::memory_order_relaxed);
             pushed_bytes_.fetch_add(n, std::memory_order_relaxed);
             off += n;
         }
@@ -1351,6 +1359,7 @@ private:
     std::deque<PushJob> push_q_;
     std::unique_ptr<std::atomic<uint8_t>[]> ino_flags_;  // I_PUSHED, I_READ per inode
     std::atomic<bool> push_stop_{false};
+    std::atomic<uint64_t> pushed_pages_{0};  // the pages' bytes pushed_bytes_ took: the mount cap
     bool push_done_ = false;
     std::condition_variable push_done_cv_;
     struct fuse_session *se_ = nullptr;

@@ -666,9 +666,9 @@ def test_listing_pushes_stay_within_their_caps(
     sizes = {n: (ref / n).stat().st_size for n in here}
     cap = sorted(sizes.values())[len(sizes) // 2]  # about half the files are larger
     budget, want = 2 * cap, []
-    for n in here:
-        if 0 < sizes[n] <= min(cap, budget):
-            budget -= sizes[n]
+    for n in here:  # the budget counts the pages a file takes
+        if 0 < sizes[n] <= cap and _pages(sizes[n]) <= budget:
+            budget -= _pages(sizes[n])
             want.append(n)
     assert 0 < len(want) < len(here)
 
@@ -689,6 +689,33 @@ def test_listing_pushes_stay_within_their_caps(
     s = _settled_pushes(mp)
     assert (s["pushed_files"], s["pushed_bytes"]) == (0, 0)
     assert _requests(mp, "read") >= len([n for n in here if sizes[n]])
+
+
+def _pages(n: int) -> int:
+    page = os.sysconf("SC_PAGESIZE")
+    return -(-n // page) * page
+
+
+def test_listing_pushes_count_pages_not_bytes(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A listing's cap counts the pages its files take in the page cache (a 1-byte file
+    takes a whole page), not their bytes: a directory of many tiny files under a one-page
+    --page-cache-push (two pages per listing) pushes at most two of them."""
+    cache = tmp_path / "warm"
+    tree = "usr/lib/python/encodings"
+    _warm_cache(mount, img, store, cache, tree)
+    ref = img.ref / tree
+    page = os.sysconf("SC_PAGESIZE")
+    tiny = [n for n in os.listdir(ref) if (ref / n).is_file() and not (ref / n).is_symlink()
+            and 0 < (ref / n).stat().st_size <= page // 2]
+    assert len(tiny) >= 8  # by bytes, a listing cap of two pages would take four or more
+    mp = mount("--cache-dir", str(cache), "--page-cache-push", str(page))
+    os.listdir(mp / tree)
+    s = _settled_pushes(mp)
+    assert 1 <= s["pushed_files"] <= 2
+    assert s["pushed_bytes"] <= 2 * page
+    for n in tiny:
+        assert (mp / tree / n).read_bytes() == (ref / n).read_bytes(), n
 
 
 def test_nothing_is_pushed_from_spans_not_whole_in_the_cache(
