@@ -158,14 +158,14 @@ uint64_t now_ns() {
 
 // The parts of one read's reply: a read-only shared mapping of each cache file it comes from,
 // just the pages the read needs (populated at once: one fault-free pass). Replying from them
-// skips the copy a pread into a buffer of ours would make; unmapped and closed when done.
+// skips the copy a pread into a buffer of ours would make; unmapped when done. The fd is
+// closed as soon as it is mapped (the mapping keeps the file), so a read holds no fds.
 // Only the kernel touches the mapped bytes (populating them, and the writev of the reply to
 // /dev/fuse), never code of ours: a page that cannot be read fails that copy, and FUSE ends
 // the request with EIO, where a load of ours would be a SIGBUS.
 struct Views {
     static constexpr size_t MAX = 32;  // spans one reply may come from (more: Python serves it)
     struct View {
-        int fd;
         void *map;
         size_t map_len;
         size_t skip;  // where the read's bytes start in the mapping
@@ -179,18 +179,16 @@ struct Views {
     // Takes ``fd`` (closed here whatever happens): bytes [off, off + len) of it.
     bool add(int fd, uint64_t off, uint64_t len) {
         static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-        if (n == MAX || len == 0) {
+        if (n == MAX) {  // (len is never 0: cached_read skips empty spans)
             close(fd);
-            return len == 0;
+            return false;
         }
         uint64_t base = off / page * page;
         size_t map_len = static_cast<size_t>(off + len - base);
         void *m = mmap(nullptr, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, static_cast<off_t>(base));
-        if (m == MAP_FAILED) {
-            close(fd);
-            return false;
-        }
-        v[n++] = {fd, m, map_len, static_cast<size_t>(off - base), static_cast<size_t>(len)};
+        close(fd);
+        if (m == MAP_FAILED) return false;
+        v[n++] = {m, map_len, static_cast<size_t>(off - base), static_cast<size_t>(len)};
         return true;
     }
     void reply(fuse_req_t req) const {
@@ -205,7 +203,6 @@ struct Views {
     void clear() {
         for (size_t k = 0; k < n; k++) {
             munmap(v[k].map, v[k].map_len);
-            close(v[k].fd);
         }
         n = 0;
     }
