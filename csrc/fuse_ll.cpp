@@ -993,7 +993,7 @@ private:
     // the kernel has no inode for yet are skipped. Those after ``from`` (where the read was) go
     // first: a reader reads on from there, and would otherwise overtake the pusher.
     void push_later(int layer, size_t i, uint64_t from) {
-        if (layer < 0) return;
+        if (layer < 0 || !push_max_file_) return;  // pushing is off
         SpanTable &t = *spans_[static_cast<size_t>(layer)];
         if (t.files[i].empty() || t.pushed[i].exchange(1)) return;
         push_job({0, layer, i, from});
@@ -1154,6 +1154,7 @@ private:
         const Node &x = nodes_[ino];
         uint64_t cost = pages_of(x.size);
         if (!S_ISREG(x.mode) || !x.size || x.size > push_max_file_ || cost > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
+        if (ino_flags_[ino].load(std::memory_order_relaxed) & (I_PUSHED | I_READ)) return Push::NO;  // cheap: first
         SpanTable *t = spans_[static_cast<size_t>(x.layer)].get();
         if (!t || !t->trusted.load(std::memory_order_acquire) || !all_cached(*t, x.offset, x.size)) return Push::NO;
         if (pushed_pages_.load(std::memory_order_relaxed) + cost > push_max_mount_) return Push::NO;
@@ -1198,7 +1199,9 @@ private:
         const Node &d = nodes_[dir];
         uint64_t budget = push_max_listing_;
         for (uint64_t k = 0; k < d.child_count; k++)
-            if (push_file(children_[d.child_start + k].ino, cur, buf, budget) == Push::STOP) return;
+            if (push_stop_.load(std::memory_order_relaxed) ||
+                push_file(children_[d.child_start + k].ino, cur, buf, budget) == Push::STOP)
+                return;
     }
 
     void push_span(SpanTable &t, size_t i, uint64_t from, SpanCursor &cur, std::vector<char> &buf) {
@@ -1207,9 +1210,11 @@ private:
         size_t first = static_cast<size_t>(std::lower_bound(files.begin(), files.end(), from, [this](uint64_t ino, uint64_t pos) {
                                                return nodes_[ino].offset < pos;
                                            }) - files.begin());
-        uint64_t budget = push_max_mount_;
+        uint64_t budget = UINT64_MAX;  // no cap per span: push_file keeps to the mount's
         for (size_t k = 0; k < n; k++)
-            if (push_file(files[(first + k) % n], cur, buf, budget) == Push::STOP) return;
+            if (push_stop_.load(std::memory_order_relaxed) ||
+                push_file(files[(first + k) % n], cur, buf, budget) == Push::STOP)
+                return;
     }
 
     // The temp file of span i being filled, open, once its first ``need`` bytes are there
