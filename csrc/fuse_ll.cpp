@@ -660,10 +660,11 @@ private:
         // OPENDIR/RELEASEDIR pair per directory walked.
         // Page-cache stores splice from the span files (the kernel copies their pages once)
         // instead of a pread into a buffer of ours first.
-        fs->splice_ = conn->capable & FUSE_CAP_SPLICE_WRITE;
-        if (fs->splice_) conn->want |= FUSE_CAP_SPLICE_WRITE;
-        fs->no_opendir_ = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
-        if (fs->no_opendir_) conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+        bool splice = conn->capable & FUSE_CAP_SPLICE_WRITE, no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
+        fs->splice_.store(splice, std::memory_order_relaxed);
+        if (splice) conn->want |= FUSE_CAP_SPLICE_WRITE;
+        fs->no_opendir_.store(no_opendir, std::memory_order_relaxed);
+        if (no_opendir) conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
         nb::gil_scoped_acquire g;
         try {
             fs->ops_.attr("init")();
@@ -700,7 +701,7 @@ private:
         Frontend *fs = self(req);
         const Node *x = fs->node(ino);
         if (ino != fs->stats_dir_ && (!x || !S_ISDIR(x->mode))) return (void)fuse_reply_err(req, ENOTDIR);
-        if (fs->no_opendir_) return (void)fuse_reply_err(req, ENOSYS);
+        if (fs->no_opendir_.load(std::memory_order_relaxed)) return (void)fuse_reply_err(req, ENOSYS);
         fi->cache_readdir = 1;  // the listing never changes: the kernel keeps it
         fi->keep_cache = 1;
         fuse_reply_open(req, fi);
@@ -1168,7 +1169,7 @@ private:
             uint64_t in_span = t->starts[i + 1] - pos;  // off is page-aligned, and so is every store's end
             if (n > in_span) n = in_span >= BLOCK ? static_cast<size_t>(in_span / BLOCK * BLOCK) : std::min<size_t>(BLOCK, x.size - off);
             struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
-            int fd = splice_ && n <= in_span && n >= 2 * BLOCK ? cur.open(*t, i) : -1;
+            int fd = splice_.load(std::memory_order_relaxed) && n <= in_span && n >= 2 * BLOCK ? cur.open(*t, i) : -1;
             if (fd >= 0) {  // the kernel copies from the span file's pages: no copy here
                 bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
                 bv.buf[0].fd = fd;
@@ -1352,8 +1353,10 @@ private:
     std::unique_ptr<std::atomic<uint64_t>[]> hits_;
     uint64_t stats_dir_ = 0, stats_ino_ = 0;
     std::atomic<bool> stats_cached_{false};
-    bool no_opendir_ = false;  // set at INIT, before any other request
-    bool splice_ = false;  // stores splice from span files (FUSE_CAP_SPLICE_WRITE)
+    // Set at INIT, before any other request (atomic: the pusher and the workers read them on
+    // other threads; relaxed, as nothing else is published with them).
+    std::atomic<bool> no_opendir_{false};
+    std::atomic<bool> splice_{false};  // stores splice from span files (FUSE_CAP_SPLICE_WRITE)
     uint64_t push_max_file_ = 0, push_max_listing_ = 0, push_max_mount_ = 0;  // set_push_limits
     std::shared_mutex se_mu_;
     std::mutex push_mu_;
