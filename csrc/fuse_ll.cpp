@@ -1136,10 +1136,11 @@ private:
         }
     };
 
-    // Every spans [pos, pos + len) of the layer touches is whole in the cache.
+    // Every spans [pos, pos + len) of the layer touches is whole in the cache (bytes before
+    // the first span's start, which a hostile zTOC may put past 0, are in none).
     static bool all_cached(const SpanTable &t, uint64_t pos, uint64_t len) {
         uint64_t end = pos + len;
-        if (end > t.starts.back()) return false;
+        if (pos < t.starts[0] || end > t.starts.back()) return false;
         for (size_t i = t.span_of(pos); i < t.spans() && t.starts[i] < end; i++)
             if (t.starts[i + 1] > t.starts[i] && !t.cached[i].load(std::memory_order_acquire)) return false;
         return true;
