@@ -111,9 +111,17 @@ def terminal_columns() -> int:
     return columns
 
 
-def cache_file(topic: str) -> str:
-    """Where the help of ``topic`` (see :func:`help_topic`) is kept."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+def cache_file(topic: str) -> str | None:
+    """Where the help of ``topic`` (see :func:`help_topic`) is kept: under $XDG_CACHE_HOME
+    if it is an absolute path (the XDG spec has a relative one ignored), else ~/.cache;
+    None (nothing saved) when the home directory is no absolute path either, since a
+    relative one would put the cache wherever the command runs."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        base = os.path.join(home, ".cache")
     name = f"help-{FULL_WIDTH}-{topic}.txt" if topic else f"help-{FULL_WIDTH}.txt"
     return os.path.join(base, PROG, name)
 
@@ -165,7 +173,7 @@ def read_saved(sig: str, topic: str) -> str | None:
     there is none, or it is anything but a small regular file of this user's: never a link
     followed, a FIFO waited on, or a big file read."""
     path = cache_file(topic)
-    if not own_dir(os.path.dirname(path)):
+    if path is None or not own_dir(os.path.dirname(path)):
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -215,7 +223,7 @@ def save(sig: str, topic: str, text: str) -> None:
     start's speed."""
     path = cache_file(topic)
     data = f"{sig}\n{text}".encode()
-    if len(data) > MAX_SAVED:
+    if path is None or len(data) > MAX_SAVED:
         return  # read_saved would not read it
     tmp = f"{path}.{os.getpid()}.tmp"
     try:

@@ -17,9 +17,9 @@ ENTRY = "import sys; sys.argv[0] = 'soci-native'; from soci_native.entry import 
 CLICK = "import sys; sys.argv[0] = 'soci-native'; from soci_native.cli import main; main()"
 
 
-def run(code: str, *args: str, cache: Path, columns: str | None = None,
-        profile: bool = False, root: str | None = None, extra: dict[str, str] | None = None
-        ) -> tuple[int, str, str, bool]:
+def run(code: str, *args: str, cache: Path | str, columns: str | None = None,
+        profile: bool = False, root: str | None = None, extra: dict[str, str] | None = None,
+        cwd: Path | None = None) -> tuple[int, str, str, bool]:
     """(exit code, stdout, stderr less import-time lines, whether click was imported)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("COLUMNS", "LINES", "SOCI_NATIVE_ROOT")
@@ -34,7 +34,7 @@ def run(code: str, *args: str, cache: Path, columns: str | None = None,
         env["PYTHONPROFILEIMPORTTIME"] = "1"
     # stdin/stdout/stderr are pipes: no terminal, so the width comes from COLUMNS or is 80
     p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=60)
+                       text=True, stdin=subprocess.DEVNULL, timeout=60, cwd=cwd)
     lines = p.stderr.splitlines(keepends=True)
     imports = [ln for ln in lines if ln.startswith("import time:")]
     err = "".join(ln for ln in lines if not ln.startswith("import time:"))
@@ -241,6 +241,24 @@ def test_a_cache_of_another_user_s_is_not_used(tmp_path: Path) -> None:
     assert code == 0 and clicked and out == before.partition("\n")[2] + "\n"
     saved.unlink()
     assert run(ENTRY, "--help", cache=tmp_path)[0] == 0 and not saved.exists()  # not saved
+
+
+def test_a_relative_cache_base_is_not_used(tmp_path: Path) -> None:
+    """A relative $XDG_CACHE_HOME is ignored (~/.cache instead, as the XDG spec says); a
+    home that is no absolute path either: nothing is saved (the help is click's each time),
+    never a cache under the directory the command runs in."""
+    want = run(CLICK, "--help", cache=tmp_path / "ref")[:3]
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    work.mkdir()
+    got = run(ENTRY, "--help", cache="rel", extra={"HOME": str(home)}, cwd=work)
+    assert got[:3] == want and (home / ".cache" / "soci-native" / "help-78.txt").is_file()
+    for base in ("rel", ""):
+        for _ in range(2):
+            code, out, err, clicked = run(ENTRY, "--help", cache=base, profile=True,
+                                          extra={"HOME": "relhome"}, cwd=work)
+            assert (code, out, err) == want and clicked, base
+    assert not list(work.iterdir())
 
 
 def test_console_script_is_the_entry() -> None:
