@@ -147,14 +147,27 @@ def click_dir() -> str | None:
     return None
 
 
+def click_version(cdir: str) -> str:
+    """The version in the name of click's dist-info beside ``cdir`` ("unknown" if none)."""
+    try:
+        names = os.listdir(os.path.dirname(cdir))
+    except OSError:
+        return "unknown"
+    found = sorted(n[6:-10] for n in names if n.startswith("click-") and n.endswith(".dist-info"))
+    return ",".join(found) or "unknown"
+
+
 def signature() -> str:
-    """One line that changes whenever soci_native's or click's modules do (or the locale)."""
+    """One line that changes whenever soci_native's or click's modules do (or the locale),
+    or either is loaded from elsewhere (another venv, checkout or store path whose files
+    happen to match in size and mtime)."""
     # gettext picks click's messages by these (click ships no translations, but one could)
     locale = [os.environ.get(k, "") for k in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")]
-    parts = [__version__, sys.version.split()[0], "locale", *locale,
-             *module_stats(os.path.dirname(__file__))]
+    here = os.path.dirname(os.path.abspath(__file__))
+    parts = [__version__, sys.version.split()[0], "locale", *locale, here, *module_stats(here)]
     cdir = click_dir()
-    parts += ["click", *(module_stats(cdir) if cdir else ["missing"])]
+    parts += ["click", *([os.path.abspath(cdir), click_version(cdir), *module_stats(cdir)]
+                         if cdir else ["missing"])]
     return " ".join(parts)
 
 

@@ -261,5 +261,28 @@ def test_a_relative_cache_base_is_not_used(tmp_path: Path) -> None:
     assert not list(work.iterdir())
 
 
+def test_click_from_elsewhere_is_another_signature(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same click files (sizes and mtimes kept) loaded from another directory, or
+    another version's dist-info beside them, sign differently: a switched venv renders
+    the help again."""
+    import shutil
+
+    import click
+
+    from soci_native import entry
+
+    before = entry.signature()
+    site = tmp_path / "site"
+    shutil.copytree(Path(click.__file__).parent, site / "click", copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.syspath_prepend(str(site))
+    moved = entry.signature()
+    assert moved != before and str(site / "click") in moved
+    assert moved.split(" click ")[1].split()[2:] == before.split(" click ")[1].split()[2:]
+    (site / "click-0.0.1.dist-info").mkdir()
+    assert " 0.0.1 " in entry.signature() and entry.signature() != moved
+
+
 def test_console_script_is_the_entry() -> None:
     assert 'soci-native = "soci_native.entry:main"' in (REPO / "pyproject.toml").read_text()
