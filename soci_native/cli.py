@@ -595,10 +595,11 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
 
 def stored_indexes(store: Store) -> tuple[list[ArtifactRecord], dict[str, list[str]]]:
     """Every stored SOCI index and each one's zTOCs (in its order): where get-file finds a
-    zTOC's other layers and its image. An index that cannot be read (its blob missing,
-    unreadable or corrupt, not a SOCI index) is skipped with a warning naming it: one broken
-    index does not stop reading files through the others (quick_getfile leaves a store with
-    one to this command)."""
+    zTOC's other layers and its image. An index whose blob is missing or corrupt (or no SOCI
+    index) is skipped with a warning naming it: one broken index does not stop reading files
+    through the others. Any other failure to read it (EIO, EMFILE, a permission) says
+    nothing of the index, only of this run: it is an error, not a skip that would quietly
+    lose links or the image (quick_getfile leaves a store with either to this command)."""
     from soci_native.store import StoreError
 
     indexes: list[ArtifactRecord] = []
@@ -606,9 +607,11 @@ def stored_indexes(store: Store) -> tuple[list[ArtifactRecord], dict[str, list[s
     for i in store.list_artifacts(type="soci_index"):
         try:
             recs = store.ztocs_for_index(i.digest)
-        except (StoreError, OSError) as e:
+        except StoreError as e:
             click.echo(f"warning: skipping SOCI index {i.digest}: {e}", err=True)
             continue
+        except OSError as e:
+            fail(f"cannot read SOCI index {i.digest}: {e}")
         indexes.append(i)
         members[i.digest] = [z.digest for z in recs if z.type == "soci_layer"]
     return indexes, members

@@ -168,11 +168,11 @@ def index_digests(root: Path) -> dict[str, str]:
     return {r["image_ref"]: r["digest"] for r in recs}
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "unreadable"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_a_bad_index_is_skipped_with_a_warning(store: tuple[Path, str, str, bytes],
                                                tmp_path: Path, damage: str) -> None:
-    """An index that cannot be read (its blob gone, corrupt, or unreadable) is skipped with
-    one warning line naming it, by both paths (the fast one leaves such a store to click):
+    """An index whose blob is gone or corrupt is skipped with one warning line naming it,
+    by both paths (the fast one leaves such a store to click):
     a file of another image's zTOC is read as ever; of its own image's, the zTOC's own row
     still names the image, but links through its other layers cannot be followed."""
     root, z, ref, tool = store
@@ -184,12 +184,9 @@ def test_a_bad_index_is_skipped_with_a_warning(store: tuple[Path, str, str, byte
     blob = root / "content" / "blobs" / "sha256" / bad[7:]
     if damage == "missing":
         blob.unlink()
-    elif damage == "corrupt":
+    else:
         blob.chmod(0o600)
         blob.write_bytes(blob.read_bytes().replace(b"{", b"[", 1))
-    else:  # what no one reads, root included
-        blob.unlink()
-        blob.mkdir()
     warning = f"warning: skipping SOCI index {bad}: "
     (code, stdout, err, _), clicked = same(["ztoc", "get-file", z, "/bin/tool"], env_of(root))
     assert code == 0 and stdout == tool and clicked, err
@@ -296,6 +293,27 @@ def test_ztoc_info_into_a_closed_pipe(tmp_path: Path) -> None:
         p.stdout.close()
         results.append((p.wait(timeout=60), p.stderr.read()))
     assert results[0] == results[1] == (1, b""), results
+
+
+def test_an_index_that_cannot_be_read_is_an_error(store: tuple[Path, str, str, bytes],
+                                                  tmp_path: Path) -> None:
+    """Any other failure to read a stored index (here EISDIR: what no one reads, root
+    included; EIO, EMFILE, a permission alike) is one error line naming it, on both paths,
+    not a skip that would lose its links quietly; the file is not written."""
+    root, z, ref, _ = store
+    lay = tmp_path / "other"
+    other = ztoc_of_layer(root, 0, layout(lay, [put(lay, gz_layer([entry("./x", b"x")]))]))
+    bad = next(d for r, d in index_digests(root).items() if r != ref)
+    blob = root / "content" / "blobs" / "sha256" / bad[7:]
+    blob.unlink()
+    blob.mkdir()
+    out = tmp_path / "out"
+    for args in (["ztoc", "get-file", z, "/bin/tool"], ["ztoc", "get-file", other, "x"],
+                 ["ztoc", "get-file", other, "x", "-o", str(out)]):
+        (code, stdout, err, written), clicked = same(args, env_of(root), out)
+        assert (code, stdout, written, clicked) == (1, b"", None, True), (args, err)
+        assert err.startswith(f"soci-native: error: cannot read SOCI index {bad}: "), err
+        assert len(err.splitlines()) == 1 and "Is a directory" in err, err
 
 
 def interrupted(code: str, args: list[str], env: dict[str, str]) -> tuple[Result, bool]:
