@@ -9,6 +9,9 @@ output, a store to create or migrate, an odd row or manifest)."""
 
 from __future__ import annotations
 
+import array
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +20,8 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import termios
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -316,23 +321,54 @@ def test_an_index_that_cannot_be_read_is_an_error(store: tuple[Path, str, str, b
         assert len(err.splitlines()) == 1 and "Is a directory" in err, err
 
 
+# write(2)'s number, for /proc/PID/syscall
+WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64}.get(os.uname().machine)
+
+
+def writing_stdout(pid: int, still_since: float) -> bool:
+    """Whether process ``pid``, whose stdout pipe holds bytes nobody reads, and no more
+    since ``still_since``, is blocked writing there: the kernel says so (its wait channel,
+    or its syscall: write on fd 1), or a second went by without the pipe growing."""
+    with contextlib.suppress(OSError):
+        if "pipe_write" in Path(f"/proc/{pid}/wchan").read_text():
+            return True
+    with contextlib.suppress(OSError, ValueError):
+        nr, fd = (Path(f"/proc/{pid}/syscall").read_text().split() + ["", ""])[:2]
+        if int(nr) == WRITE_SYSCALL and int(fd, 16) == 1:
+            return True
+    return time.monotonic() - still_since > 1
+
+
 def interrupted(code: str, args: list[str], env: dict[str, str]) -> tuple[Result, bool]:
     """Runs ``args`` with a stdout nobody reads, sends Ctrl-C's SIGINT once it is blocked
-    writing there; (exit code, stdout, stderr less import lines, None), whether click was
-    imported."""
+    writing there (stderr read meanwhile, so that it is the only pipe that can fill: the
+    import lines fill it too); (exit code, stdout, stderr less import lines, None), whether
+    click was imported."""
     p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                          env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert p.stdout is not None and p.stderr is not None
+    errors: list[bytes] = []
+    pipe = p.stderr
+    reader = threading.Thread(target=lambda: errors.append(pipe.read()))
+    reader.start()
     try:
         deadline = time.monotonic() + 60
-        while "pipe_write" not in Path(f"/proc/{p.pid}/wchan").read_text():
+        queued, still_since = 0, time.monotonic()
+        while not (queued and writing_stdout(p.pid, still_since)):
             assert p.poll() is None and time.monotonic() < deadline, "never blocked"
             time.sleep(0.01)
+            now = array.array("i", [0])
+            fcntl.ioctl(p.stdout.fileno(), termios.FIONREAD, now)
+            if now[0] != queued:
+                queued, still_since = now[0], time.monotonic()
         p.send_signal(signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
+        stdout = p.stdout.read()
+        p.wait(timeout=60)
+        reader.join(timeout=60)
     finally:
         p.kill()
-    lines = stderr.decode("utf-8", "replace").splitlines(keepends=True)
+    lines = b"".join(errors).decode("utf-8", "replace").splitlines(keepends=True)
     clicked = any(ln.startswith("import time:") and ln.split("|")[-1].strip() == "click"
                   for ln in lines)
     err = "".join(ln for ln in lines if not ln.startswith("import time:"))
