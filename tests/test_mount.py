@@ -595,6 +595,32 @@ def test_span_cache_lru(tmp_path: Path) -> None:
     assert again.total == 100 and sum(os.path.exists(p) for p in paths) == 1
 
 
+def test_a_failing_eviction_hook_does_not_stop_eviction(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hook told of each evicted span (the frontend's) raising is logged, and the
+    eviction still gets the cache back within its bound, telling the hook of every one."""
+    from soci_native.mount.spans import SpanCache
+
+    c = SpanCache(tmp_path, 220)
+    d = "sha256:" + "1" * 64
+    paths = [c.path(d, i * 100, 100, "k") for i in range(4)]
+    told: list[str] = []
+
+    def hook(path: str) -> None:
+        told.append(path)
+        raise RuntimeError("hook broke")
+
+    c.on_evict = hook
+    c.put(paths[0], b"a" * 50)
+    c.put(paths[1], b"b" * 50)
+    c.put(paths[2], b"c" * 100)
+    assert told == [] and c.total == 200
+    c.put(paths[3], b"d" * 100)  # over by 80: both 50-byte ones go, the hook failing on each
+    assert told == paths[:2] and c.total == 200
+    assert [os.path.exists(p) for p in paths] == [False, False, True, True]
+    assert sum("eviction hook" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_cached_spans_are_the_spans_whole_in_the_cache(tmp_path: Path) -> None:
     """What a mount hands the FUSE frontend as already cached: the spans a mount before it
     committed (found by the cache's scan at start), the ones committed since (a prefetch

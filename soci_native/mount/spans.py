@@ -390,7 +390,10 @@ class SpanCache:
                 os.unlink(path)
             hook = self.on_evict
             if hook is not None:
-                hook(path)
+                try:  # the loop must finish: the cache's total is over its bound until then
+                    hook(path)
+                except Exception:
+                    log.exception("eviction hook for %s failed", path)
 
 
 # ---------------------------------------------------------------------------------- layers
