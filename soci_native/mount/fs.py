@@ -57,7 +57,7 @@ from functools import partial
 
 from soci_native import _fuse
 from soci_native.mount.image import MountedImage
-from soci_native.mount.spans import LocalLayer, ZtocLayer
+from soci_native.mount.spans import LocalLayer, SpanError, ZtocLayer
 
 log = logging.getLogger("soci_native.mount")
 
@@ -70,6 +70,11 @@ READ_AHEAD_KB = 1024  # the kernel's default for a FUSE mount is 128: 8x the req
 MAX_IDLE_THREADS = 10
 MAX_THREADS = 16
 PUSH_MAX = 32 << 20  # the largest file a listing pushes into the page cache (--page-cache-push)
+
+
+def _logged(e: OSError) -> bool:
+    """A SpanError already logged where it was found (the span's failure is logged once)."""
+    return isinstance(e, SpanError) and e.logged
 
 
 class SociFS:
@@ -144,7 +149,8 @@ class SociFS:
             else:
                 data = layer.read(start + offset, length)
         except OSError as e:
-            log.error("read of inode %d [%d, +%d): %s", ino, offset, length, e)
+            if not _logged(e):
+                log.error("read of inode %d [%d, +%d): %s", ino, offset, length, e)
             return errno.EIO
         except Exception:
             log.exception("read of inode %d [%d, +%d) failed", ino, offset, length)
@@ -164,7 +170,8 @@ class SociFS:
         try:
             return 0 if lazy.fill_to(span, need) else -1
         except OSError as e:
-            log.error("filling span %d of layer %d: %s", span, layer, e)
+            if not _logged(e):
+                log.error("filling span %d of layer %d: %s", span, layer, e)
             return errno.EIO
         except Exception:
             log.exception("filling span %d of layer %d failed", span, layer)

@@ -65,8 +65,9 @@ TEMP_PREFIX = ".tmp-"
 class SpanError(OSError):
     """A span that cannot be served (fetch failed, digest mismatch, corrupt data): EIO."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, logged: bool = False) -> None:
         super().__init__(5, message)  # EIO
+        self.logged = logged  # already logged where it was found (log it once)
 
 
 # ----------------------------------------------------------------------------- blob readers
@@ -844,7 +845,7 @@ class ZtocLayer:
         msg = f"layer {self.digest} span {i}: {what}"
         self.stats.error(msg)
         log.error("%s", msg)
-        return SpanError(msg)
+        return SpanError(msg, logged=True)
 
     def _serve(self, fill: _Fill, rel: int, length: int, read: bool = True) -> bytes | None:
         """The bytes from the fill (waiting for, or else advancing, its inflate as far as
