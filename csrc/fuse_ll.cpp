@@ -62,6 +62,7 @@ uint64_t pages_of(uint64_t n) {
 // Per inode (Frontend::ino_flags_): the pusher took the file (or the directory's listing), a
 // FUSE read of the file came in.
 constexpr uint8_t I_PUSHED = 1, I_READ = 2;
+constexpr uint8_t HINT_REFUSED = 2;  // SpanTable::hinted
 // A reader is taken as sequential after this many reads in a row, each starting in the span the
 // last one reached, the one before or the one after, that have crossed into a later span and
 // asked for a span's worth of bytes in all; its next AHEAD_SPANS spans are then filled on
@@ -78,7 +79,8 @@ constexpr size_t AHEAD_SPANS = 4;
 // one inflates, and a worker goes on to it instead of idling until the run looks sequential.
 constexpr size_t START_READ = 1 << 20;
 constexpr size_t START_AHEAD = 2;
-constexpr std::chrono::milliseconds FILL_WAIT{200};  // a read waits in C this long for a span's fill
+constexpr std::chrono::milliseconds FILL_WAIT{200};
+constexpr int FILL_NEVER = -2;  // ops.fill: this span is only ever served by ops.read  // a read waits in C this long for a span's fill
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
 // attributes (a hard-linked inode may have several identical rows), and a directory's place.
@@ -107,7 +109,12 @@ struct Xattr {
 // (it is a function of the span's key, which never changes) before its state first becomes 1.
 struct SpanTable {
     std::vector<uint64_t> starts;  // n + 1: each span's uncompressed start, then the end
-    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted, pushed;
+    // hinted: 0 not asked, 1 asked (or taken), HINT_REFUSED turned away by the read-ahead
+    // budget (asked again once a fill ahead of this layer ends: Frontend::ahead_done).
+    std::unique_ptr<std::atomic<uint8_t>[]> cached, touched, hinted, pushed, python_only;
+    std::mutex ahead_mu;  // with the GIL: ahead_gen's check against a refusal's mark
+    uint64_t ahead_gen = 0;  // fills ahead of this layer ended (under ahead_mu)
+    bool refused = false;  // some span is HINT_REFUSED (under ahead_mu)
     std::vector<std::vector<uint64_t>> files;  // per span: the regular files wholly inside it
     std::vector<std::string> paths;
     // A span still being filled: its temp file and how many of its bytes are there, final
@@ -258,7 +265,8 @@ public:
         t->touched = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         t->hinted = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
         t->pushed = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
-        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = t->pushed[i] = 0;
+        t->python_only = std::make_unique<std::atomic<uint8_t>[]>(n ? n : 1);
+        for (size_t i = 0; i < n; i++) t->cached[i] = t->touched[i] = t->hinted[i] = t->pushed[i] = t->python_only[i] = 0;
         t->paths.resize(n);
         t->tmp_paths.resize(n);
         t->filled.assign(n, 0);
@@ -321,6 +329,21 @@ public:
         if (t.paths[i] != path) return;
         t.cached[i].store(0, std::memory_order_release);
         t.hinted[i].store(0, std::memory_order_release);
+    }
+
+    // A fill ahead of the reader on this layer ended (Python's read-ahead budget has room
+    // again): the spans it turned away may be asked for again.
+    void ahead_done(int layer) {
+        if (layer < 0 || layer >= layers_ || !spans_[static_cast<size_t>(layer)]) return;
+        SpanTable &t = *spans_[static_cast<size_t>(layer)];
+        std::lock_guard<std::mutex> g(t.ahead_mu);
+        t.ahead_gen++;
+        if (!t.refused) return;
+        t.refused = false;
+        for (size_t i = 0; i < t.spans(); i++) {
+            uint8_t r = HINT_REFUSED;
+            t.hinted[i].compare_exchange_strong(r, 0, std::memory_order_acq_rel);
+        }
     }
 
     // Files up to ``max_file`` bytes go into the page cache as their directory is listed (or
@@ -884,17 +907,21 @@ private:
 
     // Has Python make [pos, end) final in the spans' temp files (or find them cached), for
     // cached_read to reply with: ops.fill per span, which inflates in this thread as a read
-    // would. 0: done; -1: a span Python serves only through ops.read (too big to cache, a tar
-    // layer's), or too many spans; else the errno to reply.
+    // would. 0: done; -1: a span Python serves through ops.read this time, or too many spans
+    // (FILL_NEVER from ops.fill: always, as it is too big to cache; remembered); else the
+    // errno to reply.
     int fill_spans(SpanTable &t, uint64_t pos, uint64_t end) {
         size_t first = t.span_of(pos), last = t.span_of(end - 1);
         if (last - first >= Views::MAX) return -1;
+        for (size_t i = first; i <= last; i++)  // no GIL trip for a span ops.fill never takes
+            if (t.python_only[i].load(std::memory_order_relaxed)) return -1;
         nb::gil_scoped_acquire g;
         for (size_t i = first; i <= last; i++) {
             uint64_t lo = t.starts[i], hi = t.starts[i + 1];
             if (hi <= pos || t.cached[i].load(std::memory_order_acquire)) continue;  // empty, or whole already
             int r = -1;
             try {
+                py_fill_.fetch_add(1, std::memory_order_relaxed);
                 r = nb::cast<int>(ops_.attr("fill")(t.layer, i, std::min(end, hi) - lo));
             } catch (nb::python_error &e) {
                 e.discard_as_unraisable("soci_native._fuse fill");
@@ -902,6 +929,7 @@ private:
             } catch (std::exception &) {
                 r = EIO;
             }
+            if (r == FILL_NEVER) t.python_only[i].store(1, std::memory_order_relaxed);
             if (r != 0) return r < 0 ? -1 : (r < 4096 ? r : EIO);
         }
         return 0;
@@ -1014,6 +1042,7 @@ private:
             std::lock_guard<std::mutex> g(push_mu_);
             if (push_stop_ || push_q_.size() >= PUSH_QUEUE) return;  // far behind: let the reads come
             push_q_.push_back(job);
+            push_jobs_queued_.fetch_add(1, std::memory_order_relaxed);
         }
         push_cv_.notify_one();
     }
@@ -1089,6 +1118,7 @@ private:
             SpanCursor cur;
             if (job.dir) push_listing(job.dir, cur, buf);
             else push_span(*spans_[static_cast<size_t>(job.layer)], job.span, job.from, cur, buf);
+            push_jobs_done_.fetch_add(1, std::memory_order_release);
         }
     }
 
@@ -1285,19 +1315,33 @@ private:
         if (!walk || !seq)  // within the file
             while (stop > last + 1 && t.starts[stop - 1] >= file_end) stop--;
         std::vector<size_t> want;
-        for (size_t k = last + 1; k < stop; k++)
-            if (!t.cached[k].load(std::memory_order_acquire) && !t.hinted[k].exchange(1)) want.push_back(k);
+        for (size_t k = last + 1; k < stop; k++) {
+            uint8_t h = 0;  // (a refused span stays so until ahead_done: no GIL per read meanwhile)
+            if (!t.cached[k].load(std::memory_order_acquire) && t.hinted[k].compare_exchange_strong(h, 1))
+                want.push_back(k);
+        }
         if (want.empty()) return;
         nb::gil_scoped_acquire g;
         for (size_t k : want) {
+            uint64_t gen;
+            {
+                std::lock_guard<std::mutex> lg(t.ahead_mu);
+                gen = t.ahead_gen;
+            }
             bool taken = false;
             try {
+                py_read_ahead_.fetch_add(1, std::memory_order_relaxed);
                 taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k));
             } catch (nb::python_error &e) {
                 e.discard_as_unraisable("soci_native._fuse read_ahead");
             } catch (std::exception &) {
             }
-            if (!taken) t.hinted[k].store(0, std::memory_order_release);  // over budget now: ask again later
+            if (taken) continue;
+            // Over budget now: ask again once a fill ahead ends (at once if one ended meanwhile).
+            std::lock_guard<std::mutex> lg(t.ahead_mu);
+            uint8_t h = 1;
+            if (t.ahead_gen != gen) t.hinted[k].compare_exchange_strong(h, 0);
+            else if (t.hinted[k].compare_exchange_strong(h, HINT_REFUSED)) t.refused = true;
         }
     }
 
@@ -1372,6 +1416,9 @@ private:
 
 public:
     std::atomic<uint64_t> pushed_files_{0}, pushed_bytes_{0};  // read by the pushed_* properties
+    // The pusher's jobs (listings and spans) taken into its queue, and those it has finished.
+    std::atomic<uint64_t> push_jobs_queued_{0}, push_jobs_done_{0};
+    std::atomic<uint64_t> py_fill_{0}, py_read_ahead_{0};  // calls of ops.fill and ops.read_ahead
     ReqCount reqs_[NREQS];
 
     // {kind: (count, nanoseconds)} of the kinds served at least once.
@@ -1410,6 +1457,17 @@ NB_MODULE(_fuse, m) {
              nb::arg("max_mount"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def_prop_ro("pushed_bytes", [](const Frontend &f) { return f.pushed_bytes_.load(); })
+        .def_prop_ro("push_jobs", [](const Frontend &f) {
+            uint64_t done = f.push_jobs_done_.load(std::memory_order_acquire);  // before queued: done <= queued
+            return nb::make_tuple(f.push_jobs_queued_.load(std::memory_order_relaxed), done);
+        })
+        .def_prop_ro("python_calls", [](const Frontend &f) {  // each takes the GIL
+            nb::dict d;
+            d["fill"] = f.py_fill_.load(std::memory_order_relaxed);
+            d["read_ahead"] = f.py_read_ahead_.load(std::memory_order_relaxed);
+            return d;
+        })
+        .def("ahead_done", &Frontend::ahead_done, nb::arg("layer"))
         .def("requests", &Frontend::requests)
         .def("take_hits", &Frontend::take_hits)
         .def("take_touched", &Frontend::take_touched, nb::arg("layer"))

@@ -315,6 +315,21 @@ def _read_in_steps(path: Path, step: int = 32 << 10, stop: int = 1 << 62) -> byt
         os.close(fd)
 
 
+def test_spans_too_big_to_cache_cost_one_fill_call_each(mount: Mount, img: mi.Image) -> None:
+    """A span bigger than the cache takes (here: all of big.bin's, under a 100 kB cache) is
+    served by ops.read only; the frontend asks ops.fill about it once, not once per read
+    (each ask is a trip through the GIL), and the bytes are the image's."""
+    mp = mount("--cache-size", "100000")
+    path, want = mp / "data/big.bin", (img.ref / "data/big.bin").read_bytes()
+    assert _read_in_steps(path) == want  # 32 KiB reads: two or more per 64 KiB span
+    first = mi.stats(mp)["python_calls"]["fill"]
+    assert 0 < first <= len(want) // (32 << 10) // 2 + 2
+    _drop_pages(path)
+    assert _read_in_steps(path) == want
+    assert mi.stats(mp)["python_calls"]["fill"] == first
+    assert mi.stats(mp)["totals"]["errors"] == 0
+
+
 def test_a_file_read_in_order_has_its_spans_filled_ahead_once_each(
         mount: Mount, img: mi.Image, tmp_path: Path) -> None:  # noqa: F811
     """The frontend asks for the spans after a read of a file that goes on into them (and
@@ -575,16 +590,15 @@ def _requests(mp: Path, kind: str) -> int:
     return int(mi.stats(mp)["requests"].get(kind, {}).get("count", 0))
 
 
-def _settled_pushes(mp: Path) -> dict[str, Any]:
-    """stats.json once the pusher has stopped moving (nothing new for a quarter second)."""
-    s = mi.stats(mp)
-    for _ in range(40):
-        threading.Event().wait(0.25)
-        t = mi.stats(mp)
-        if (t["pushed_files"], t["pushed_bytes"]) == (s["pushed_files"], s["pushed_bytes"]):
-            return t
-        s = t
-    return s
+def _settled_pushes(mp: Path, jobs: int = 1) -> dict[str, Any]:
+    """stats.json once the pusher has taken at least ``jobs`` jobs (a listing queues one as
+    it ends) and finished every job it took."""
+    for _ in range(400):
+        s = mi.stats(mp)
+        if s["push_jobs"]["queued"] >= jobs and s["push_jobs"]["done"] == s["push_jobs"]["queued"]:
+            return s
+        threading.Event().wait(0.025)
+    raise AssertionError(f"the pusher did not finish its jobs: {s['push_jobs']}")
 
 
 def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
@@ -686,7 +700,8 @@ def test_listing_pushes_stay_within_their_caps(
     os.listdir(mp / tree)
     for n in here:
         assert (mp / tree / n).read_bytes() == (ref / n).read_bytes(), n
-    s = _settled_pushes(mp)
+    s = _settled_pushes(mp, jobs=0)  # off: neither the listing nor the reads queue any
+    assert s["push_jobs"]["queued"] == 0
     assert (s["pushed_files"], s["pushed_bytes"]) == (0, 0)
     assert _requests(mp, "read") >= len([n for n in here if sizes[n]])
 
@@ -728,8 +743,8 @@ def test_nothing_is_pushed_from_spans_not_whole_in_the_cache(
     here = [n for n in os.listdir(ref) if (ref / n).is_file() and not (ref / n).is_symlink()]
     mp = mount()  # a fresh, empty span cache
     os.listdir(mp / tree)
-    threading.Event().wait(0.3)
-    assert mi.stats(mp)["pushed_files"] == 0
+    s = _settled_pushes(mp)  # the listing's job done, not just not started yet
+    assert (s["pushed_files"], s["pushed_bytes"]) == (0, 0)
 
     cache = tmp_path / "warm"
     _warm_cache(mount, img, store, cache, tree)

@@ -69,6 +69,7 @@ INIT_WAIT = 2.0  # seconds the mount waits for the kernel to take its INIT reply
 READ_AHEAD_KB = 1024  # the kernel's default for a FUSE mount is 128: 8x the requests
 MAX_IDLE_THREADS = 10
 MAX_THREADS = 16
+FILL_NEVER = -2  # SociFS.fill: only read serves this span (csrc/fuse_ll.cpp's FILL_NEVER)
 PUSH_MAX = 32 << 20  # the largest file a listing pushes into the page cache (--page-cache-push)
 
 
@@ -103,6 +104,7 @@ class SociFS:
                 for i, path in layer.cached_spans():  # served in C from the first read
                     self._span_cached(li, i, path)
                 layer.on_untrusted = partial(self.front.untrust, li)
+                layer.on_ahead_done = partial(self.front.ahead_done, li)
                 if layer.untrusted:
                     self.front.untrust(li)
                 self._lazy.append((li, layer))
@@ -116,6 +118,8 @@ class SociFS:
         mounted.extra["direct_reads"] = 0
         mounted.extra["pushed_files"] = 0  # put into the page cache before anyone read them
         mounted.extra["pushed_bytes"] = 0
+        mounted.extra["push_jobs"] = {"queued": 0, "done": 0}  # the pusher's listings and spans
+        mounted.extra["python_calls"] = {"fill": 0, "read_ahead": 0}  # calls from C (GIL trips)
         mounted.extra["requests"] = {}  # FUSE requests served, per kind: count, time answering
 
     def _span_cached(self, li: int, i: int, path: str) -> None:
@@ -163,10 +167,13 @@ class SociFS:
     def fill(self, layer: int, span: int, need: int) -> int:
         """The frontend is about to reply with the first ``need`` bytes of a span not cached
         yet from the span's temp file itself: 0 once they are there (inflated here, or by the
-        fill under way), -1 when it should ask :meth:`read` instead, else an errno."""
+        fill under way), -1 when it should ask :meth:`read` instead, FILL_NEVER when it always
+        should for this span (the frontend then skips this call), else an errno."""
         lazy = self.m.layers[layer]
         if not isinstance(lazy, ZtocLayer):
             return -1
+        if not lazy.fills_in_place(span):
+            return FILL_NEVER
         try:
             return 0 if lazy.fill_to(span, need) else -1
         except OSError as e:
@@ -232,6 +239,9 @@ class SociFS:
             self.m.extra["direct_reads"] = self.m.extra.get("direct_reads", 0) + sum(hits)
             self.m.extra["pushed_files"] = self.front.pushed_files
             self.m.extra["pushed_bytes"] = self.front.pushed_bytes
+            queued, done = self.front.push_jobs
+            self.m.extra["push_jobs"] = {"queued": queued, "done": done}
+            self.m.extra["python_calls"] = self.front.python_calls
             self.m.extra["requests"] = {
                 kind: {"count": n, "us": ns // 1000}
                 for kind, (n, ns) in self.front.requests().items()}

@@ -591,6 +591,8 @@ class ZtocLayer:
         # (done 0: the fill is over), so the frontend reads those without coming here.
         self.on_filling: Callable[[int, str, int], None] | None = None
         self.on_untrusted: Callable[[], None] | None = None
+        # ... and a fill ahead of a reader ended: the read-ahead budget has room again.
+        self.on_ahead_done: Callable[[], None] | None = None
         stats.spans_total = len(self.spans)
         self.size = z.uncompressed_archive_size
         if self.gzip and self.spans and self.spans[0].ustart == 0 and any(
@@ -743,6 +745,15 @@ class ZtocLayer:
             with self._filler_lock:
                 self._ahead.discard(i)
                 self._ahead_bytes -= self.spans[i].uend - self.spans[i].ustart
+            hook = self.on_ahead_done
+            if hook is not None:
+                hook()
+
+    def fills_in_place(self, i: int) -> bool:
+        """Whether :meth:`fill_to` can ever take span ``i`` (a gzip layer's span no bigger
+        than the cache takes); if not, only :meth:`read` serves it."""
+        size = self.spans[i].uend - self.spans[i].ustart
+        return bool(self.gzip) and 0 < size <= self.cache.max_span
 
     def fill_to(self, i: int, need: int) -> bool:
         """For the FUSE frontend, which then replies with the bytes itself (from the span's
