@@ -98,12 +98,12 @@ void sn_tlayer_free(sn_tlayer *l);
 
 /* Nanoseconds since the epoch of an RFC 3339 time as Go's Time.MarshalText writes it (the
  * zTOC's mod_time), clamped to int64; 0 for an empty or unreadable value. The same rules as
- * soci_native.mount.tree.parse_rfc3339_ns (ASCII only). */
+ * the tests' oracle, parse_rfc3339_ns in tests/tree_oracle.py (ASCII only). */
 int64_t sn_rfc3339_ns(sn_bytes text);
 
-/* The cleaned form of a tar name (soci_native.mount.tree.clean_path): no leading or trailing
- * slash, no empty, "." or ".." components ("" is the root). Writes at most n bytes to out
- * and returns the length. */
+/* The cleaned form of a tar name (clean_path in tests/tree_oracle.py, the tests' oracle): no
+ * leading or trailing slash, no empty, "." or ".." components ("" is the root). Writes at
+ * most n bytes to out and returns the length. */
 size_t sn_clean_path(const uint8_t *name, size_t n, uint8_t *out);
 
 #ifdef __cplusplus
