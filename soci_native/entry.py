@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 PROG = "soci-native"
 HELP_FLAGS = ("-h", "--help")
+# click's commands (`soci-native`'s list_commands; tests/test_fast_help.py checks it): click
+# takes exactly these words, no prefix nor other case
+COMMANDS = frozenset({"convert", "create", "index", "mount", "prefetch", "push", "rebuild-db",
+                      "rpull", "snapshotter", "umount", "unmount", "ztoc"})
 # click renders help at min(terminal columns, 80) - 2, so every width >= 80 gives this text
 FULL_WIDTH = 78
 # a saved help is a few KiB: anything bigger at its name is not one
@@ -83,15 +87,15 @@ def show(text: str, stream: TextIO) -> None:
 
 def help_topic(args: list[str]) -> str | None:
     """Which saved help answers ``args``: "" the top level's (``[]``, ``-h``, ``--help``), a
-    command's name for ``COMMAND -h|--help``; None when none does."""
+    command's name for ``COMMAND -h|--help``; None when none does (any other word is left
+    to click without a look at the cache: only these names are files there, so `Ztoc` on a
+    case-insensitive file system cannot read ztoc's)."""
     if not args or (len(args) == 1 and args[0] in HELP_FLAGS):
         return ""
-    name = args[0]
-    if len(args) == 2 and args[1] in HELP_FLAGS and name[:1].isalpha() and name.isascii() \
-            and all(c.isalnum() or c == "-" for c in name):
+    if len(args) == 2 and args[1] in HELP_FLAGS and args[0] in COMMANDS:
         from soci_native.rootopt import env_root_ok
 
-        return name if env_root_ok() else None  # a command's name: a file name too
+        return args[0] if env_root_ok() else None
     return None
 
 
