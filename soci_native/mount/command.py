@@ -101,10 +101,12 @@ def _write_fd(fd: int, text: str) -> None:
                    "than half of it is never cached, its reads are inflated on demand).")
 @click.option("--page-cache-push", "push_max", type=ByteSize(), default="32MiB",
               show_default=True, metavar="SIZE",
-              help="As a directory is listed, its files up to SIZE whose spans are already in "
-                   "the span cache are put into the kernel's page cache in the background "
-                   "(at most twice SIZE per directory, the cache size per mount), so reading "
-                   "them makes no FUSE request. 0: off.")
+              help="As a directory is listed (and as a read is first served from a cached "
+                   "span: the span's other files), its files up to SIZE whose spans are "
+                   "already in the span cache are put into the kernel's page cache in the "
+                   "background, so reading them makes no FUSE request. The caps count pages "
+                   "(a 1-byte file takes 4 KiB): at most twice SIZE per directory, the cache "
+                   "size per mount for both. 0: off.")
 @click.option("--stats", "print_stats", is_flag=True,
               help="Print .soci-native/stats.json at unmount (foreground; else to the log).")
 @click.option("--prefetch", is_flag=True,

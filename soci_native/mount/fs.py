@@ -38,7 +38,9 @@ the other files wholly inside that span, are put into the kernel's page cache
 ``pushed_bytes``): a walk over a warm span cache then reads them with no FUSE round trip.
 Only files whose spans are all whole and verified in the cache are pushed, up to
 ``push_max`` bytes each (``--page-cache-push``), twice that per listing and the cache size
-per mount; nothing more is fetched. ``requests`` counts the FUSE requests answered, per kind.
+per mount (caps counted in the pages the files take); nothing more is fetched. ``requests``
+counts the FUSE requests answered, per kind; ``push_jobs`` the pusher's jobs queued and done;
+``python_calls`` the frontend's calls of :meth:`SociFS.fill` and :meth:`SociFS.read_ahead`.
 """
 
 from __future__ import annotations
