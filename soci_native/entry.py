@@ -4,12 +4,13 @@ Importing click costs several times a bare interpreter's start, so ``soci-native
 ``soci-native -h``/``--help``, a command's help (``soci-native COMMAND -h``/``--help``, e.g.
 ``ztoc --help``) and ``--version`` are answered from text that click itself rendered: the
 first such help shown at full width (a terminal of >= 80 columns, or no terminal) is saved in
-the user's cache directory, under a signature made of the size and mtime of every module of
-soci_native and of click. Any edit or upgrade of either changes the signature, so the saved
-text is rendered again by click rather than shown stale. Everything else (a narrower
-terminal, deeper subcommands, other flags) goes through click as always, but for
-`ztoc get-file` from a local image and `ztoc info`, answered without click when
-soci_native.quick_getfile and quick_info can (they fall back to click for anything else).
+the user's cache directory, under a signature made of the directories of soci_native and
+click, click's version and the size and mtime of every module of both. Any edit, upgrade or
+other venv changes the signature, so the saved text is rendered again by click rather than
+shown stale. Everything else (a narrower terminal, deeper subcommands, other flags) goes
+through click as always, but for `ztoc get-file` from a local image and `ztoc info`,
+answered without click when soci_native.quick_getfile and quick_info can (they fall back to
+click for anything else).
 
 Shell completion (click run with _SOCI_NATIVE_COMPLETE set, no arguments) is click's to
 answer, never the saved help's.
