@@ -387,11 +387,12 @@ class Indexer {
 };
 
 nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
-                    const std::optional<std::string> &build_tool, bool with_entries) {
+                    const std::optional<std::string> &build_tool, bool with_entries, bool hash_thread) {
     pin_mmap_threshold();
     sn_err e{};
     IndexerGuard g{sn_indexer_new(span_size, parse_mode(mode), &e)};
     if (!g.ix) raise(e);
+    sn_indexer_hash_inline(g.ix, !hash_thread);
     int rc;
     {
         nb::gil_scoped_release unlocked;
@@ -1019,8 +1020,8 @@ NB_MODULE(_core, m) {
         .def("finish", &Indexer::finish, nb::arg("build_tool") = nb::none(), nb::arg("entries") = true,
              "End of the blob: returns the index data as a dict (with the zTOC when build_tool is set).");
     m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",
-          nb::arg("build_tool") = nb::none(), nb::arg("entries") = true,
-          "Index a local layer file entirely in C.");
+          nb::arg("build_tool") = nb::none(), nb::arg("entries") = true, nb::arg("hash_thread") = true,
+          "Index a local layer file entirely in C (hash_thread=False: hash on the calling thread).");
     m.def("tar_zinfo", &tar_zinfo, nb::arg("span_size"), nb::arg("size"));
     m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));
     m.def("extract_buffer", &extract_buffer, nb::arg("blob"), nb::arg("span_id"), nb::arg("data"),

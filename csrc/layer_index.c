@@ -45,6 +45,7 @@ struct sn_indexer {
     tar_parser *tar;
     uint64_t archive_size;
     int finished;
+    int hash_inline; /* hash on the inflating thread (no core to spare for a hasher) */
 };
 
 /* Process-wide: a Ctrl-C in the CLI stops every indexer thread at its next buffer. */
@@ -226,7 +227,7 @@ static int choose_mode(sn_indexer *ix, sn_err *err) {
     }
     /* gzip: hash on a second thread, off the inflating core; tar: hashing is all the work */
     const char *env = getenv("SOCI_NATIVE_HASH_THREAD"); /* "0": hash inline (benchmarks, debugging) */
-    ix->hash = sh_new(ix->mode == SN_MODE_GZIP && !(env && env[0] == '0'), err);
+    ix->hash = sh_new(ix->mode == SN_MODE_GZIP && !ix->hash_inline && !(env && env[0] == '0'), err);
     if (!ix->hash) return err->code;
     return ix->mode == SN_MODE_GZIP ? gz_start(ix, err) : SN_OK;
 }
@@ -384,6 +385,8 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
     close(fd);
     return rc;
 }
+
+void sn_indexer_hash_inline(sn_indexer *ix, int on) { ix->hash_inline = on; }
 
 int sn_indexer_mode(const sn_indexer *ix) { return ix->mode; }
 uint64_t sn_indexer_span_size(const sn_indexer *ix) { return ix->span_size; }

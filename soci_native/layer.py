@@ -125,7 +125,7 @@ def _layer_index(r: dict[str, Any]) -> LayerIndex:
 
 def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
                 chunk_size: int = 1 << 20, build_tool: str | None = None,
-                entries: bool = True) -> LayerIndex:
+                entries: bool = True, hash_thread: bool = True) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
     ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``/4
@@ -134,13 +134,15 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
     well: ``.ztoc``, or ``.ztoc_error`` when the layer has entries a zTOC cannot describe.
     ``entries=False`` leaves ``.entries`` empty (``.num_entries`` still counts them) and
     frees the C table at once; otherwise it is an :class:`Entries` over that table.
+    ``hash_thread=False`` hashes a path's spans on the calling thread instead of a second one
+    (same results; cheaper when every core already runs an indexer).
     Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
     """
     if span_size <= 0:
         raise ValueError(f"span size must be positive, got {span_size}")
     if isinstance(src, (str, os.PathLike)):
         return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool,
-                                             entries))
+                                             entries, hash_thread))
     ix = _core.Indexer(span_size, mode)
     # Four buffers in turn (chunk_size in all), fed with hold=True: the C hasher keeps the
     # last three until it is done with them, so reading and inflating never wait for it

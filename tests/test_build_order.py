@@ -11,7 +11,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from soci_native.build import BuildOptions, build_layers
+from soci_native.build import BuildOptions, build_layers, hash_on_thread
 from soci_native.images import Descriptor, open_image, resolve
 from soci_native.store import Store
 
@@ -58,3 +58,10 @@ def test_largest_layer_starts_first(tmp_path: Path) -> None:
     assert [d.size for d in finished] == sorted((d.size for d in image.layers), reverse=True)
     assert [r.layer.digest for r in results] == [x["digest"] for x in layers]
     assert all(r.status == "built" for r in results)
+
+
+def test_hashing_gets_a_thread_only_while_a_core_is_spare() -> None:
+    assert hash_on_thread(1, cores=2) and hash_on_thread(3, cores=4)
+    assert not hash_on_thread(2, cores=2) and not hash_on_thread(8, cores=4)
+    assert not hash_on_thread(1, cores=1)
+    assert hash_on_thread(1) == (len(os.sched_getaffinity(0)) > 1)
