@@ -3,11 +3,12 @@
 Read-only. At mount the merged tree is handed to the C frontend once, as a flat inode table
 (:mod:`soci_native.mount.inodes`); lookup, getattr, readdir(plus), readlink, xattrs, statfs,
 open and opendir are then answered in C without the GIL, by libfuse's multithreaded loop. A
-read of a regular file whose spans are all whole in the span cache is answered from mappings
-of the cache files, also in C: :class:`~soci_native.mount.spans.ZtocLayer` tells the frontend
-each span it has verified and committed (``on_cached``), the span cache each one it evicts
-(``on_evict``: read here again), and a span removed behind its back is found missing and read
-here instead; likewise how far a span being filled is in its temp file (``on_filling``), so
+read of a regular file whose spans are all whole in the span cache is answered from the cache
+files (pread, or a mapping for parts over 256 KiB), also in C:
+:class:`~soci_native.mount.spans.ZtocLayer` tells the frontend each span it has verified and
+committed (``on_cached``), the span cache each one it evicts (``on_evict``: read here
+again), and a span removed behind its back is found missing and read here instead; likewise
+how far a span being filled is in its temp file (``on_filling``), so
 reads of what is inflated so far are answered in C too. The frontend also decides which spans
 to fill ahead of a reader (:meth:`SociFS.read_ahead`). A read of spans not cached yet, or
 not filled that far, has Python make its bytes final in the temp files (:meth:`SociFS.fill`,
