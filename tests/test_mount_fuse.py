@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 from array import array
 from pathlib import Path
@@ -497,6 +498,66 @@ def test_spans_read_ahead_stay_within_a_quarter_of_the_cache(tmp_path: Path) -> 
         assert st.errors == 0 and st.to_json()["inflate_ratio"] == 1.0
     finally:
         layer.close()
+
+
+def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_ends(
+        tmp_path: Path) -> None:
+    """The real frontend over a one-file table, with spans 0 and 1 whole in a cache directory
+    and an ops object that takes the first read-ahead and refuses the rest (a full budget):
+    reads served in C do not call ops.read_ahead again for the refused spans (each call is a
+    trip through the GIL), however many come, until ahead_done says a fill ahead ended."""
+    span = 1 << 16
+    tree = c_tree([[Entry("f", "reg", 0, 8 * span, mode=0o644)]])
+    asked: list[int] = []
+
+    class Ops:
+        def init(self) -> None:
+            pass
+
+        def read_ahead(self, layer: int, i: int) -> bool:
+            asked.append(i)
+            return i == 2  # the first one ahead is taken, the budget turns the others away
+
+        def fill(self, layer: int, i: int, need: int) -> int:
+            return -1
+
+        def read(self, ino: int, offset: int, length: int) -> bytes:
+            return bytes(length)
+
+    front = _fuse.Frontend(*tree.table, 1, 8 * span, Ops())
+    front.set_spans(0, array("q", [k * span for k in range(9)]).tobytes())
+    for i in (0, 1):
+        p = tmp_path / f"span{i}"
+        p.write_bytes(bytes([i + 1]) * span)
+        front.span_cached(0, i, str(p))
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
+                         daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if mi.is_mounted(mp):
+                break
+            threading.Event().wait(0.05)
+        f = mp / "f"
+
+        def two_spans() -> None:  # in 32 KiB reads: sequential, into span 1
+            _drop_pages(f)
+            assert _read_in_steps(f, stop=2 * span) == b"\1" * span + b"\2" * span
+
+        two_spans()
+        assert asked == [2, 3, 4, 5]  # four ahead of a sequential reader
+        for _ in range(5):
+            two_spans()
+        assert asked == [2, 3, 4, 5]  # not asked again per read (was: three per read)
+        front.ahead_done(0)  # a fill ahead ended: the budget may have room
+        two_spans()
+        assert asked == [2, 3, 4, 5, 3, 4, 5]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+        t.join(10)
+        mi.force_unmount(mp)
 
 
 def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:
