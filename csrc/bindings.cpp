@@ -1060,4 +1060,9 @@ NB_MODULE(_core, m) {
     m.def("request_stop", [](bool on) { sn_indexer_request_stop(on ? 1 : 0); }, nb::arg("on") = true,
           "Make running and future indexing fail with InterruptedError at the next buffer (on=False clears).");
     m.def("stop_requested", []() { return sn_indexer_stop_requested() != 0; });
+    m.def("file_read_counts", []() {
+        uint64_t mapped, read_;
+        sn_indexer_file_counts(&mapped, &read_);
+        return nb::make_tuple(mapped, read_);
+    }, "(mapped, read): local layer files indexed through mmap and through read() so far.");
 }

@@ -36,6 +36,8 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err);
 void sn_indexer_hash_inline(sn_indexer *ix, int on);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
+/* Files fed so far, process-wide, through a mapping and through read(). */
+void sn_indexer_file_counts(uint64_t *mapped, uint64_t *read_);
 
 /* Ask every indexer to stop (on=1) at its next buffer, failing with SN_EIO/EINTR; on=0 clears
  * the request. Process-wide, so a signal handler's thread can stop the worker threads. */

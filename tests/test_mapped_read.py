@@ -16,6 +16,7 @@ import pytest
 from test_interrupt import build_layout
 
 import soci_native as sn
+from soci_native import _core
 
 
 def _wait_mapped(path: Path, pid: int | str = "self", timeout: float = 60.0) -> bool:
@@ -120,3 +121,43 @@ def test_unmappable_path_is_read_instead(tmp_path: Path, layer: tuple[Path, byte
     finally:
         t.join(timeout=60)
     assert piped == sn.index_layer(str(src), span_size=1 << 20)
+
+
+def _indexed_through(path: Path) -> tuple[str, sn.LayerIndex]:
+    """Indexes ``path`` and says which way the C core read it: "mapped" or "read"."""
+    mapped0, read0 = _core.file_read_counts()
+    ix = sn.index_layer(str(path), span_size=1 << 20)
+    mapped1, read1 = _core.file_read_counts()
+    mapped, read = mapped1 - mapped0, read1 - read0
+    assert mapped + read == 1, (mapped, read)
+    return ("mapped" if mapped else "read"), ix
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
+def test_a_file_others_may_write_is_not_mapped(tmp_path: Path, layer: tuple[Path, bytes],
+                                               mode: int) -> None:
+    """The inflater and the hasher read a mapping at different times: a file someone else may
+    rewrite could show them different bytes. It is read() into private buffers instead, with
+    the same index; a file only its owner may write is mapped."""
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(layer[1])
+    os.chmod(path, 0o644)
+    how, mapped_ix = _indexed_through(path)
+    assert how == "mapped"
+    os.chmod(path, mode)
+    how, read_ix = _indexed_through(path)
+    assert how == "read"
+    assert read_ix == mapped_ix
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_a_file_another_uid_owns_is_not_mapped(tmp_path: Path, layer: tuple[Path, bytes]) -> None:
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(layer[1])
+    os.chmod(path, 0o644)
+    how, mapped_ix = _indexed_through(path)
+    assert how == "mapped"
+    os.chown(path, 4242, 4242)
+    how, read_ix = _indexed_through(path)
+    assert how == "read"
+    assert read_ix == mapped_ix
