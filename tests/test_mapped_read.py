@@ -161,3 +161,57 @@ def test_a_file_another_uid_owns_is_not_mapped(tmp_path: Path, layer: tuple[Path
     how, read_ix = _indexed_through(path)
     assert how == "read"
     assert read_ix == mapped_ix
+
+
+_REPLACED = """
+import faulthandler, sys
+import soci_native as sn
+from soci_native import _core
+path = sys.argv[1]
+def through():
+    m0, r0 = _core.file_read_counts()
+    ix = sn.index_layer(path, span_size=1 << 20)
+    m1, r1 = _core.file_read_counts()
+    return ("mapped" if m1 - m0 else "read") if (m1 - m0) + (r1 - r0) == 1 else "?", ix
+first = through()
+faulthandler.enable()  # installs its SIGBUS handler over ours
+second = through()
+third = through()
+print(first[0], second[0], third[0], first[1] == second[1] == third[1])
+"""
+
+
+def test_a_replaced_sigbus_handler_means_read(tmp_path: Path, layer: tuple[Path, bytes]) -> None:
+    """Our SIGBUS handler is installed once; once another one (faulthandler here) replaced it,
+    a fault in a mapping would not come back to us, so layers are read() instead: the same
+    index, and no re-install that would chain to a handler chaining to us."""
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(layer[1])
+    os.chmod(path, 0o644)
+    out = subprocess.run([sys.executable, "-c", _REPLACED, str(path)], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert out.split() == ["mapped", "read", "read", "True"], out
+
+
+_IGNORED = """
+import os, signal, sys, threading
+import soci_native as sn
+from soci_native import _core
+signal.signal(signal.SIGBUS, signal.SIG_IGN)
+a = sn.index_layer(sys.argv[1], span_size=1 << 20)
+assert _core.file_read_counts()[0] == 1  # mapped: our handler is installed over SIG_IGN
+os.kill(os.getpid(), signal.SIGBUS)  # sent, not a fault: still ignored
+signal.pthread_kill(threading.get_ident(), signal.SIGBUS)
+print(a == sn.index_layer(sys.argv[1], span_size=1 << 20))
+"""
+
+
+def test_a_sent_sigbus_stays_ignored(tmp_path: Path, layer: tuple[Path, bytes]) -> None:
+    """A process that ignores SIGBUS keeps ignoring one sent to it (si_code <= 0) after our
+    handler went in; only a kernel-raised fault in a guarded range is ours."""
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(layer[1])
+    os.chmod(path, 0o644)
+    proc = subprocess.run([sys.executable, "-c", _IGNORED, str(path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split() == ["True"], (proc.returncode, proc.stderr)
