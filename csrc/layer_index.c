@@ -298,28 +298,43 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
  * pages: both threads read under a map guard, and it becomes an error naming the file. */
 enum { FILE_BUFS = 4 }; /* at most span_hash's SEGMENTS */
 
-/* Why a mapped feed failed, when the reason is that the file shrank: the message names it. */
-static int shrank_error(int fd, const char *path, size_t size, int rc, sn_err *err) {
+/* A test's cut (sn_indexer_feed_file_cut): once `after` bytes are fed, the file is truncated
+ * to `keep`; with `restore` it gets its size back before the failure is told apart, as a disk
+ * error would leave it. */
+typedef struct file_cut {
+    uint64_t after, keep;
+    int restore, wfd;
+} file_cut;
+
+/* Why a mapped feed failed. A file that shrank is named with its sizes (its vanished pages, or
+ * the zeros past its new end inside the last page, failed whichever thread read them); a
+ * SIGBUS on a file that kept its size is a read error under the mapping (EIO, as read() would
+ * have said); any other failure is the input's own. */
+static int mapped_error(int fd, const char *path, size_t size, int faulted, int rc, sn_err *err) {
     struct stat st;
     if (fstat(fd, &st) == 0 && (uint64_t)st.st_size < size) {
         memset(err, 0, sizeof *err);
         return sn_fail(err, SN_EFORMAT, "%s shrank from %llu to %llu bytes while being indexed", path,
                        (unsigned long long)size, (unsigned long long)st.st_size);
     }
-    return rc;
+    if (!faulted) return rc;
+    memset(err, 0, sizeof *err);
+    err->sys_errno = EIO;
+    return sn_fail(err, SN_EIO, "I/O error reading mapped %s", path);
 }
 
 /* Returns SN_OK, an error, or -1 when the file cannot be mapped (read it instead). */
-static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, sn_err *err) {
+static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, file_cut *cut, sn_err *err) {
     if (sn_map_guard_install(err)) return -1;
     uint8_t *m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) return -1;
     posix_madvise(m, size, POSIX_MADV_SEQUENTIAL);
     uint64_t ends[FILE_BUFS] = {0};
-    volatile int rc = SN_OK; /* set after sigsetjmp and read after a jump back */
+    volatile int rc = SN_OK, jumped = 0; /* set after sigsetjmp and read after a jump back */
     sn_map_guard guard = {.lo = m, .hi = m + size};
     if (sigsetjmp(guard.jb, 1)) {
-        rc = sn_fail(err, SN_EFORMAT, "%s: a mapped page went away while being inflated", path);
+        jumped = 1;
+        rc = sn_fail(err, SN_EIO, "%s: a mapped page went away while being inflated", path);
         if (ix->hash) sh_abort(ix->hash); /* no thread reads the mapping past this */
     } else {
         sn_map_guard_arm(&guard);
@@ -331,13 +346,17 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, sn
             }
             if (!rc) rc = feed_nosync(ix, m + off, n, err);
             ends[k] = ix->totin;
+            if (cut && cut->wfd >= 0 && off + n >= cut->after && ftruncate(cut->wfd, (off_t)cut->keep) != 0)
+                rc = sn_fail(err, SN_EIO, "test cut failed");
         }
         sn_map_guard_arm(NULL);
         int src = sync_all(ix, err); /* no thread reads the mapping past this */
         if (!rc) rc = src;
     }
     munmap(m, size);
-    return rc ? shrank_error(fd, path, size, rc, err) : SN_OK;
+    int faulted = jumped || (ix->hash && sh_faulted(ix->hash));
+    if (rc && cut && cut->wfd >= 0 && cut->restore && ftruncate(cut->wfd, (off_t)size) != 0) return rc;
+    return rc ? mapped_error(fd, path, size, faulted, rc, err) : SN_OK;
 }
 
 /* What cannot be mapped (a pipe, a device): read() into FILE_BUFS buffers in turn, each
@@ -383,7 +402,7 @@ static int only_we_write(const struct stat *st) {
     return (st->st_uid == geteuid() || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
-int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
+static int feed_file(sn_indexer *ix, const char *path, file_cut *cut, sn_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         err->sys_errno = errno;
@@ -397,7 +416,7 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= SIZE_MAX &&
         only_we_write(&st)) {
         sn_err merr = {0};
-        rc = feed_mapped(ix, fd, path, (size_t)st.st_size, &merr);
+        rc = feed_mapped(ix, fd, path, (size_t)st.st_size, cut, &merr);
         if (rc > 0) *err = merr;
         if (rc >= 0) atomic_fetch_add(&files_mapped, 1);
     }
@@ -406,6 +425,20 @@ int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) {
         atomic_fetch_add(&files_read, 1);
     }
     close(fd);
+    return rc;
+}
+
+int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) { return feed_file(ix, path, NULL, err); }
+
+int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, uint64_t keep, int restore,
+                             sn_err *err) {
+    file_cut cut = {.after = after, .keep = keep, .restore = restore, .wfd = open(path, O_WRONLY | O_CLOEXEC)};
+    if (cut.wfd < 0) {
+        err->sys_errno = errno;
+        return sn_fail(err, SN_EIO, "cannot open %s for writing", path);
+    }
+    int rc = feed_file(ix, path, &cut, err);
+    close(cut.wfd);
     return rc;
 }
 

@@ -32,6 +32,7 @@ struct span_hasher {
     size_t next_start;
     int hashing;
     int in_update;       /* threaded: the hasher is reading a buffer (mu dropped) */
+    int faulted;         /* threaded: a buffer's page went away under the hasher (SIGBUS) */
     sn_map_guard *guard; /* threaded: the hasher thread's, narrowed to each buffer it reads */
     sn_sha256 md;        /* the current span */
     sn_sha256 whole;     /* the whole blob, to check it against its digest */
@@ -95,7 +96,8 @@ static void *run(void *arg) {
         pthread_mutex_lock(&h->mu);
         h->in_update = 0;
         h->failed = 1;
-        sn_fail(&h->err, SN_EFORMAT, "the layer's bytes went away while being hashed (its file shrank)");
+        h->faulted = 1; /* the mapping's owner turns this into a message naming its file */
+        sn_fail(&h->err, SN_EIO, "the layer's mapped bytes could not be read while being hashed");
     } else {
         pthread_mutex_lock(&h->mu);
         h->guard = &guard;
@@ -246,10 +248,6 @@ int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err) {
     return rc;
 }
 
-int sh_wait_hashed(span_hasher *h, uint64_t upto, sn_err *err) {
-    return h->threaded ? sh_sync_to(h, upto, err) : SN_OK; /* threaded never changes */
-}
-
 int sh_finish(span_hasher *h, sn_err *err) {
     int rc = sh_sync(h, err);
     if (rc) return rc;
@@ -270,6 +268,13 @@ void sh_abort(span_hasher *h) {
     if (h->threaded) pthread_cond_signal(&h->work);
     while (h->in_update) pthread_cond_wait(&h->done, &h->mu);
     unlock(h);
+}
+
+int sh_faulted(span_hasher *h) {
+    lock(h);
+    int f = h->faulted;
+    unlock(h);
+    return f;
 }
 
 const uint8_t *sh_blob_digest(const span_hasher *h) { return h->whole_digest; }

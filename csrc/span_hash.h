@@ -6,7 +6,7 @@
  * before the producer lets go of the buffer. Inline mode hashes inside sh_progress().
  * The whole stream is hashed too, so a layer is checked against its digest in the same pass.
  * The hashing thread reads under a map guard (map_guard.h): a mapped buffer whose file shrinks
- * fails the hasher (FormatError) instead of killing the process. */
+ * fails the hasher (sh_faulted) instead of killing the process. */
 #ifndef SN_SPAN_HASH_H
 #define SN_SPAN_HASH_H
 
@@ -31,12 +31,11 @@ int sh_sync(span_hasher *h, sn_err *err);
 /* Waits until the bytes before stream position `upto` are hashed (their buffers are free).
  * At most 4 buffers may be in flight. */
 int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err);
-/* sh_sync_to for another thread than the producer's, about bytes whose feed has returned:
- * inline mode hashed them already, so it only waits for a hashing thread. */
-int sh_wait_hashed(span_hasher *h, uint64_t upto, sn_err *err);
 /* Stops hashing for good (the input failed under the producer) and returns once no buffer is
  * being read, so the caller may unmap or free them all. Later syncs report the failure. */
 void sh_abort(span_hasher *h);
+/* Whether the hashing thread failed on a SIGBUS reading a buffer (a mapped file's page). */
+int sh_faulted(span_hasher *h);
 /* Ends the last span at the end of the stream; digests: 32 bytes per span. */
 int sh_finish(span_hasher *h, sn_err *err);
 const uint8_t *sh_digests(const span_hasher *h, size_t *count);

@@ -5,6 +5,7 @@ report it on one line."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -215,3 +216,35 @@ def test_a_sent_sigbus_stays_ignored(tmp_path: Path, layer: tuple[Path, bytes]) 
     proc = subprocess.run([sys.executable, "-c", _IGNORED, str(path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.split() == ["True"], (proc.returncode, proc.stderr)
+
+
+@pytest.mark.parametrize("hash_thread", [True, False])
+@pytest.mark.parametrize("keep", [0, 3 << 20])
+def test_a_deterministic_cut_names_the_file(tmp_path: Path, layer: tuple[Path, bytes],
+                                            hash_thread: bool, keep: int) -> None:
+    """The C core cuts the file itself once 1-5 MiB are fed (no race with a thread): the
+    pages past `keep` vanish under the inflater (or the hasher behind it), and the error names
+    the file and both sizes."""
+    path = tmp_path / "layer.tar.gz"
+    data = layer[1]
+    for after in (1 << 20, 5 << 20):
+        path.write_bytes(data)
+        with pytest.raises(sn.FormatError) as e:
+            _core._index_file_cut(str(path), 1 << 20, after, keep, hash_thread=hash_thread)
+        assert f"{path} shrank from {len(data)} to {keep} bytes while being indexed" in str(e.value)
+
+
+@pytest.mark.parametrize("hash_thread", [True, False])
+def test_a_fault_without_shrink_is_an_io_error(tmp_path: Path, layer: tuple[Path, bytes],
+                                               hash_thread: bool) -> None:
+    """A SIGBUS on a file that still has its size (a disk error under the mapping; simulated
+    by cutting the file and giving its size back) is an OSError(EIO) naming the file, the
+    kind read() raises, never "shrank"."""
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(layer[1])
+    with pytest.raises(OSError) as e:
+        _core._index_file_cut(str(path), 1 << 20, 1 << 20, 0, restore=True, hash_thread=hash_thread)
+    assert e.value.errno == errno.EIO
+    assert f"I/O error reading mapped {path}" in str(e.value)
+    assert "shrank" not in str(e.value)
+    assert path.stat().st_size == len(layer[1])
