@@ -139,15 +139,21 @@ def _files(entries: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]
     return {name: (off, size) for name, off, size in entries}
 
 
-def hash_on_thread(jobs: int, cores: int | None = None) -> bool:
-    """Whether a layer's span hashing gets a thread of its own: only while a core is left
-    over by ``jobs`` indexers at once. With every core inflating, a hasher thread just shares
-    one with an inflater, and the hand-offs cost more CPU than hashing inline (measured: 3-5%
-    of a two-layer --jobs 2 create's CPU)."""
+def hash_on_thread(jobs: int, cores: int | None = None, size: int = 0,
+                   others: int | None = None) -> bool:
+    """Whether a layer's span hashing gets a thread of its own: while a core is left over by
+    ``jobs`` indexers at once, or (``others``: bytes of the other layers still queued or
+    running when this one of ``size`` bytes starts) when the rest would not keep the other
+    cores busy as long as this layer runs, so part of it runs alone and its hasher gets the
+    core that frees up. With every core inflating, a hasher thread just shares one with an
+    inflater, and the hand-offs cost more CPU than hashing inline (measured: 3-5% of a
+    two-layer --jobs 2 create's CPU)."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
-    return jobs < cores
+    if cores <= 1:
+        return False
+    return jobs < cores or (others is not None and others < size)
 
 
 def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOptions,
@@ -218,13 +224,22 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                 report(layer, n)
     workers = max(1, min(opts.jobs, len(layers)))
     pool = ThreadPoolExecutor(workers)
-    threaded = hash_on_thread(workers)
+    pending = {i: layers[i].size for i in range(len(layers))}  # queued or running
+
+    def run(i: int) -> LayerResult:
+        with lock:  # decided as the layer starts: what is left besides it
+            threaded = hash_on_thread(workers, size=layers[i].size,
+                                      others=sum(pending.values()) - layers[i].size)
+        try:
+            return build_layer(src, store, layers[i], opts, safe, threaded)
+        finally:
+            with lock:
+                del pending[i]
     try:
         # Largest first: a big layer started last would run alone at the end while the other
         # jobs' cores idle (with equal layers the order changes nothing).
         order = sorted(range(len(layers)), key=lambda i: -layers[i].size)
-        started = {i: pool.submit(build_layer, src, store, layers[i], opts, safe, threaded)
-                   for i in order}
+        started = {i: pool.submit(run, i) for i in order}
         futures = [started[i] for i in range(len(layers))]
         if on_layer is not None:
             done = on_layer

@@ -65,3 +65,15 @@ def test_hashing_gets_a_thread_only_while_a_core_is_spare() -> None:
     assert not hash_on_thread(2, cores=2) and not hash_on_thread(8, cores=4)
     assert not hash_on_thread(1, cores=1)
     assert hash_on_thread(1) == (len(os.sched_getaffinity(0)) > 1)
+
+
+def test_a_layer_the_rest_cannot_cover_hashes_on_a_thread() -> None:
+    """With every core inflating, a layer bigger than everything else still queued or running
+    would run alone for a while: it gets a hasher thread; similar or smaller ones hash inline."""
+    assert hash_on_thread(2, cores=2, size=200, others=30)  # the big one, a small one beside
+    assert not hash_on_thread(2, cores=2, size=30, others=200)  # the small one beside it
+    assert not hash_on_thread(2, cores=2, size=100, others=100)  # equal layers
+    assert not hash_on_thread(2, cores=2, size=100, others=150)
+    assert hash_on_thread(2, cores=2, size=100, others=0)  # the last one left
+    assert not hash_on_thread(2, cores=1, size=100, others=0)  # no core to give it
+    assert hash_on_thread(1, cores=2, size=30, others=200)  # a core to spare anyway
