@@ -406,7 +406,7 @@ nb::dict index_file(const std::string &path, uint64_t span_size, const std::stri
 // For tests: index_file, truncating the mapped file to `keep` once `after` bytes are fed (with
 // `restore`, its size comes back before the error is told apart): a deterministic cut.
 void index_file_cut(const std::string &path, uint64_t span_size, uint64_t after, uint64_t keep, bool restore,
-                    bool hash_thread) {
+                    bool hash_thread, bool hold_hasher) {
     sn_err e{};
     IndexerGuard g{sn_indexer_new(span_size, SN_MODE_AUTO, &e)};
     if (!g.ix) raise(e);
@@ -414,7 +414,7 @@ void index_file_cut(const std::string &path, uint64_t span_size, uint64_t after,
     int rc;
     {
         nb::gil_scoped_release unlocked;
-        rc = sn_indexer_feed_file_cut(g.ix, path.c_str(), after, keep, restore ? 1 : 0, &e);
+        rc = sn_indexer_feed_file_cut(g.ix, path.c_str(), after, keep, (restore ? 1 : 0) | (hold_hasher ? 2 : 0), &e);
         if (!rc) rc = sn_indexer_finish(g.ix, &e);
     }
     if (rc) raise(e);
@@ -1040,7 +1040,7 @@ NB_MODULE(_core, m) {
           nb::arg("build_tool") = nb::none(), nb::arg("entries") = true, nb::arg("hash_thread") = true,
           "Index a local layer file entirely in C (hash_thread=False: hash on the calling thread).");
     m.def("_index_file_cut", &index_file_cut, nb::arg("path"), nb::arg("span_size"), nb::arg("after"),
-          nb::arg("keep"), nb::arg("restore") = false, nb::arg("hash_thread") = true,
+          nb::arg("keep"), nb::arg("restore") = false, nb::arg("hash_thread") = true, nb::arg("hold_hasher") = false,
           "For tests: index_file with the mapped file truncated to keep once after bytes are fed.");
     m.def("tar_zinfo", &tar_zinfo, nb::arg("span_size"), nb::arg("size"));
     m.def("extract_file", &extract_file, nb::arg("path"), nb::arg("blob"), nb::arg("offset"), nb::arg("length"));

@@ -303,7 +303,10 @@ enum { FILE_BUFS = 4 }; /* at most span_hash's SEGMENTS */
  * error would leave it. */
 typedef struct file_cut {
     uint64_t after, keep;
-    int restore, wfd;
+    int restore, wfd, done;
+    int hold_hasher; /* the hashing thread pauses after the first chunk, until the cut (so it,
+                      * not the inflater, meets the vanished pages: a file of 2-3 chunks,
+                      * its first bytes being a buffer of their own) */
 } file_cut;
 
 /* Why a mapped feed failed. A file that shrank is named with its sizes (its vanished pages, or
@@ -346,16 +349,20 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, fi
             }
             if (!rc) rc = feed_nosync(ix, m + off, n, err);
             ends[k] = ix->totin;
-            if (cut && cut->wfd >= 0 && off + n >= cut->after && ftruncate(cut->wfd, (off_t)cut->keep) != 0)
-                rc = sn_fail(err, SN_EIO, "test cut failed");
+            if (cut && cut->hold_hasher && off == 0 && ix->hash) sh_pause(ix->hash, 1);
+            if (!rc && cut && !cut->done && off + n >= cut->after) {
+                cut->done = 1;
+                if (ftruncate(cut->wfd, (off_t)cut->keep) != 0) rc = sn_fail(err, SN_EIO, "test cut failed");
+            }
         }
+        if (cut && cut->hold_hasher && ix->hash) sh_pause(ix->hash, 0);
         sn_map_guard_arm(NULL);
         int src = sync_all(ix, err); /* no thread reads the mapping past this */
         if (!rc) rc = src;
     }
     munmap(m, size);
     int faulted = jumped || (ix->hash && sh_faulted(ix->hash));
-    if (rc && cut && cut->wfd >= 0 && cut->restore && ftruncate(cut->wfd, (off_t)size) != 0) return rc;
+    if (rc && cut && cut->done && cut->restore && ftruncate(cut->wfd, (off_t)size) != 0) return rc;
     return rc ? mapped_error(fd, path, size, faulted, rc, err) : SN_OK;
 }
 
@@ -430,15 +437,16 @@ static int feed_file(sn_indexer *ix, const char *path, file_cut *cut, sn_err *er
 
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err) { return feed_file(ix, path, NULL, err); }
 
-int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, uint64_t keep, int restore,
+int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, uint64_t keep, int flags,
                              sn_err *err) {
-    file_cut cut = {.after = after, .keep = keep, .restore = restore, .wfd = open(path, O_WRONLY | O_CLOEXEC)};
-    if (cut.wfd < 0) {
+    int wfd = open(path, O_WRONLY | O_CLOEXEC);
+    if (wfd < 0) {
         err->sys_errno = errno;
         return sn_fail(err, SN_EIO, "cannot open %s for writing", path);
     }
+    file_cut cut = {.after = after, .keep = keep, .restore = flags & 1, .wfd = wfd, .hold_hasher = (flags & 2) != 0};
     int rc = feed_file(ix, path, &cut, err);
-    close(cut.wfd);
+    close(wfd);
     return rc;
 }
 

@@ -37,8 +37,10 @@ void sn_indexer_hash_inline(sn_indexer *ix, int on);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
 /* For tests: sn_indexer_feed_file, but once `after` bytes are fed from a mapping the file is
- * truncated to `keep` (and with `restore`, given its size back before the error is reported). */
-int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, uint64_t keep, int restore,
+ * truncated to `keep`. flags: 1, it gets its size back before the error is reported; 2, the
+ * hashing thread is held after the first chunk until the cut (a file of 2-3 MiB), so it is
+ * the one to meet the vanished pages. */
+int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, uint64_t keep, int flags,
                              sn_err *err);
 /* Files fed so far, process-wide, through a mapping and through read(). */
 void sn_indexer_file_counts(uint64_t *mapped, uint64_t *read_);

@@ -4,6 +4,7 @@
 #include "map_guard.h"
 #include "sha256_dual.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ struct span_hasher {
     int hashing;
     int in_update;       /* threaded: the hasher is reading a buffer (mu dropped) */
     int faulted;         /* threaded: a buffer's page went away under the hasher (SIGBUS) */
+    int paused;          /* threaded: sh_pause (tests) */
     sn_map_guard *guard; /* threaded: the hasher thread's, narrowed to each buffer it reads */
     sn_sha256 md;        /* the current span */
     sn_sha256 whole;     /* the whole blob, to check it against its digest */
@@ -58,6 +60,7 @@ static int begin_span(span_hasher *h, const span_start *s) {
 /* Hashes what is published and reachable; call with mu held in threaded mode (it drops mu
  * around the hashing itself). Returns nonzero when it made no progress. */
 static int step(span_hasher *h) {
+    if (h->paused) return 1; /* a test holds the hasher back */
     if (h->next_start < h->nstarts && h->starts[h->next_start].at == h->pos) {
         span_start s = h->starts[h->next_start++];
         if ((h->hashing && end_span(h)) || begin_span(h, &s)) h->failed = 1;
@@ -98,6 +101,7 @@ static void *run(void *arg) {
         h->failed = 1;
         h->faulted = 1; /* the mapping's owner turns this into a message naming its file */
         sn_fail(&h->err, SN_EIO, "the layer's mapped bytes could not be read while being hashed");
+        h->err.sys_errno = EIO;
     } else {
         pthread_mutex_lock(&h->mu);
         h->guard = &guard;
@@ -177,6 +181,7 @@ void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n) {
     lock(h);
     drop_hashed(h);
     while (h->threaded && h->nseg == SEGMENTS && !h->failed) { /* let the hasher free one */
+        h->paused = 0; /* a test's pause never deadlocks the producer */
         pthread_cond_signal(&h->work);
         pthread_cond_wait(&h->done, &h->mu);
         drop_hashed(h);
@@ -268,6 +273,14 @@ void sh_abort(span_hasher *h) {
     if (h->threaded) pthread_cond_signal(&h->work);
     while (h->in_update) pthread_cond_wait(&h->done, &h->mu);
     unlock(h);
+}
+
+void sh_pause(span_hasher *h, int on) {
+    if (!h->threaded) return;
+    pthread_mutex_lock(&h->mu);
+    h->paused = on;
+    if (!on) pthread_cond_signal(&h->work);
+    pthread_mutex_unlock(&h->mu);
 }
 
 int sh_faulted(span_hasher *h) {

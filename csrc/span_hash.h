@@ -36,6 +36,9 @@ int sh_sync_to(span_hasher *h, uint64_t upto, sn_err *err);
 void sh_abort(span_hasher *h);
 /* Whether the hashing thread failed on a SIGBUS reading a buffer (a mapped file's page). */
 int sh_faulted(span_hasher *h);
+/* For tests: a hashing thread hashes nothing more while paused (a 5th buffer in flight
+ * unpauses it; a sync meanwhile would wait for ever). */
+void sh_pause(span_hasher *h, int on);
 /* Ends the last span at the end of the stream; digests: 32 bytes per span. */
 int sh_finish(span_hasher *h, sn_err *err);
 const uint8_t *sh_digests(const span_hasher *h, size_t *count);

@@ -248,3 +248,39 @@ def test_a_fault_without_shrink_is_an_io_error(tmp_path: Path, layer: tuple[Path
     assert f"I/O error reading mapped {path}" in str(e.value)
     assert "shrank" not in str(e.value)
     assert path.stat().st_size == len(layer[1])
+
+
+def _small_layer(path: Path, size: int) -> bytes:
+    """A gzip layer of about ``size`` compressed bytes (random data does not shrink)."""
+    import io
+    import tarfile
+    import zlib
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size = size
+        tf.addfile(ti, io.BytesIO(os.urandom(size)))
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    data = c.compress(buf.getvalue()) + c.flush()
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_the_hasher_meeting_vanished_pages_names_the_file(tmp_path: Path, restore: bool) -> None:
+    """The hashing thread is held after the first 1 MiB chunk; the file (2.5 MiB) is cut once
+    the inflater has read all of it, then the hasher goes on: it alone meets the vanished
+    pages, and its failure names the file (shrank; or, size given back, an EIO)."""
+    path = tmp_path / "layer.tar.gz"
+    data = _small_layer(path, 5 << 19)
+    assert 2 << 20 < len(data) <= 3 << 20  # 3 chunks and the sniffed bytes: 4 buffers
+    with pytest.raises((OSError, sn.FormatError)) as e:
+        _core._index_file_cut(str(path), 1 << 20, len(data), 0, restore=restore, hold_hasher=True)
+    if restore:
+        assert isinstance(e.value, OSError) and e.value.errno == errno.EIO
+        assert f"I/O error reading mapped {path}" in str(e.value)
+    else:
+        assert isinstance(e.value, sn.FormatError)
+        assert f"{path} shrank from {len(data)} to 0 bytes while being indexed" in str(e.value)
+    path.write_bytes(data)
+    _core._index_file_cut(str(path), 1 << 20, len(data) + 1, 0, hold_hasher=True)  # no cut: fine
