@@ -331,6 +331,17 @@ def test_spans_too_big_to_cache_cost_one_fill_call_each(mount: Mount, img: mi.Im
     assert mi.stats(mp)["totals"]["errors"] == 0
 
 
+def _first_read(path: Path, size: int, want: bytes) -> None:
+    """One read of ``size`` bytes at ``path``'s start, checked against ``want``, with the
+    kernel's read-ahead off so FUSE sees just this read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(fd, size, 0) == want[:size]
+    finally:
+        os.close(fd)
+
+
 def test_a_file_read_in_order_has_its_spans_filled_ahead_once_each(
         mount: Mount, img: mi.Image, tmp_path: Path) -> None:  # noqa: F811
     """The frontend asks for the spans after a read of a file that goes on into them (and
@@ -339,14 +350,9 @@ def test_a_file_read_in_order_has_its_spans_filled_ahead_once_each(
     rel = "data/big.bin"
     want = (img.ref / rel).read_bytes()
     mp = mount("--cache-dir", str(tmp_path / "c"))
-    fd = os.open(mp / rel, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees just these reads
-        assert os.pread(fd, 4096, 0) == want[:4096]
-        li, first = _big_layer(mp)
-        assert first["spans_read_ahead"] == 1  # the span after the first read's
-    finally:
-        os.close(fd)
+    _first_read(mp / rel, 4096, want)
+    li, first = _big_layer(mp)
+    assert first["spans_read_ahead"] == 1  # the span after the first read's
     assert _read_in_steps(mp / rel) == want  # (reads of 32 KiB: within a span or two)
     s = mi.stats(mp)["layers"][li]
     spans = s["spans_fetched"]
@@ -366,12 +372,7 @@ def test_a_big_read_at_a_file_s_start_has_two_spans_filled_ahead(
     rel = "data/big.bin"
     want = (img.ref / rel).read_bytes()
     mp = mount("--cache-dir", str(tmp_path / "c"))
-    fd = os.open(mp / rel, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees just this read
-        assert os.pread(fd, size, 0) == want[:size]
-    finally:
-        os.close(fd)
+    _first_read(mp / rel, size, want)
     li, s = _big_layer(mp)
     assert s["spans_read_ahead"] == ahead
     assert s["errors"] == 0
