@@ -59,6 +59,17 @@ uint64_t pages_of(uint64_t n) {
     static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     return (n + page - 1) / page * page;
 }
+// All of [off, off + len) of fd into out (retrying short reads and EINTR); false on an error
+// or end of file first.
+bool pread_full(int fd, char *out, size_t len, uint64_t off) {
+    for (size_t got = 0; got < len;) {
+        ssize_t r = pread(fd, out + got, len - got, static_cast<off_t>(off + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        got += static_cast<size_t>(r);
+    }
+    return true;
+}
 // Per inode (Frontend::ino_flags_): the pusher took the file (or the directory's listing), a
 // FUSE read of the file came in.
 constexpr uint8_t I_PUSHED = 1, I_READ = 2;
@@ -79,8 +90,8 @@ constexpr size_t AHEAD_SPANS = 4;
 // one inflates, and a worker goes on to it instead of idling until the run looks sequential.
 constexpr size_t START_READ = 1 << 20;
 constexpr size_t START_AHEAD = 2;
-constexpr std::chrono::milliseconds FILL_WAIT{200};
-constexpr int FILL_NEVER = -2;  // ops.fill: this span is only ever served by ops.read  // a read waits in C this long for a span's fill
+constexpr std::chrono::milliseconds FILL_WAIT{200};  // a read waits in C this long for a span's fill
+constexpr int FILL_NEVER = -2;  // ops.fill: this span is only ever served by ops.read
 
 // The columns of one row of the table Python exports (soci_native.mount.inodes): an inode's
 // attributes (a hard-linked inode may have several identical rows), and a directory's place.
@@ -136,6 +147,12 @@ struct SpanTable {
     size_t spans() const { return starts.size() - 1; }
     // How many span starts (and the end) are at or before pos: the span holding pos is one
     // less; 0 if pos lies before the first span, spans() + 1 if it is at or past the end.
+    // Span i's file is gone from the cache: reads of it go to Python again, and it may be
+    // asked to be filled ahead again.
+    void forget(size_t i) {
+        cached[i].store(0, std::memory_order_release);
+        hinted[i].store(0, std::memory_order_release);
+    }
     size_t bound(uint64_t pos) const {
         return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin());
     }
@@ -202,16 +219,9 @@ struct Views {
         if (len <= PREAD_MAX) {  // the buffer grows to at most one read's size
             std::vector<char> &b = buffer();
             if (b.size() < used + len) b.resize(used + len);
-            for (size_t got = 0; got < len;) {
-                ssize_t r = pread(fd, b.data() + used + got, len - got, static_cast<off_t>(off + got));
-                if (r < 0 && errno == EINTR) continue;
-                if (r <= 0) {
-                    close(fd);
-                    return false;
-                }
-                got += static_cast<size_t>(r);
-            }
+            bool ok = pread_full(fd, b.data() + used, static_cast<size_t>(len), off);
             close(fd);
+            if (!ok) return false;
             v[n++] = {nullptr, 0, used, static_cast<size_t>(len)};
             used += len;
             return true;
@@ -355,8 +365,7 @@ public:
         SpanTable &t = table(layer, i);
         std::lock_guard<std::mutex> g(t.mu);
         if (t.paths[i] != path) return;
-        t.cached[i].store(0, std::memory_order_release);
-        t.hinted[i].store(0, std::memory_order_release);
+        t.forget(i);
     }
 
     // A fill ahead of the reader on this layer ended (Python's read-ahead budget has room
@@ -912,10 +921,7 @@ private:
             bool whole = t.cached[i].load(std::memory_order_acquire);
             int fd = whole ? open_span(t, i) : open_filling(t, i, pos - lo + take);
             if (fd < 0) {
-                if (whole && errno == ENOENT) {  // evicted (by another mount sharing the cache)
-                    t.cached[i].store(0, std::memory_order_release);
-                    t.hinted[i].store(0, std::memory_order_release);
-                }
+                if (whole && errno == ENOENT) t.forget(i);  // evicted (by another mount sharing the cache)
                 return false;
             }
             // The file never shrinks under us (cache files are only renamed and unlinked), and
@@ -1181,12 +1187,7 @@ private:
                 if (hi <= pos) continue;  // an empty span
                 if (open(tab, i) < 0) return false;
                 size_t take = static_cast<size_t>(std::min(end, hi) - pos);
-                for (size_t got = 0; got < take;) {
-                    ssize_t r = pread(fd, out + got, take - got, static_cast<off_t>(pos - lo + got));
-                    if (r < 0 && errno == EINTR) continue;
-                    if (r <= 0) return false;
-                    got += static_cast<size_t>(r);
-                }
+                if (!pread_full(fd, out, take, pos - lo)) return false;
                 out += take;
                 pos += take;
             }
@@ -1245,8 +1246,9 @@ private:
                 if (fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0)) != 0)
                     return Push::NO;
             }
-            budget -= std::min(budget, pages_of(n));
-            pushed_pages_.fetch_add(pages_of(n), std::memory_order_relaxed);
+            uint64_t pages = pages_of(n);
+            budget -= std::min(budget, pages);
+            pushed_pages_.fetch_add(pages, std::memory_order_relaxed);
             pushed_bytes_.fetch_add(n, std::memory_order_relaxed);
             off += n;
         }
@@ -1285,11 +1287,10 @@ private:
         std::string path;
         {
             std::unique_lock<std::mutex> g(t.mu);
-            if (t.tmp_paths[i].empty()) return -1;
-            if (t.filled[i] < need &&
-                !t.fill_cv.wait_for(g, FILL_WAIT, [&] { return t.filled[i] >= need || t.tmp_paths[i].empty(); }))
+            // (the predicate is tested before any wait: no fill, or one far enough, at once)
+            if (!t.fill_cv.wait_for(g, FILL_WAIT, [&] { return t.filled[i] >= need || t.tmp_paths[i].empty(); }) ||
+                t.tmp_paths[i].empty())
                 return -1;
-            if (t.tmp_paths[i].empty()) return -1;
             path = t.tmp_paths[i];
         }
         return open(path.c_str(), O_RDONLY | O_CLOEXEC);
