@@ -764,8 +764,7 @@ class ZtocLayer:
         layer's, the cache could not take it): :meth:`read` it then. A failure is the
         SpanError a read would raise."""
         s = self.spans[i]
-        size = s.uend - s.ustart
-        if not self.gzip or not 0 < need <= size <= self.cache.max_span:
+        if not (0 < need <= s.uend - s.ustart and self.fills_in_place(i)):
             return False
         self._check_trusted()
         path = self._path(i)
