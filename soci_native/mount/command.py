@@ -399,7 +399,7 @@ def _run(image: str, mp: str, root: Path, pidfile: Path, log_file: str, *,
          cache_dir: str | None, cache_size: int, print_stats: bool, prefetch: bool,
          allow_other: bool, debug: bool, ready_fd: int | None,
          registry: RegistryOptions | None = None, background_fetch: float = 0.0,
-         push_max: int = 32 << 20) -> None:
+         push_max: int) -> None:
     from pathlib import Path
 
     from soci_native.images import ImageError
