@@ -41,12 +41,15 @@ def measure(work: Path, img_layout: Path, sizes: list[int], threads: list[int], 
     store, cache = work / "store", work / "cache"
     mi.cli("create", f"oci:{img_layout}:t", *mi.CREATE_OPTS, root=store)
 
+    # (a build from before --page-cache-push has no push to turn off)
+    push_off = (["--page-cache-push", "0"] if "--page-cache-push" in
+                mi.mount_cmd("--help", root=store).stdout else [])
+
     def mount(n: int) -> Path:
         mp = work / f"mnt{n}"
         mp.mkdir()
-        mi.mount_cmd(f"oci:{img_layout}:t", str(mp), "--cache-dir", str(cache),
-                     *(["--page-cache-push", "0"] if "--page-cache-push" in
-                       mi.mount_cmd("--help", root=store).stdout else []), root=store)
+        mi.mount_cmd(f"oci:{img_layout}:t", str(mp), "--cache-dir", str(cache), *push_off,
+                     root=store)
         return mp
 
     mp = mount(0)
