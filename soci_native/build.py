@@ -139,6 +139,12 @@ def _files(entries: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]
     return {name: (off, size) for name, off, size in entries}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+
+
 def hash_on_thread(jobs: int, cores: int | None = None, size: int = 0,
                    others: int | None = None) -> bool:
     """Whether a layer's span hashing gets a thread of its own: while a core is left over by
@@ -149,8 +155,7 @@ def hash_on_thread(jobs: int, cores: int | None = None, size: int = 0,
     inflater, and the hand-offs cost more CPU than hashing inline (measured: 3-5% of a
     two-layer --jobs 2 create's CPU)."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
+        cores = usable_cores()
     if cores <= 1:
         return False
     return jobs < cores or (others is not None and others < size)
@@ -224,17 +229,18 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                 report(layer, n)
     workers = max(1, min(opts.jobs, len(layers)))
     pool = ThreadPoolExecutor(workers)
-    pending = {i: layers[i].size for i in range(len(layers))}  # queued or running
+    cores = usable_cores()
+    left = sum(layer.size for layer in layers)  # bytes of the layers queued or running
 
     def run(i: int) -> LayerResult:
+        nonlocal left
         with lock:  # decided as the layer starts: what is left besides it
-            threaded = hash_on_thread(workers, size=layers[i].size,
-                                      others=sum(pending.values()) - layers[i].size)
+            threaded = hash_on_thread(workers, cores, layers[i].size, left - layers[i].size)
         try:
             return build_layer(src, store, layers[i], opts, safe, threaded)
         finally:
             with lock:
-                del pending[i]
+                left -= layers[i].size
     try:
         # Largest first: a big layer started last would run alone at the end while the other
         # jobs' cores idle (with equal layers the order changes nothing).
