@@ -50,7 +50,7 @@ def main() -> None:
         sys.stdout.write(f"{PROG}, version {__version__}\n")
         sys.exit(0)
     topic = help_topic(args) if console else None
-    saved = None
+    unsaved = None  # (signature, topic) of a help click renders below, to save
     if topic is not None and terminal_columns() >= FULL_WIDTH + 2:
         sig = signature()
         text = read_saved(sig, topic)
@@ -58,7 +58,7 @@ def main() -> None:
             # no arguments: click shows the help as a usage error (stderr, exit 2)
             show(text, sys.stdout if args else sys.stderr)
             sys.exit(0 if args else 2)
-        saved = sig
+        unsaved = sig, topic
     # `ztoc get-file` of a local image and `ztoc info` without click, when they can
     if "get-file" in args:
         from soci_native.quick_getfile import main as get_file
@@ -70,10 +70,11 @@ def main() -> None:
         info(args)
     from soci_native.cli import main as cli_main
 
-    if saved is not None and topic is not None:
+    if unsaved is not None:
+        sig, topic = unsaved
         text = render_help(cli_main, topic, args[-1] if args else "")
         if text is not None:
-            save(saved, topic, text)
+            save(sig, topic, text)
     cli_main()
 
 
