@@ -386,20 +386,28 @@ class Indexer {
     uint64_t fed_ = 0;
 };
 
-nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
-                    const std::optional<std::string> &build_tool, bool with_entries, bool hash_thread) {
-    pin_mmap_threshold();
+// A new indexer over ``mode`` into ``g``, fed by ``feed(ix, err)`` (the GIL released) and
+// finished; an error is raised. index_file's and index_file_cut's common part.
+template <class Feed> void run_indexer(IndexerGuard &g, uint64_t span_size, int mode, bool hash_thread, Feed feed) {
     sn_err e{};
-    IndexerGuard g{sn_indexer_new(span_size, parse_mode(mode), &e)};
+    g.ix = sn_indexer_new(span_size, mode, &e);
     if (!g.ix) raise(e);
     sn_indexer_hash_inline(g.ix, !hash_thread);
     int rc;
     {
         nb::gil_scoped_release unlocked;
-        rc = sn_indexer_feed_file(g.ix, path.c_str(), &e);
+        rc = feed(g.ix, &e);
         if (!rc) rc = sn_indexer_finish(g.ix, &e);
     }
     if (rc) raise(e);
+}
+
+nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
+                    const std::optional<std::string> &build_tool, bool with_entries, bool hash_thread) {
+    pin_mmap_threshold();
+    IndexerGuard g{nullptr};
+    run_indexer(g, span_size, parse_mode(mode), hash_thread,
+                [&](sn_indexer *ix, sn_err *e) { return sn_indexer_feed_file(ix, path.c_str(), e); });
     return result(g.ix, span_size, build_tool, with_entries);
 }
 
@@ -407,17 +415,11 @@ nb::dict index_file(const std::string &path, uint64_t span_size, const std::stri
 // `restore`, its size comes back before the error is told apart): a deterministic cut.
 void index_file_cut(const std::string &path, uint64_t span_size, uint64_t after, uint64_t keep, bool restore,
                     bool hash_thread, bool hold_hasher) {
-    sn_err e{};
-    IndexerGuard g{sn_indexer_new(span_size, SN_MODE_AUTO, &e)};
-    if (!g.ix) raise(e);
-    sn_indexer_hash_inline(g.ix, !hash_thread);
-    int rc;
-    {
-        nb::gil_scoped_release unlocked;
-        rc = sn_indexer_feed_file_cut(g.ix, path.c_str(), after, keep, (restore ? 1 : 0) | (hold_hasher ? 2 : 0), &e);
-        if (!rc) rc = sn_indexer_finish(g.ix, &e);
-    }
-    if (rc) raise(e);
+    int how = (restore ? 1 : 0) | (hold_hasher ? 2 : 0);
+    IndexerGuard g{nullptr};
+    run_indexer(g, span_size, SN_MODE_AUTO, hash_thread, [&](sn_indexer *ix, sn_err *e) {
+        return sn_indexer_feed_file_cut(ix, path.c_str(), after, keep, how, e);
+    });
 }
 
 sn_blob parse_blob(const Buffer &b) {
