@@ -1021,10 +1021,11 @@ private:
         if (!(ino_flags_[ino].load(std::memory_order_relaxed) & I_READ))  // the pusher leaves it to us
             ino_flags_[ino].fetch_or(I_READ, std::memory_order_relaxed);
         SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
-        if (t && !(x->flags & FLAG_SPARSE)) {
+        uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
+        bool direct = t && !(x->flags & FLAG_SPARSE);  // its bytes are the stream's, in spans
+        if (direct) {
             Views v;
             size_t last = 0;
-            uint64_t pos = x->offset + static_cast<uint64_t>(off);
             if (cached_read(*t, pos, len, v, last)) {
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 v.reply(req);
@@ -1033,8 +1034,7 @@ private:
                 return;
             }
         }
-        uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
-        bool lazy = t && !(x->flags & FLAG_SPARSE) && end <= t->starts.back();
+        bool lazy = direct && end <= t->starts.back();
         // before the read: the spans after it are fetched and inflated beside it
         if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size, off == 0);
         if (lazy && t->trusted.load(std::memory_order_acquire)) {  // inflated there, replied from here
