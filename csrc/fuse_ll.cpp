@@ -1259,11 +1259,7 @@ private:
     // The files of a directory just listed, in the listing's order (a walker's order).
     void push_listing(uint64_t dir, SpanCursor &cur, std::vector<char> &buf) {
         const Node &d = nodes_[dir];
-        uint64_t budget = push_max_listing_;
-        for (uint64_t k = 0; k < d.child_count; k++)
-            if (push_stop_.load(std::memory_order_relaxed) ||
-                push_file(children_[d.child_start + k].ino, cur, buf, budget) == Push::STOP)
-                return;
+        push_files(static_cast<size_t>(d.child_count), [&](size_t k) { return children_[d.child_start + k].ino; }, push_max_listing_, cur, buf);
     }
 
     void push_span(SpanTable &t, size_t i, uint64_t from, SpanCursor &cur, std::vector<char> &buf) {
@@ -1272,10 +1268,15 @@ private:
         size_t first = static_cast<size_t>(std::lower_bound(files.begin(), files.end(), from, [this](uint64_t ino, uint64_t pos) {
                                                return nodes_[ino].offset < pos;
                                            }) - files.begin());
-        uint64_t budget = UINT64_MAX;  // no cap per span: push_file keeps to the mount's
+        // no cap per span: push_file keeps to the mount's
+        push_files(n, [&](size_t k) { return files[(first + k) % n]; }, UINT64_MAX, cur, buf);
+    }
+
+    // Files ino_at(0..n-1) in that order, within budget pages, until the pusher is stopped.
+    template <class InoAt>
+    void push_files(size_t n, InoAt ino_at, uint64_t budget, SpanCursor &cur, std::vector<char> &buf) {
         for (size_t k = 0; k < n; k++)
-            if (push_stop_.load(std::memory_order_relaxed) ||
-                push_file(files[(first + k) % n], cur, buf, budget) == Push::STOP)
+            if (push_stop_.load(std::memory_order_relaxed) || push_file(ino_at(k), cur, buf, budget) == Push::STOP)
                 return;
     }
 
