@@ -392,7 +392,7 @@ template <class Feed> void run_indexer(IndexerGuard &g, uint64_t span_size, int 
     sn_err e{};
     g.ix = sn_indexer_new(span_size, mode, &e);
     if (!g.ix) raise(e);
-    sn_indexer_hash_inline(g.ix, !hash_thread);
+    if (!hash_thread) sn_indexer_hash_inline(g.ix, 1);  // else the default (SOCI_NATIVE_HASH_THREAD)
     int rc;
     {
         nb::gil_scoped_release unlocked;

@@ -64,6 +64,8 @@ sn_indexer *sn_indexer_new(uint64_t span_size, int mode, sn_err *err) {
     if (!ix) goto oom;
     ix->span_size = span_size;
     ix->mode = mode;
+    const char *env = getenv("SOCI_NATIVE_HASH_THREAD"); /* "0": hash inline (benchmarks, debugging) */
+    ix->hash_inline = env && env[0] == '0';
     ix->tar = tar_parser_new();
     if (!ix->tar) goto oom;
     return ix;
@@ -226,8 +228,7 @@ static int choose_mode(sn_indexer *ix, sn_err *err) {
         ix->mode = (n >= 2 && s[0] == 0x1f && s[1] == 0x8b) ? SN_MODE_GZIP : SN_MODE_TAR;
     }
     /* gzip: hash on a second thread, off the inflating core; tar: hashing is all the work */
-    const char *env = getenv("SOCI_NATIVE_HASH_THREAD"); /* "0": hash inline (benchmarks, debugging) */
-    ix->hash = sh_new(ix->mode == SN_MODE_GZIP && !ix->hash_inline && !(env && env[0] == '0'), err);
+    ix->hash = sh_new(ix->mode == SN_MODE_GZIP && !ix->hash_inline, err);
     if (!ix->hash) return err->code;
     return ix->mode == SN_MODE_GZIP ? gz_start(ix, err) : SN_OK;
 }

@@ -32,7 +32,8 @@ int sn_indexer_feed_async(sn_indexer *ix, const uint8_t *data, size_t n, sn_err 
 int sn_indexer_sync_to(sn_indexer *ix, uint64_t pos, sn_err *err);
 int sn_indexer_finish(sn_indexer *ix, sn_err *err);
 /* Hash on the feeding thread instead of a second one (before the first feed). Pays when every
- * core already runs an indexer: a hasher thread would only share a core with an inflater. */
+ * core already runs an indexer: a hasher thread would only share a core with an inflater.
+ * SOCI_NATIVE_HASH_THREAD=0 in the environment makes it the default of a new indexer. */
 void sn_indexer_hash_inline(sn_indexer *ix, int on);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
