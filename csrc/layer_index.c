@@ -316,13 +316,12 @@ typedef struct file_cut {
  * have said); any other failure is the input's own. */
 static int mapped_error(int fd, const char *path, size_t size, int faulted, int rc, sn_err *err) {
     struct stat st;
-    if (fstat(fd, &st) == 0 && (uint64_t)st.st_size < size) {
-        memset(err, 0, sizeof *err);
+    int shrank = fstat(fd, &st) == 0 && (uint64_t)st.st_size < size;
+    if (!shrank && !faulted) return rc;
+    memset(err, 0, sizeof *err); /* the feed's own error is replaced */
+    if (shrank)
         return sn_fail(err, SN_EFORMAT, "%s shrank from %llu to %llu bytes while being indexed", path,
                        (unsigned long long)size, (unsigned long long)st.st_size);
-    }
-    if (!faulted) return rc;
-    memset(err, 0, sizeof *err);
     err->sys_errno = EIO;
     return sn_fail(err, SN_EIO, "I/O error reading mapped %s", path);
 }
