@@ -310,6 +310,25 @@ typedef struct file_cut {
                       * its first bytes being a buffer of their own) */
 } file_cut;
 
+/* After chunk [off, off + n) of a file of `size` bytes was fed (rc: how it went, the loop ends
+ * on an error or at the last chunk): the cut's hold on the hasher from the first chunk to the
+ * loop's end (before any wait for it), and the truncation once `after` bytes are fed. */
+static int cut_after_chunk(sn_indexer *ix, file_cut *cut, size_t off, size_t n, size_t size, int rc, sn_err *err) {
+    if (!cut) return rc;
+    if (cut->hold_hasher && off == 0 && ix->hash) sh_pause(ix->hash, 1);
+    if (!rc && !cut->done && off + n >= cut->after) {
+        cut->done = 1;
+        if (ftruncate(cut->wfd, (off_t)cut->keep) != 0) rc = sn_fail(err, SN_EIO, "test cut failed");
+    }
+    if (cut->hold_hasher && ix->hash && (rc || off + n >= size)) sh_pause(ix->hash, 0);
+    return rc;
+}
+
+/* A failed feed whose file was cut gets its size back first, with `restore`; 0 if that failed. */
+static int cut_end(const file_cut *cut, size_t size, int rc) {
+    return !(rc && cut && cut->done && cut->restore && ftruncate(cut->wfd, (off_t)size) != 0);
+}
+
 /* Why a mapped feed failed. A file that shrank is named with its sizes (its vanished pages, or
  * the zeros past its new end inside the last page, failed whichever thread read them); a
  * SIGBUS on a file that kept its size is a read error under the mapping (EIO, as read() would
@@ -349,20 +368,15 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, fi
             }
             if (!rc) rc = feed_nosync(ix, m + off, n, err);
             ends[k] = ix->totin;
-            if (cut && cut->hold_hasher && off == 0 && ix->hash) sh_pause(ix->hash, 1);
-            if (!rc && cut && !cut->done && off + n >= cut->after) {
-                cut->done = 1;
-                if (ftruncate(cut->wfd, (off_t)cut->keep) != 0) rc = sn_fail(err, SN_EIO, "test cut failed");
-            }
+            rc = cut_after_chunk(ix, cut, off, n, size, rc, err);
         }
-        if (cut && cut->hold_hasher && ix->hash) sh_pause(ix->hash, 0);
         sn_map_guard_arm(NULL);
         int src = sync_all(ix, err); /* no thread reads the mapping past this */
         if (!rc) rc = src;
     }
     munmap(m, size);
     int faulted = jumped || (ix->hash && sh_faulted(ix->hash));
-    if (rc && cut && cut->done && cut->restore && ftruncate(cut->wfd, (off_t)size) != 0) return rc;
+    if (!cut_end(cut, size, rc)) return rc;
     return rc ? mapped_error(fd, path, size, faulted, rc, err) : SN_OK;
 }
 
