@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <zlib-ng.h>
 
@@ -413,14 +414,24 @@ void sn_indexer_file_counts(uint64_t *mapped, uint64_t *read_) {
     *read_ = atomic_load(&files_read);
 }
 
+/* An access ACL beyond the mode's own three entries (owner, group, other), or one that cannot
+ * be told: named users or groups. Linux folds their rights into the group bits (the mask),
+ * but a filesystem that checks permissions its own way need not, so their presence is enough. */
+static int extended_acl(int fd) {
+    ssize_t n = fgetxattr(fd, "system.posix_acl_access", NULL, 0);
+    if (n < 0) return errno != ENODATA && errno != ENOTSUP && errno != EOPNOTSUPP;
+    return (size_t)n > 4 + 3 * 8; /* a version, then 8 bytes an entry */
+}
+
 /* The inflater and the hasher read a mapping at different times (up to FILE_BUFS chunks
  * apart): whoever can write the file could change bytes ahead of the inflater and put them
  * back before the hasher, so the digest check would pass over bytes the zTOC never
  * described. Only a file nobody else may rewrite is mapped: owned by our effective uid (or
- * root) with no group or other write bit. Anything else is read() into private buffers,
- * which both threads consume. */
-static int only_we_write(const struct stat *st) {
-    return (st->st_uid == geteuid() || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH));
+ * root) with no group or other write bit and no extended ACL. Anything else is read() into
+ * private buffers, which both threads consume. */
+static int only_we_write(int fd, const struct stat *st) {
+    return (st->st_uid == geteuid() || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH)) &&
+           !extended_acl(fd);
 }
 
 static int feed_file(sn_indexer *ix, const char *path, file_cut *cut, sn_err *err) {
@@ -435,7 +446,7 @@ static int feed_file(sn_indexer *ix, const char *path, file_cut *cut, sn_err *er
     struct stat st;
     int rc = -1;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= SIZE_MAX &&
-        only_we_write(&st)) {
+        only_we_write(fd, &st)) {
         sn_err merr = {0};
         rc = feed_mapped(ix, fd, path, (size_t)st.st_size, cut, &merr);
         if (rc > 0) *err = merr;
