@@ -122,12 +122,11 @@ def cache_file(topic: str) -> str | None:
     if it is an absolute path (the XDG spec has a relative one ignored), else ~/.cache;
     None (nothing saved) when the home directory is no absolute path either, since a
     relative one would put the cache wherever the command runs."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
+    from soci_native.rootopt import xdg_dir  # os only
+
+    base = xdg_dir("XDG_CACHE_HOME", ".cache")
     if not os.path.isabs(base):
-        home = os.path.expanduser("~")
-        if not os.path.isabs(home):
-            return None
-        base = os.path.join(home, ".cache")
+        return None
     name = f"help-{FULL_WIDTH}-{topic}.txt" if topic else f"help-{FULL_WIDTH}.txt"
     return os.path.join(base, PROG, name)
 

@@ -12,7 +12,7 @@ import sys
 
 from soci_native import quick_io
 from soci_native.catalog import Unsure
-from soci_native.rootopt import dir_ok
+from soci_native.rootopt import dir_ok, xdg_dir
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
@@ -75,10 +75,7 @@ class Args:
             raise Unsure("--root")
         if given:
             return given[-1]
-        xdg = os.environ.get("XDG_DATA_HOME")
-        if xdg and os.path.isabs(xdg):
-            return os.path.join(xdg, PROG)
-        return os.path.join(os.path.expanduser("~"), ".local", "share", PROG)
+        return os.path.join(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")), PROG)
 
 
 def fast_path(main: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:

@@ -1,6 +1,7 @@
-"""The top-level ``--root`` option's value check without click (only os is imported), for
-the console script's fast paths (soci_native/entry.py, quick_args.py): they answer only when
-click would take the value too."""
+"""The top-level ``--root`` option's environment variable and value check, and the XDG base
+directory rule, without click (only os is imported), for the console script's fast paths
+(soci_native/entry.py, quick_args.py), which answer only when click would take the value too,
+and for the store."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def env_root_ok() -> bool:
     gets to a subcommand, even to show that subcommand's help."""
     env = os.environ.get("SOCI_NATIVE_ROOT")
     return not env or dir_ok(env)
+
+
+def xdg_dir(var: str, fallback: str) -> str:
+    """$``var`` (an XDG base directory) if it is an absolute path (the XDG spec has a relative
+    one ignored), else ``fallback`` under the home directory (os.path.expanduser's: relative
+    when $HOME is, "~" itself when there is none)."""
+    base = os.environ.get(var, "")
+    return base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), fallback)

@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
+from soci_native.rootopt import xdg_dir
+
 if TYPE_CHECKING:
     import mmap
 
@@ -110,11 +112,8 @@ def default_root() -> Path:
     env = os.environ.get("SOCI_NATIVE_ROOT")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    # The XDG spec says relative paths in $XDG_DATA_HOME are invalid and must be ignored.
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "soci-native"
-    return Path.home() / ".local" / "share" / "soci-native"
+    data = Path(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")))
+    return data.expanduser() / "soci-native"  # no home to be found: RuntimeError, as Path.home()
 
 
 def utc_now() -> str:
