@@ -12,7 +12,7 @@ import sys
 
 from soci_native import quick_io
 from soci_native.catalog import Unsure
-from soci_native.rootopt import dir_ok, xdg_dir
+from soci_native.rootopt import dir_ok, env_root, xdg_dir
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Args:
         $SOCI_NATIVE_ROOT, else store.default_root's rule), each value given checked as
         click.Path(file_okay=False) checks it."""
         given = [v for _, v in self.roots]
-        env = os.environ.get("SOCI_NATIVE_ROOT")
+        env = env_root()
         if env and not any(level == 0 for level, _ in self.roots):
             given.insert(0, env)
         if not all(map(dir_ok, given)):

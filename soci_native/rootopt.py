@@ -20,10 +20,15 @@ def dir_ok(path: str) -> bool:
     return not stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK)
 
 
+def env_root() -> str:
+    """$SOCI_NATIVE_ROOT (``--root``'s envvar), "" when unset."""
+    return os.environ.get("SOCI_NATIVE_ROOT", "")
+
+
 def env_root_ok() -> bool:
-    """Whether click takes $SOCI_NATIVE_ROOT (``--root``'s envvar), which it checks before it
-    gets to a subcommand, even to show that subcommand's help."""
-    env = os.environ.get("SOCI_NATIVE_ROOT")
+    """Whether click takes $SOCI_NATIVE_ROOT, which it checks before it gets to a
+    subcommand, even to show that subcommand's help."""
+    env = env_root()
     return not env or dir_ok(env)
 
 

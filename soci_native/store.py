@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
-from soci_native.rootopt import xdg_dir
+from soci_native.rootopt import env_root, xdg_dir
 
 if TYPE_CHECKING:
     import mmap
@@ -109,7 +109,7 @@ class BlobNotFoundError(StoreError):
 
 def default_root() -> Path:
     """$SOCI_NATIVE_ROOT, else $XDG_DATA_HOME/soci-native, else ~/.local/share/soci-native."""
-    env = os.environ.get("SOCI_NATIVE_ROOT")
+    env = env_root()
     if env:
         return Path(env).expanduser()
     data = Path(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")))
