@@ -579,7 +579,7 @@ def ztoc_get_file(ctx: click.Context, digest: str, path: str, output: str | None
         if layer_digest is None:
             fail(f"zTOC {digest} does not record its layer digest")
         ref = image_ref or image_of(rec, indexes, members)
-        if not isinstance(ref, str):
+        if ref is None:
             fail(f"no image known for zTOC {digest}: pass --image REF")
         span = span_size(z.checkpoints, z.compression_algorithm)
         with open_image(ref, registry=local_or_registry_options(ref, kw)) as src, \

@@ -100,7 +100,7 @@ class Plan:
             members = {i.digest: [r.digest for r in cat.ztocs_of_index(i.digest)
                                   if r.type == "soci_layer"] for i in indexes}
             ref = args.image or image_of(rec, indexes, members)
-            if not (isinstance(ref, str) and ref.startswith("oci:")):
+            if ref is None or not ref.startswith("oci:"):
                 raise Unsure(f"image {ref!r}")  # none, a registry's, an archive's
             raw = cat.map(args.digest)
             try:
@@ -134,13 +134,14 @@ def siblings(members: dict[str, list[str]], rec: Listed) -> list[str]:
     return list(out)
 
 
-def image_of(rec: Listed, indexes: Sequence[Listed], members: dict[str, list[str]]) -> object:
+def image_of(rec: Listed, indexes: Sequence[Listed], members: dict[str, list[str]]
+             ) -> str | None:
     """The image to read a zTOC's layer from when none is given: the zTOC's own, else that
-    of the first index holding it; None if there is none (the click command's too)."""
-    if rec.image_ref:
-        return rec.image_ref
-    return next((i.image_ref for i in indexes if i.image_ref and rec.digest in members[i.digest]),
-                None)
+    of the first index holding it; None if there is none, or it is no text (a crafted
+    catalog's: any SQLite value) (the click command's too)."""
+    ref = rec.image_ref or next((i.image_ref for i in indexes
+                                 if i.image_ref and rec.digest in members[i.digest]), None)
+    return ref if isinstance(ref, str) else None
 
 
 def fail(msg: str) -> NoReturn:
