@@ -58,6 +58,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import bench_create  # noqa: E402
 import make_layers  # noqa: E402
+import mnt_image  # noqa: E402
 import reg_server  # noqa: E402
 
 DATA = HERE / "data"
@@ -256,7 +257,7 @@ class Mounts:
         return dt
 
     def stats(self, mp: Path) -> dict[str, Any]:
-        s: dict[str, Any] = json.loads((mp / ".soci-native" / "stats.json").read_bytes())
+        s = mnt_image.stats(mp)
         self.live[mp] = (self.live[mp][0], int(s["pid"]))
         return s
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -38,7 +37,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+
+import mnt_image  # tests/ (bench_mount puts it on sys.path)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -277,10 +277,6 @@ def round_trip_us(d: Path, tag: str, n: int = 2000) -> float:
     return (time.perf_counter_ns() - t) / n / 1000
 
 
-def read_stats(root: Path) -> dict[str, Any]:
-    return json.loads((root / ".soci-native" / "stats.json").read_text())
-
-
 def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
     """The tree read on a fresh mount over a warm span cache against the plain directory
     (page cache warm), interleaved round by round, and the pieces of a fresh mount's floor."""
@@ -303,7 +299,7 @@ def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
                     continue
                 with s.soci(False) as root:
                     res["soci"].append(read_tree(root / tree))
-                    st = read_stats(root)
+                    st = mnt_image.stats(root)
                 # the listing alone (nothing pushed meanwhile), then round trips
                 with s.soci(False, "--page-cache-push", "0") as root:
                     res["soci_list"].append(list_tree(root / tree))
