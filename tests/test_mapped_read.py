@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,21 +137,27 @@ def _indexed_through(path: Path) -> tuple[str, sn.LayerIndex]:
     return ("mapped" if mapped else "read"), ix
 
 
-@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
-def test_a_file_others_may_write_is_not_mapped(tmp_path: Path, layer: tuple[Path, bytes],
-                                               mode: int) -> None:
-    """The inflater and the hasher read a mapping at different times: a file someone else may
-    rewrite could show them different bytes. It is read() into private buffers instead, with
-    the same index; a file only its owner may write is mapped."""
+def _read_once_changed(tmp_path: Path, layer: tuple[Path, bytes],
+                       change: Callable[[Path], None]) -> None:
+    """A copy of the layer only its owner may write is mapped; once ``change(path)`` has run,
+    it is read() instead, with the same index."""
     path = tmp_path / "layer.tar.gz"
     path.write_bytes(layer[1])
     os.chmod(path, 0o644)
     how, mapped_ix = _indexed_through(path)
     assert how == "mapped"
-    os.chmod(path, mode)
+    change(path)
     how, read_ix = _indexed_through(path)
     assert how == "read"
     assert read_ix == mapped_ix
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
+def test_a_file_others_may_write_is_not_mapped(tmp_path: Path, layer: tuple[Path, bytes],
+                                               mode: int) -> None:
+    """The inflater and the hasher read a mapping at different times: a file someone else may
+    rewrite could show them different bytes. It is read() into private buffers instead."""
+    _read_once_changed(tmp_path, layer, lambda path: os.chmod(path, mode))
 
 
 def _grant_write_acl(path: Path, uid: int) -> None:
@@ -178,37 +185,25 @@ def test_a_file_with_an_acl_is_not_mapped(tmp_path: Path, layer: tuple[Path, byt
     one with a group or other write bit. With the ACL's mask denying write (chmod 0644 after
     it) nobody else may write it on Linux's own filesystems, whose group bits are the mask;
     it is still read(), so the rule does not rest on every filesystem folding ACLs so."""
-    path = tmp_path / "layer.tar.gz"
-    path.write_bytes(layer[1])
-    os.chmod(path, 0o644)
-    how, mapped_ix = _indexed_through(path)
-    assert how == "mapped"
-    try:
-        _grant_write_acl(path, 65534)
-    except OSError as e:
-        if e.errno != errno.EOPNOTSUPP or os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"{tmp_path} has no POSIX ACLs")
-    if not mask_write:
-        os.chmod(path, 0o644)  # the mask becomes r--: the named user may no longer write
-    assert os.stat(path).st_mode & 0o777 == (0o664 if mask_write else 0o644)
-    assert len(os.getxattr(path, "system.posix_acl_access")) > 4 + 3 * 8  # more than the mode
-    how, read_ix = _indexed_through(path)
-    assert how == "read"
-    assert read_ix == mapped_ix
+
+    def change(path: Path) -> None:
+        try:
+            _grant_write_acl(path, 65534)
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP or os.environ.get("CI") == "true":
+                raise
+            pytest.skip(f"{tmp_path} has no POSIX ACLs")
+        if not mask_write:
+            os.chmod(path, 0o644)  # the mask becomes r--: the named user may no longer write
+        assert os.stat(path).st_mode & 0o777 == (0o664 if mask_write else 0o644)
+        assert len(os.getxattr(path, "system.posix_acl_access")) > 4 + 3 * 8  # beyond the mode
+
+    _read_once_changed(tmp_path, layer, change)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 def test_a_file_another_uid_owns_is_not_mapped(tmp_path: Path, layer: tuple[Path, bytes]) -> None:
-    path = tmp_path / "layer.tar.gz"
-    path.write_bytes(layer[1])
-    os.chmod(path, 0o644)
-    how, mapped_ix = _indexed_through(path)
-    assert how == "mapped"
-    os.chown(path, 4242, 4242)
-    how, read_ix = _indexed_through(path)
-    assert how == "read"
-    assert read_ix == mapped_ix
+    _read_once_changed(tmp_path, layer, lambda path: os.chown(path, 4242, 4242))
 
 
 _REPLACED = """
