@@ -21,7 +21,12 @@ run.
 mount cannot avoid beside it: the FUSE requests the walk made (stats.json), the walk's
 listing alone (every directory is new to the kernel: a READDIRPLUS pair per directory and an
 inode per entry; on a mount that pushes nothing) against the plain directory's, and one FUSE
-round trip (a stat of a missing name).
+round trip (a stat of a missing name). The same three on bench/fuse_floor.c, a minimal
+libfuse filesystem serving the plain directory from tables in memory with no work per
+request (its files pushed into the page cache from the plain files as each listing ends, as
+soci-native pushes them from its span cache): the floor of any FUSE daemon on this kernel and
+machine, in the same run. Last, the kernel's inode cache load (cached inodes per inode-hash
+bucket), which sets what each new inode costs a fresh mount.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -277,46 +283,111 @@ def round_trip_us(d: Path, tag: str, n: int = 2000) -> float:
     return (time.perf_counter_ns() - t) / n / 1000
 
 
+class FloorFS:
+    """bench/fuse_floor.c, compiled into ``td`` (cc + libfuse3's pkg-config), mounted over
+    a directory at ``mp`` for one measure at a time."""
+
+    def __init__(self, td: Path, mp: Path) -> None:
+        self.exe, self.mp = td / "fuse_floor", mp
+        cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["cc", "-O2", str(HERE / "fuse_floor.c"), *cflags, "-lpthread", "-o",
+                        str(self.exe)], check=True)
+
+    @contextlib.contextmanager
+    def mount(self, src: Path, push: bool) -> Iterator[Path]:
+        p = subprocess.Popen([str(self.exe), str(src), str(self.mp), *(["--push"] if push else [])])
+        try:
+            for _ in range(1000):
+                if os.path.ismount(self.mp) or p.poll() is not None:
+                    break
+                time.sleep(0.01)
+            if not os.path.ismount(self.mp):
+                raise RuntimeError(f"fuse_floor did not mount (exit {p.poll()})")
+            from soci_native.mount.fs import tune_read_ahead
+
+            os.stat(self.mp)  # answered once the kernel has taken the INIT reply, which sets
+            tune_read_ahead(str(self.mp))  # the window: then 1 MiB reads, as soci-native's
+            yield self.mp
+        finally:
+            subprocess.run(["fusermount3", "-u", str(self.mp)], capture_output=True)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
+
+
+def inode_hash_load() -> str:
+    """The kernel's cached inodes over its inode hash buckets (from the boot log; '' when it
+    cannot be read): each inode a fresh mount makes walks a chain of that length twice
+    (iget5_locked's lookup, then its insert) and so does each new dentry's d_lookup."""
+    try:
+        cached = int(Path("/proc/sys/fs/inode-nr").read_text().split()[0])
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ""
+    buckets = [int(x) for x in re.findall(r"Inode-cache hash table entries: (\d+)", log)]
+    if not buckets:
+        return f"kernel: {cached:,} inodes cached"
+    return (f"kernel: {cached:,} inodes cached over {buckets[-1]:,} inode-hash buckets, "
+            f"{cached / buckets[-1]:.1f} per chain")
+
+
 def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
     """The tree read on a fresh mount over a warm span cache against the plain directory
-    (page cache warm), interleaved round by round, and the pieces of a fresh mount's floor."""
+    (page cache warm) and the minimal FUSE filesystem, interleaved round by round, and the
+    pieces of a fresh mount's floor."""
     tree = Path(SITE)
-    res: dict[str, list[float]] = {k: [] for k in (
-        "soci", "plain", "soci_list", "plain_list", "rtt_us", "plain_rtt_us")}
+    res: dict[str, list[float]] = {f"{n}{k}": [] for n in ("soci", "floor", "plain")
+                                   for k in ("", "_list", "_rtt_us")}
     with tempfile.TemporaryDirectory(prefix="bench-mount-warm-", dir=tmp) as tds:
         s = Setup(Path(tds), layout)
         s.prepare(ratarmount=False)
+        floor = FloorFS(s.td, s.mp)
         with s.soci(True) as root:  # fills the span cache
             read_tree(root / tree)
             time.sleep(2)  # the last spans' fills are committed
         read_tree(s.plain / tree)
+        names = ["soci", "floor", "plain"]
         for r in range(repeat):
-            print(f"round {r + 1}/{repeat}", file=sys.stderr)
-            first = ["soci", "plain"] if r % 2 == 0 else ["plain", "soci"]
-            for name in first:
+            order = names[r % 3:] + names[:r % 3]
+            print(f"round {r + 1}/{repeat}: {' '.join(order)}", file=sys.stderr)
+            for name in order:
                 if name == "plain":
                     res["plain"].append(read_tree(s.plain / tree))
+                    res["plain_list"].append(list_tree(s.plain / tree))
+                    res["plain_rtt_us"].append(round_trip_us(s.plain / tree, str(r)))
                     continue
-                with s.soci(False) as root:
-                    res["soci"].append(read_tree(root / tree))
-                    st = mnt_image.stats(root)
+                mounts: tuple[Callable[[], contextlib.AbstractContextManager[Path]], ...] = (
+                    (lambda: s.soci(False), lambda: s.soci(False, "--page-cache-push", "0"))
+                    if name == "soci" else
+                    (lambda: floor.mount(s.plain, True), lambda: floor.mount(s.plain, False)))
+                with mounts[0]() as root:
+                    res[name].append(read_tree(root / tree))
+                    if name == "soci":
+                        st = mnt_image.stats(root)
                 # the listing alone (nothing pushed meanwhile), then round trips
-                with s.soci(False, "--page-cache-push", "0") as root:
-                    res["soci_list"].append(list_tree(root / tree))
-                    res["rtt_us"].append(round_trip_us(root / tree, str(r)))
-            res["plain_list"].append(list_tree(s.plain / tree))
-            res["plain_rtt_us"].append(round_trip_us(s.plain / tree, str(r)))
+                with mounts[1]() as root:
+                    res[f"{name}_list"].append(list_tree(root / tree))
+                    res[f"{name}_rtt_us"].append(round_trip_us(root / tree, str(r)))
     m = {k: statistics.median(v) for k, v in res.items()}
     reqs = {k: v["count"] for k, v in st.get("requests", {}).items()}
-    print(f"\nmedians of {repeat} rounds; load average {os.getloadavg()[0]:.2f}\n")
-    print(f"{'':44} {'soci-native':>12} {'plain dir':>10} {'soci/plain':>10}")
-    for label, a, b in (("the tree, fresh mount, span cache warm, s", "soci", "plain"),
-                        ("  its listing alone (os.walk + stats), s", "soci_list", "plain_list"),
-                        ("  one stat of a missing name, µs", "rtt_us", "plain_rtt_us")):
-        print(f"{label:44} {m[a]:>12.3f} {m[b]:>10.3f} {m[a] / m[b]:>10.2f}")
+    print(f"\nmedians of {repeat} rounds; load average {os.getloadavg()[0]:.2f}; floor fs = "
+          f"bench/fuse_floor.c (no work per request)\n")
+    print(f"{'':44} {'soci-native':>12} {'floor fs':>9} {'plain dir':>10} {'soci/plain':>10} "
+          f"{'floor/plain':>11}")
+    for label, k in (("the tree, fresh mount, span cache warm, s", ""),
+                     ("  its listing alone (os.walk + stats), s", "_list"),
+                     ("  one stat of a missing name, µs", "_rtt_us")):
+        a, f, b = m[f"soci{k}"], m[f"floor{k}"], m[f"plain{k}"]
+        print(f"{label:44} {a:>12.3f} {f:>9.3f} {b:>10.3f} {a / b:>10.2f} {f / b:>11.2f}")
     print(f"\nFUSE requests of the last walk: {reqs}; pushed into the page cache: "
           f"{st.get('pushed_files', 0)} files, {st.get('pushed_bytes', 0) / 1e6:.0f} MB")
-    floor = (m["plain"] + m["soci_list"] - m["plain_list"]) / m["plain"]
-    print(f"floor with every read free (plain walk + the fresh listing's extra): "
-          f"{floor:.2f}x plain; goal <= 1.2x")
+    extra = (m["plain"] + m["soci_list"] - m["plain_list"]) / m["plain"]
+    print(f"floor with every read free (plain walk + the fresh listing's extra): {extra:.2f}x "
+          f"plain; the floor fs's own walk: {m['floor'] / m['plain']:.2f}x; goal <= 1.2x")
+    if load := inode_hash_load():
+        print(load)
     return 0
