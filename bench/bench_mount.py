@@ -314,6 +314,10 @@ def main() -> int:
     ap.add_argument("--warm-tree", action="store_true",
                     help="with --table: only the tree on a fresh mount over a warm span cache, "
                          "against the plain directory, and the floor pieces beside it")
+    ap.add_argument("--inode-load", type=int, default=0, metavar="N",
+                    help="with --warm-tree: also list the floor fs while the kernel holds N more "
+                         "inodes (a synthetic FUSE mount of N empty files, ~1 KiB of kernel "
+                         "memory each while it stays)")
     args = ap.parse_args()
     if args.table:
         import mount_table
@@ -322,7 +326,8 @@ def main() -> int:
             subprocess.run([sys.executable, str(HERE / "make_layers.py"), "--layers", "big"],
                            check=True)
         if args.warm_tree:
-            return mount_table.run_warm_tree(make_layout(["big"]), args.repeat, args.tmp)
+            return mount_table.run_warm_tree(make_layout(["big"]), args.repeat, args.tmp,
+                                             args.inode_load)
         return mount_table.run_table(make_layout(["big"]), args.repeat, args.tmp)
     missing = [t for t in ("docker-registry", "skopeo", "fusermount3", "tar") if not
                shutil.which(t)] + (["umoci"] if args.extract == "umoci" and

@@ -10,6 +10,7 @@
 // plain directory is what the kernel and the FUSE protocol cost: no daemon does less.
 //
 // Usage: fuse_floor SOURCE_DIR MOUNTPOINT [--push]   (foreground; `fusermount3 -u` ends it)
+//        fuse_floor --synthetic N MOUNTPOINT          (N empty files: see synthesize)
 // Built and run by bench/mount_table.py (`bench_mount.py --table --warm-tree`).
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
@@ -43,6 +44,7 @@ static struct node *nodes;  // nodes[0] unused, 1 the root
 static size_t nnodes, cap;
 static int push;
 static struct fuse_session *session;
+static atomic_ulong reads, readdirs, pushed_files, pushed_bytes;  // printed at exit
 
 static void *xrealloc(void *p, size_t n) {
     p = realloc(p, n);
@@ -104,6 +106,44 @@ static uint64_t load(const char *path, const char *name, uint64_t parent) {
     nodes[ino].kids = kids;
     nodes[ino].nkids = n;
     return ino;
+}
+
+// --synthetic: N empty files in directories of 1000 under the root, no source: a mount whose
+// listing gives the kernel N more cached inodes (and dentries) for as long as it stays.
+static uint64_t add_node(const char *name, uint64_t parent, mode_t mode) {
+    if (nnodes == cap) {
+        cap *= 2;
+        nodes = xrealloc(nodes, cap * sizeof *nodes);
+    }
+    uint64_t ino = nnodes++;
+    struct node *x = &nodes[ino];
+    memset(x, 0, sizeof *x);
+    x->name = strdup(name);
+    x->parent = parent;
+    x->st.st_ino = ino;
+    x->st.st_mode = mode;
+    x->st.st_nlink = 1;
+    return ino;
+}
+
+static void synthesize(size_t n) {
+    uint64_t root = add_node("", 0, S_IFDIR | 0755);
+    size_t ndirs = (n + 999) / 1000;
+    nodes[root].kids = xrealloc(NULL, (ndirs ? ndirs : 1) * sizeof(uint64_t));
+    for (size_t d = 0; d < ndirs; d++) {
+        char name[32];
+        snprintf(name, sizeof name, "d%06zu", d);  // (fixed width: the sorted order lookups need)
+        uint64_t dir = add_node(name, root, S_IFDIR | 0755);
+        nodes[root].kids[nodes[root].nkids++] = dir;
+        size_t files = n - d * 1000 < 1000 ? n - d * 1000 : 1000;
+        uint64_t *kids = xrealloc(NULL, files * sizeof *kids);
+        for (size_t f = 0; f < files; f++) {
+            snprintf(name, sizeof name, "f%04zu", f);
+            kids[f] = add_node(name, dir, S_IFREG | 0644);
+        }
+        nodes[dir].kids = kids;
+        nodes[dir].nkids = files;
+    }
 }
 
 static struct node *node(fuse_ino_t ino) { return ino >= 1 && ino < nnodes ? &nodes[ino] : NULL; }
@@ -184,7 +224,9 @@ static void push_file(uint64_t ino, uint64_t *budget) {
         bv.buf[0].pos = off;
         if (fuse_lowlevel_notify_store(session, ino, off, &bv, 0) != 0) break;
         off += (off_t)n;
+        atomic_fetch_add(&pushed_bytes, n);
     }
+    atomic_fetch_add(&pushed_files, 1);
     close(fd);
 }
 
@@ -216,6 +258,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     (void)fi;
     struct node *d = node(ino);
     if (!d || !S_ISDIR(d->st.st_mode)) return (void)fuse_reply_err(req, ENOTDIR);
+    atomic_fetch_add(&readdirs, 1);
     char *buf = malloc(size ? size : 1);
     if (!buf) return (void)fuse_reply_err(req, ENOMEM);
     size_t pos = 0;
@@ -245,6 +288,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
     if (!x || !S_ISREG(x->st.st_mode)) return (void)fuse_reply_err(req, EINVAL);
     atomic_store(&x->taken, 1);
     atomic_store(&x->read, 1);
+    atomic_fetch_add(&reads, 1);
     if (off >= x->st.st_size) return (void)fuse_reply_buf(req, NULL, 0);
     if ((off_t)size > x->st.st_size - off) size = (size_t)(x->st.st_size - off);
     int fd = open(x->path, O_RDONLY | O_CLOEXEC);
@@ -258,16 +302,20 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3 || (argc == 4 && strcmp(argv[3], "--push")) || argc > 4) {
-        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT [--push]\n", argv[0]);
+    int synthetic = argc == 4 && !strcmp(argv[1], "--synthetic");
+    if (argc < 3 || (argc == 4 && !synthetic && strcmp(argv[3], "--push")) || argc > 4) {
+        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT [--push]\n       %s --synthetic N MOUNTPOINT\n",
+                argv[0], argv[0]);
         return 2;
     }
-    push = argc == 4;
+    push = argc == 4 && !synthetic;
     nnodes = 1;  // inode 0 is no inode
     cap = 1024;
     nodes = xrealloc(NULL, cap * sizeof *nodes);
     memset(&nodes[0], 0, sizeof nodes[0]);
-    load(argv[1], "", 0);
+    if (synthetic) synthesize(strtoul(argv[2], NULL, 10));
+    else load(argv[1], "", 0);
+    const char *mountpoint = argv[synthetic ? 3 : 2];
     struct fuse_lowlevel_ops ops;
     memset(&ops, 0, sizeof ops);
     ops.init = op_init;
@@ -281,8 +329,8 @@ int main(int argc, char **argv) {
     char *fargv[] = {argv[0], "-o", "ro,default_permissions,fsname=fuse-floor,subtype=fuse-floor", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
     session = fuse_session_new(&args, &ops, sizeof ops, NULL);
-    if (!session || fuse_set_signal_handlers(session) != 0 || fuse_session_mount(session, argv[2]) != 0) {
-        fprintf(stderr, "fuse_floor: could not mount %s\n", argv[2]);
+    if (!session || fuse_set_signal_handlers(session) != 0 || fuse_session_mount(session, mountpoint) != 0) {
+        fprintf(stderr, "fuse_floor: could not mount %s\n", mountpoint);
         return 1;
     }
     pthread_t th;
@@ -300,5 +348,7 @@ int main(int argc, char **argv) {
     fuse_session_unmount(session);
     fuse_remove_signal_handlers(session);
     fuse_session_destroy(session);
+    printf("{\"readdirplus\": %lu, \"read\": %lu, \"pushed_files\": %lu, \"pushed_bytes\": %lu}\n",
+           atomic_load(&readdirs), atomic_load(&reads), atomic_load(&pushed_files), atomic_load(&pushed_bytes));
     return rc ? 1 : 0;
 }

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -285,38 +286,53 @@ def round_trip_us(d: Path, tag: str, n: int = 2000) -> float:
 
 class FloorFS:
     """bench/fuse_floor.c, compiled into ``td`` (cc + libfuse3's pkg-config), mounted over
-    a directory at ``mp`` for one measure at a time."""
+    a directory at ``mp`` for one measure at a time (``synthetic``: N empty files at
+    ``td``/syn, listed, so the kernel holds N more inodes while it stays)."""
 
     def __init__(self, td: Path, mp: Path) -> None:
-        self.exe, self.mp = td / "fuse_floor", mp
+        self.exe, self.mp, self.syn = td / "fuse_floor", mp, td / "syn"
+        self.syn.mkdir(exist_ok=True)
+        self.last: dict[str, int] = {}  # the counts the last mount printed at its exit
         cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
                                 capture_output=True, text=True, check=True).stdout.split()
         subprocess.run(["cc", "-O2", str(HERE / "fuse_floor.c"), *cflags, "-lpthread", "-o",
                         str(self.exe)], check=True)
 
+    def mount(self, src: Path, push: bool) -> contextlib.AbstractContextManager[Path]:
+        return self._run([str(src), str(self.mp), *(["--push"] if push else [])], self.mp)
+
     @contextlib.contextmanager
-    def mount(self, src: Path, push: bool) -> Iterator[Path]:
-        p = subprocess.Popen([str(self.exe), str(src), str(self.mp), *(["--push"] if push else [])])
+    def synthetic(self, n: int) -> Iterator[int]:
+        """Yields how many inodes the kernel holds with the N more listed."""
+        with self._run(["--synthetic", str(n), str(self.syn)], self.syn):
+            files_under(self.syn)
+            yield int(Path("/proc/sys/fs/inode-nr").read_text().split()[0])
+
+    @contextlib.contextmanager
+    def _run(self, args: list[str], mp: Path) -> Iterator[Path]:
+        p = subprocess.Popen([str(self.exe), *args], stdout=subprocess.PIPE, text=True)
         try:
             for _ in range(1000):
-                if os.path.ismount(self.mp) or p.poll() is not None:
+                if os.path.ismount(mp) or p.poll() is not None:
                     break
                 time.sleep(0.01)
-            if not os.path.ismount(self.mp):
+            if not os.path.ismount(mp):
                 raise RuntimeError(f"fuse_floor did not mount (exit {p.poll()})")
             from soci_native.mount.fs import tune_read_ahead
 
-            os.stat(self.mp)  # answered once the kernel has taken the INIT reply, which sets
-            tune_read_ahead(str(self.mp))  # the window: then 1 MiB reads, as soci-native's
-            yield self.mp
+            os.stat(mp)  # answered once the kernel has taken the INIT reply, which sets
+            tune_read_ahead(str(mp))  # the window: then 1 MiB reads, as soci-native's
+            yield mp
         finally:
-            subprocess.run(["fusermount3", "-u", str(self.mp)], capture_output=True)
+            subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
             try:
-                p.wait(10)
+                out = p.communicate(timeout=10)[0]
+                with contextlib.suppress(ValueError):
+                    self.last = json.loads(out)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-                subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
 
 
 def inode_hash_load() -> str:
@@ -335,13 +351,15 @@ def inode_hash_load() -> str:
             f"{cached / buckets[-1]:.1f} per chain")
 
 
-def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
+def run_warm_tree(layout: Path, repeat: int, tmp: str | None, inode_load: int = 0) -> int:
     """The tree read on a fresh mount over a warm span cache against the plain directory
     (page cache warm) and the minimal FUSE filesystem, interleaved round by round, and the
-    pieces of a fresh mount's floor."""
+    pieces of a fresh mount's floor. ``inode_load``: the floor fs's listing is also taken
+    with that many more inodes held by the kernel (a synthetic mount, listed)."""
     tree = Path(SITE)
     res: dict[str, list[float]] = {f"{n}{k}": [] for n in ("soci", "floor", "plain")
                                    for k in ("", "_list", "_rtt_us")}
+    loaded: dict[str, list[float]] = {"list": [], "inodes": [], "inodes_before": []}
     with tempfile.TemporaryDirectory(prefix="bench-mount-warm-", dir=tmp) as tds:
         s = Setup(Path(tds), layout)
         s.prepare(ratarmount=False)
@@ -368,10 +386,18 @@ def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
                     res[name].append(read_tree(root / tree))
                     if name == "soci":
                         st = mnt_image.stats(root)
+                if name == "floor":
+                    floor_st = floor.last
                 # the listing alone (nothing pushed meanwhile), then round trips
                 with mounts[1]() as root:
                     res[f"{name}_list"].append(list_tree(root / tree))
                     res[f"{name}_rtt_us"].append(round_trip_us(root / tree, str(r)))
+                if name == "floor" and inode_load:
+                    loaded["inodes_before"].append(
+                        int(Path("/proc/sys/fs/inode-nr").read_text().split()[0]))
+                    with floor.synthetic(inode_load) as held, mounts[1]() as root:
+                        loaded["list"].append(list_tree(root / tree))
+                        loaded["inodes"].append(held)
     m = {k: statistics.median(v) for k, v in res.items()}
     reqs = {k: v["count"] for k, v in st.get("requests", {}).items()}
     print(f"\nmedians of {repeat} rounds; load average {os.getloadavg()[0]:.2f}; floor fs = "
@@ -384,10 +410,18 @@ def run_warm_tree(layout: Path, repeat: int, tmp: str | None) -> int:
         a, f, b = m[f"soci{k}"], m[f"floor{k}"], m[f"plain{k}"]
         print(f"{label:44} {a:>12.3f} {f:>9.3f} {b:>10.3f} {a / b:>10.2f} {f / b:>11.2f}")
     print(f"\nFUSE requests of the last walk: {reqs}; pushed into the page cache: "
-          f"{st.get('pushed_files', 0)} files, {st.get('pushed_bytes', 0) / 1e6:.0f} MB")
+          f"{st.get('pushed_files', 0)} files, {st.get('pushed_bytes', 0) / 1e6:.0f} MB; the floor "
+          f"fs's: {floor_st}")
     extra = (m["plain"] + m["soci_list"] - m["plain_list"]) / m["plain"]
     print(f"floor with every read free (plain walk + the fresh listing's extra): {extra:.2f}x "
           f"plain; the floor fs's own walk: {m['floor'] / m['plain']:.2f}x; goal <= 1.2x")
     if load := inode_hash_load():
         print(load)
+    if inode_load:
+        lm = {k: statistics.median(v) for k, v in loaded.items()}
+        print(f"the floor fs's listing alone with {inode_load:,} more inodes held by the kernel "
+              f"({lm['inodes_before']:,.0f} -> {lm['inodes']:,.0f} cached): {lm['list']:.3f} s "
+              f"against {m['floor_list']:.3f} s ({lm['list'] / m['floor_list']:.2f}x; "
+              f"its extra over the plain listing {lm['list'] - m['plain_list']:.3f} s against "
+              f"{m['floor_list'] - m['plain_list']:.3f} s)")
     return 0
