@@ -261,6 +261,7 @@ nb::dict result(sn_indexer *ix, uint64_t span_size, const std::optional<std::str
     for (size_t i = 0; i < sn_indexer_num_spans(ix); i++) digests.append(hex_digest(d + 32 * i));
     r["span_digests"] = digests;
     r["blob_digest"] = hex_digest(sn_indexer_blob_digest(ix));
+    r["hashed_on_thread"] = sn_indexer_hashed_on_thread(ix) != 0;
     // Entries stay in C: a Python tuple is made per entry only when it is looked at.
     if (with_entries) r["entries"] = nb::cast(new EntryTable(sn_indexer_take_tar(ix)), nb::rv_policy::take_ownership);
     else r["entries"] = nb::list();
@@ -386,13 +387,37 @@ class Indexer {
     uint64_t fed_ = 0;
 };
 
+// Cores a build's jobs give up when they run out of layers (layer_index.h, sn_cores): an
+// index_file hashing inline that was given the pool takes one and hashes on a thread from there.
+class SpareCores {
+  public:
+    SpareCores() : c_(sn_cores_new()) {
+        if (!c_) throw std::bad_alloc();
+    }
+    ~SpareCores() { sn_cores_free(c_); }
+    SpareCores(const SpareCores &) = delete;
+    SpareCores &operator=(const SpareCores &) = delete;
+    void give(int n) {
+        if (n < 0) throw nb::value_error("cores to give must be >= 0");
+        sn_cores_give(c_, n);
+    }
+    int free() const { return sn_cores_free_count(c_); }
+    sn_cores *get() const { return c_; }
+
+  private:
+    sn_cores *c_;
+};
+
 // A new indexer over ``mode`` into ``g``, fed by ``feed(ix, err)`` (the GIL released) and
 // finished; an error is raised. index_file's and index_file_cut's common part.
-template <class Feed> void run_indexer(IndexerGuard &g, uint64_t span_size, int mode, bool hash_thread, Feed feed) {
+template <class Feed>
+void run_indexer(IndexerGuard &g, uint64_t span_size, int mode, bool hash_thread, Feed feed,
+                 const SpareCores *spare = nullptr) {
     sn_err e{};
     g.ix = sn_indexer_new(span_size, mode, &e);
     if (!g.ix) raise(e);
     if (!hash_thread) sn_indexer_hash_inline(g.ix, 1);  // else the default (SOCI_NATIVE_HASH_THREAD)
+    if (spare) sn_indexer_spare_cores(g.ix, spare->get());
     int rc;
     {
         nb::gil_scoped_release unlocked;
@@ -403,11 +428,13 @@ template <class Feed> void run_indexer(IndexerGuard &g, uint64_t span_size, int 
 }
 
 nb::dict index_file(const std::string &path, uint64_t span_size, const std::string &mode,
-                    const std::optional<std::string> &build_tool, bool with_entries, bool hash_thread) {
+                    const std::optional<std::string> &build_tool, bool with_entries, bool hash_thread,
+                    const SpareCores *spare) {
     pin_mmap_threshold();
     IndexerGuard g{nullptr};
-    run_indexer(g, span_size, parse_mode(mode), hash_thread,
-                [&](sn_indexer *ix, sn_err *e) { return sn_indexer_feed_file(ix, path.c_str(), e); });
+    run_indexer(
+        g, span_size, parse_mode(mode), hash_thread,
+        [&](sn_indexer *ix, sn_err *e) { return sn_indexer_feed_file(ix, path.c_str(), e); }, spare);
     return result(g.ix, span_size, build_tool, with_entries);
 }
 
@@ -1040,7 +1067,15 @@ NB_MODULE(_core, m) {
              "End of the blob: returns the index data as a dict (with the zTOC when build_tool is set).");
     m.def("index_file", &index_file, nb::arg("path"), nb::arg("span_size"), nb::arg("mode") = "auto",
           nb::arg("build_tool") = nb::none(), nb::arg("entries") = true, nb::arg("hash_thread") = true,
-          "Index a local layer file entirely in C (hash_thread=False: hash on the calling thread).");
+          nb::arg("spare") = nb::none(),
+          "Index a local layer file entirely in C (hash_thread=False: hash on the calling thread, until "
+          "spare, a SpareCores, has a core to give).");
+    nb::class_<SpareCores>(m, "SpareCores",
+                           "Cores a build's jobs gave up: an inline-hashing index_file given it takes one "
+                           "between chunks and hashes the rest of its layer on a thread.")
+        .def(nb::init<>())
+        .def("give", &SpareCores::give, nb::arg("n") = 1, "Make n more cores available.")
+        .def_prop_ro("free", &SpareCores::free, "Cores given and not yet taken.");
     m.def("_index_file_cut", &index_file_cut, nb::arg("path"), nb::arg("span_size"), nb::arg("after"),
           nb::arg("keep"), nb::arg("restore") = false, nb::arg("hash_thread") = true, nb::arg("hold_hasher") = false,
           "For tests: index_file with the mapped file truncated to keep once after bytes are fed.");

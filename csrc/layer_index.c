@@ -47,7 +47,26 @@ struct sn_indexer {
     uint64_t archive_size;
     int finished;
     int hash_inline; /* hash on the inflating thread (no core to spare for a hasher) */
+    sn_cores *spare; /* an inline hasher takes a thread once this pool has a core for it */
 };
+
+/* Cores another job gave up (it found no layer left to index): an indexer hashing inline
+ * claims one between chunks and moves its hashing to a thread there. */
+struct sn_cores {
+    atomic_int free;
+};
+
+sn_cores *sn_cores_new(void) { return calloc(1, sizeof(sn_cores)); }
+void sn_cores_free(sn_cores *c) { free(c); }
+void sn_cores_give(sn_cores *c, int n) { atomic_fetch_add(&c->free, n); }
+int sn_cores_free_count(sn_cores *c) { return atomic_load(&c->free); }
+
+static int cores_take(sn_cores *c) {
+    int v = atomic_load(&c->free);
+    while (v > 0)
+        if (atomic_compare_exchange_weak(&c->free, &v, v - 1)) return 1;
+    return 0;
+}
 
 /* Process-wide: a Ctrl-C in the CLI stops every indexer thread at its next buffer. */
 static atomic_int stop_requested;
@@ -291,6 +310,19 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
     return rc;
 }
 
+/* Below this much input left, a thread would start for too little to hash. */
+#define UPGRADE_MIN (8u * FILE_CHUNK)
+
+/* Between chunks: an inline gzip hasher whose indexer was given a pool moves to a thread of
+ * its own once the pool has a core (another job ran out of layers, so a core idles while
+ * this layer's rest would hash on the inflating one). `left`: input still to come, or
+ * UINT64_MAX when not known. Everything fed so far is hashed (inline), so it starts clean. */
+static void maybe_hash_thread(sn_indexer *ix, uint64_t left) {
+    if (!ix->spare || !ix->hash || ix->mode != SN_MODE_GZIP || sh_threaded(ix->hash) || left < UPGRADE_MIN)
+        return;
+    if (cores_take(ix->spare) && !sh_go_threaded(ix->hash)) sn_cores_give(ix->spare, 1); /* no thread */
+}
+
 /* A local file is read through mmap: the inflater and the hasher read the page cache itself,
  * with no read() copy (~2.5% of a core per layer) and no reader thread to hand buffers over.
  * It is fed FILE_CHUNK at a time (the stop flag is checked between chunks); a chunk's pages
@@ -367,6 +399,7 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, fi
                 rc = sn_indexer_sync_to(ix, ends[k], err);
                 sn_release_range(m + off - FILE_BUFS * FILE_CHUNK, m + off - (FILE_BUFS - 1) * FILE_CHUNK);
             }
+            if (!rc) maybe_hash_thread(ix, size - off);
             if (!rc) rc = feed_nosync(ix, m + off, n, err);
             ends[k] = ix->totin;
             rc = cut_after_chunk(ix, cut, off, n, size, rc, err);
@@ -398,6 +431,7 @@ static int feed_read(sn_indexer *ix, int fd, const char *path, sn_err *err) {
             rc = sn_fail(err, SN_EIO, "read error on %s", path);
         }
         if (rc || got == 0) break;
+        maybe_hash_thread(ix, UINT64_MAX);
         rc = feed_nosync(ix, bufs[k], (size_t)got, err);
         ends[k] = ix->totin;
     }
@@ -476,6 +510,9 @@ int sn_indexer_feed_file_cut(sn_indexer *ix, const char *path, uint64_t after, u
 }
 
 void sn_indexer_hash_inline(sn_indexer *ix, int on) { ix->hash_inline = on; }
+
+void sn_indexer_spare_cores(sn_indexer *ix, sn_cores *spare) { ix->spare = spare; }
+int sn_indexer_hashed_on_thread(const sn_indexer *ix) { return ix->hash && sh_threaded(ix->hash); }
 
 int sn_indexer_mode(const sn_indexer *ix) { return ix->mode; }
 uint64_t sn_indexer_span_size(const sn_indexer *ix) { return ix->span_size; }

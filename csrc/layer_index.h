@@ -35,6 +35,18 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err);
  * core already runs an indexer: a hasher thread would only share a core with an inflater.
  * SOCI_NATIVE_HASH_THREAD=0 in the environment makes it the default of a new indexer. */
 void sn_indexer_hash_inline(sn_indexer *ix, int on);
+/* A pool of spare cores, shared by the indexers of one build (thread-safe). A job that runs
+ * out of layers gives its core (sn_cores_give); an indexer hashing inline that was given the
+ * pool (sn_indexer_spare_cores, before feeding a file) takes one between chunks and starts
+ * its hasher thread, so the rest of its layer hashes off the inflating core. */
+typedef struct sn_cores sn_cores;
+sn_cores *sn_cores_new(void); /* NULL when out of memory */
+void sn_cores_free(sn_cores *c);
+void sn_cores_give(sn_cores *c, int n);
+int sn_cores_free_count(sn_cores *c);
+void sn_indexer_spare_cores(sn_indexer *ix, sn_cores *spare);
+/* Whether span hashing ran (or ended up) on a thread of its own. */
+int sn_indexer_hashed_on_thread(const sn_indexer *ix);
 /* Reads and indexes a whole local file (no per-chunk round trip to the caller). */
 int sn_indexer_feed_file(sn_indexer *ix, const char *path, sn_err *err);
 /* For tests: sn_indexer_feed_file, but once `after` bytes are fed from a mapping the file is

@@ -134,6 +134,20 @@ span_hasher *sh_new(int threaded, sn_err *err) {
     return h;
 }
 
+int sh_go_threaded(span_hasher *h) {
+    if (h->threaded) return 1;
+    /* set first: the new thread reads it (under mu) as soon as it runs */
+    h->threaded = 1;
+    if (pthread_create(&h->thread, NULL, run, h) != 0) {
+        h->threaded = 0;
+        return 0;
+    }
+    h->started = 1;
+    return 1;
+}
+
+int sh_threaded(const span_hasher *h) { return h->threaded; }
+
 void sh_free(span_hasher *h) {
     if (!h) return;
     if (h->started) {

@@ -20,6 +20,11 @@ typedef struct span_hasher span_hasher;
 
 span_hasher *sh_new(int threaded, sn_err *err);
 void sh_free(span_hasher *h);
+/* An inline hasher starts its thread (called by the producer between buffers, when what it
+ * published is hashed): from here on it hashes off the producer's core. Returns 1 if it
+ * hashes on a thread (already did, or does now), 0 if no thread could be made. */
+int sh_go_threaded(span_hasher *h);
+int sh_threaded(const span_hasher *h);
 /* The bytes at stream positions [start, start + n) are at buf until a sync covers them. */
 void sh_buffer(span_hasher *h, const uint8_t *buf, uint64_t start, size_t n);
 /* Bytes before stream position `upto` may be hashed; every span start below it is known. */

@@ -97,14 +97,15 @@ def _check_span_size(layer: Descriptor, opts: BuildOptions) -> None:
 
 
 def _index_blob(src: ImageSource, layer: Descriptor, opts: BuildOptions,
-                progress: Progress | None, hash_thread: bool) -> LayerIndex:
+                progress: Progress | None, hash_thread: bool,
+                spare: _core.SpareCores | None) -> LayerIndex:
     entries = bool(opts.prefetch_paths)  # only prefetch needs the file list in Python
     path = src.blob_path(layer.digest) if progress is None else None
     if path is not None:  # read in C, no per-chunk round trip
         _check_size(layer, os.stat(path).st_size)  # before reading it: it may be huge
         return index_layer(path, opts.span_size, mode=_mode(layer.media_type),
                            build_tool=opts.build_tool, entries=entries,
-                           hash_thread=hash_thread)
+                           hash_thread=hash_thread, spare_cores=spare)
     with src.open_blob(layer) as f:  # the Descriptor: open_blob checks its size
         reader: BinaryIO | _Counting = f if progress is None else _Counting(f, layer, progress)
         return index_layer(reader, opts.span_size, mode=_mode(layer.media_type),
@@ -145,24 +146,20 @@ def usable_cores() -> int:
         else os.cpu_count() or 1
 
 
-def hash_on_thread(jobs: int, cores: int | None = None, size: int = 0,
-                   others: int | None = None) -> bool:
-    """Whether a layer's span hashing gets a thread of its own: while a core is left over by
-    ``jobs`` indexers at once, or (``others``: bytes of the other layers still queued or
-    running when this one of ``size`` bytes starts) when the rest would not keep the other
-    cores busy as long as this layer runs, so part of it runs alone and its hasher gets the
-    core that frees up. With every core inflating, a hasher thread just shares one with an
-    inflater, and the hand-offs cost more CPU than hashing inline (measured: 3-5% of a
-    two-layer --jobs 2 create's CPU)."""
+def hash_on_thread(jobs: int, cores: int | None = None) -> bool:
+    """Whether a layer's span hashing gets a thread of its own from the start: while a core
+    is left over by ``jobs`` indexers at once. With every core inflating, a hasher thread
+    just shares one with an inflater, and the hand-offs cost more CPU than hashing inline
+    (measured: 3-5% of a two-layer --jobs 2 create's CPU). Such a layer still moves its
+    hashing to a thread once a job runs out of layers and gives its core up (SpareCores)."""
     if cores is None:
         cores = usable_cores()
-    if cores <= 1:
-        return False
-    return jobs < cores or (others is not None and others < size)
+    return cores > 1 and jobs < cores
 
 
 def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOptions,
-                progress: Progress | None = None, hash_thread: bool = True) -> LayerResult:
+                progress: Progress | None = None, hash_thread: bool = True,
+                spare: _core.SpareCores | None = None) -> LayerResult:
     reason = _skip_reason(layer, opts)
     if reason:
         return LayerResult(layer, "skipped", reason)
@@ -183,7 +180,7 @@ def build_layer(src: ImageSource, store: Store, layer: Descriptor, opts: BuildOp
             return reused
     _check_span_size(layer, opts)
     try:
-        ix = _index_blob(src, layer, opts, progress, hash_thread)
+        ix = _index_blob(src, layer, opts, progress, hash_thread, spare)
     except ValueError as e:
         raise BuildError(f"layer {layer.digest}: {e}") from None
     _check_size(layer, ix.compressed_size)  # what was read, whatever the source claimed
@@ -229,18 +226,22 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                 report(layer, n)
     workers = max(1, min(opts.jobs, len(layers)))
     pool = ThreadPoolExecutor(workers)
-    cores = usable_cores()
-    left = sum(layer.size for layer in layers)  # bytes of the layers queued or running
+    threaded = hash_on_thread(workers)
+    # A job that finds no layer left gives its core to the layers still running: those
+    # hashing inline move their hashing to a thread (the last layer's tail runs on both).
+    spare = _core.SpareCores()
+    queued = len(layers)
 
     def run(i: int) -> LayerResult:
-        nonlocal left
-        with lock:  # decided as the layer starts: what is left besides it
-            threaded = hash_on_thread(workers, cores, layers[i].size, left - layers[i].size)
+        nonlocal queued
+        with lock:
+            queued -= 1
         try:
-            return build_layer(src, store, layers[i], opts, safe, threaded)
+            return build_layer(src, store, layers[i], opts, safe, threaded, spare)
         finally:
             with lock:
-                left -= layers[i].size
+                if queued == 0:
+                    spare.give()
     try:
         # Largest first: a big layer started last would run alone at the end while the other
         # jobs' cores idle (with equal layers the order changes nothing).

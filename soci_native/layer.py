@@ -125,7 +125,8 @@ def _layer_index(r: dict[str, Any]) -> LayerIndex:
 
 def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: str = "auto",
                 chunk_size: int = 1 << 20, build_tool: str | None = None,
-                entries: bool = True, hash_thread: bool = True) -> LayerIndex:
+                entries: bool = True, hash_thread: bool = True,
+                spare_cores: _core.SpareCores | None = None) -> LayerIndex:
     """Indexes a gzip or plain tar layer in one pass.
 
     ``src`` is a path (read entirely in C) or a binary file object (read in ``chunk_size``/4
@@ -135,14 +136,16 @@ def index_layer(src: IndexSource, span_size: int = DEFAULT_SPAN_SIZE, *, mode: s
     ``entries=False`` leaves ``.entries`` empty (``.num_entries`` still counts them) and
     frees the C table at once; otherwise it is an :class:`Entries` over that table.
     ``hash_thread=False`` hashes a path's spans on the calling thread instead of a second one
-    (same results; cheaper when every core already runs an indexer).
+    (same results; cheaper when every core already runs an indexer); given ``spare_cores``
+    (a :class:`soci_native._core.SpareCores` its build's jobs give idle cores to) it moves the
+    rest of its hashing to a thread once a core is given.
     Raises :class:`FormatError` for corrupt input, :class:`OSError` for I/O errors.
     """
     if span_size <= 0:
         raise ValueError(f"span size must be positive, got {span_size}")
     if isinstance(src, (str, os.PathLike)):
         return _layer_index(_core.index_file(os.fspath(src), span_size, mode, build_tool,
-                                             entries, hash_thread))
+                                             entries, hash_thread, spare_cores))
     ix = _core.Indexer(span_size, mode)
     # Four buffers in turn (chunk_size in all), fed with hold=True: the C hasher keeps the
     # last three until it is done with them, so reading and inflating never wait for it

@@ -8,11 +8,15 @@ import io
 import json
 import os
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
+import pytest
+
+from soci_native import _core, build
 from soci_native.build import BuildOptions, build_layers, hash_on_thread
-from soci_native.images import Descriptor, open_image, resolve
+from soci_native.images import Descriptor, ResolvedImage, open_image, resolve
 from soci_native.store import Store
 
 
@@ -33,13 +37,13 @@ def _layer(name: str, size: int) -> bytes:
     return c.compress(buf.getvalue()) + c.flush()
 
 
-def test_largest_layer_starts_first(tmp_path: Path) -> None:
+def _image(tmp_path: Path, blobs: list[bytes]) -> tuple[ResolvedImage, Path, list[dict]]:
+    """An OCI layout (tag t) of these gzip layers: the image, the layout, its layer descriptors."""
     lay = tmp_path / "lay"
     (lay / "blobs" / "sha256").mkdir(parents=True)
     (lay / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    sizes = [20_000, 300_000, 5_000, 120_000]
-    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-               **_put(lay, _layer(f"f{i}", n))} for i, n in enumerate(sizes)]
+    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_put(lay, b)}
+              for b in blobs]
     config = _put(lay, json.dumps({"architecture": "amd64", "os": "linux",
                                    "rootfs": {"type": "layers", "diff_ids": []}}).encode())
     manifest = _put(lay, json.dumps({
@@ -50,7 +54,12 @@ def test_largest_layer_starts_first(tmp_path: Path) -> None:
         "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
         "platform": {"architecture": "amd64", "os": "linux"},
         "annotations": {"org.opencontainers.image.ref.name": "t"}}]}))
-    image = resolve(open_image(f"oci:{lay}:t"))[0]
+    return resolve(open_image(f"oci:{lay}:t"))[0], lay, layers
+
+
+def test_largest_layer_starts_first(tmp_path: Path) -> None:
+    sizes = [20_000, 300_000, 5_000, 120_000]
+    image, lay, layers = _image(tmp_path, [_layer(f"f{i}", n) for i, n in enumerate(sizes)])
     finished: list[Descriptor] = []
     results = build_layers(open_image(f"oci:{lay}:t"), Store(tmp_path / "store"), image.layers,
                            BuildOptions(jobs=1, min_layer_size=0), on_layer=finished.append)
@@ -67,13 +76,59 @@ def test_hashing_gets_a_thread_only_while_a_core_is_spare() -> None:
     assert hash_on_thread(1) == (len(os.sched_getaffinity(0)) > 1)
 
 
-def test_a_layer_the_rest_cannot_cover_hashes_on_a_thread() -> None:
-    """With every core inflating, a layer bigger than everything else still queued or running
-    would run alone for a while: it gets a hasher thread; similar or smaller ones hash inline."""
-    assert hash_on_thread(2, cores=2, size=200, others=30)  # the big one, a small one beside
-    assert not hash_on_thread(2, cores=2, size=30, others=200)  # the small one beside it
-    assert not hash_on_thread(2, cores=2, size=100, others=100)  # equal layers
-    assert not hash_on_thread(2, cores=2, size=100, others=150)
-    assert hash_on_thread(2, cores=2, size=100, others=0)  # the last one left
-    assert not hash_on_thread(2, cores=1, size=100, others=0)  # no core to give it
-    assert hash_on_thread(1, cores=2, size=30, others=200)  # a core to spare anyway
+def _random_layer(size: int) -> bytes:
+    """A gzip layer of about ``size`` compressed bytes (random content, so it does not shrink)."""
+    return _layer("big", size)
+
+
+def _index(path: Path, **kw: object) -> dict:
+    return _core.index_file(str(path), 1 << 20, "auto", "t", False, **kw)  # type: ignore[arg-type]
+
+
+def test_inline_hashing_moves_to_a_thread_once_a_core_is_given(tmp_path: Path) -> None:
+    """An inline-hashing indexer given a SpareCores pool takes a core from it between chunks
+    and hashes the rest of its layer on a thread: the same zTOC as either way alone."""
+    path = tmp_path / "l.tar.gz"
+    path.write_bytes(_random_layer(12 << 20))
+    inline, threaded = _index(path, hash_thread=False), _index(path, hash_thread=True)
+    assert not inline["hashed_on_thread"] and threaded["hashed_on_thread"]
+    spare = _core.SpareCores()
+    kept = _index(path, hash_thread=False, spare=spare)  # nothing given: stays inline
+    assert not kept["hashed_on_thread"] and spare.free == 0
+    spare.give(2)
+    moved = _index(path, hash_thread=False, spare=spare)
+    assert moved["hashed_on_thread"] and spare.free == 1  # one core taken, one left
+    for r in (threaded, kept, moved):
+        assert {k: v for k, v in r.items() if k != "hashed_on_thread"} == \
+            {k: v for k, v in inline.items() if k != "hashed_on_thread"}
+    small = tmp_path / "s.tar.gz"
+    small.write_bytes(_random_layer(2 << 20))  # less left than a thread is worth
+    assert not _index(small, hash_thread=False, spare=spare)["hashed_on_thread"]
+    assert spare.free == 1
+
+
+def test_a_job_out_of_layers_gives_its_core_to_a_running_layer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every core inflating, layers hash inline; once a job finds no layer left, the
+    layer still running takes its core and hashes on a thread from there."""
+    sizes = [12 << 20, 5_000]
+    image, lay, _ = _image(tmp_path, [_random_layer(n) for n in sizes])
+    small_done = threading.Event()
+    seen: dict[int, bool] = {}
+    real = _core.index_file
+
+    def index_file(path: str, *args: object) -> dict:
+        size = os.stat(path).st_size
+        if size > 1 << 20:  # the big layer starts once the small one is done (and gave up)
+            assert small_done.wait(60)
+        r = real(path, *args)  # type: ignore[arg-type]
+        seen[size] = r["hashed_on_thread"]
+        return r
+    monkeypatch.setattr(_core, "index_file", index_file)
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    results = build_layers(open_image(f"oci:{lay}:t"), Store(tmp_path / "store"), image.layers,
+                           BuildOptions(jobs=2, min_layer_size=0),
+                           on_layer=lambda d: d.size < 1 << 20 and small_done.set())
+    assert all(r.status == "built" for r in results)
+    big = max(seen)
+    assert seen == {big: True, min(seen): False}
