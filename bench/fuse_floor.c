@@ -9,7 +9,8 @@
 // soci-native pushes them from its span cache. What a walk of this mount costs beyond the
 // plain directory is what the kernel and the FUSE protocol cost: no daemon does less.
 //
-// Usage: fuse_floor SOURCE_DIR MOUNTPOINT [--push]   (foreground; `fusermount3 -u` ends it)
+// Usage: fuse_floor SOURCE_DIR MOUNTPOINT [--push | --readdir]   (foreground; `fusermount3 -u`
+//        ends it; --readdir: READDIR instead of READDIRPLUS, so a LOOKUP per entry stat'ed)
 //        fuse_floor --synthetic N MOUNTPOINT          (N empty files: see synthesize)
 // Built and run by bench/mount_table.py (`bench_mount.py --table --warm-tree`).
 #define FUSE_USE_VERSION 312
@@ -42,7 +43,7 @@ struct node {
 
 static struct node *nodes;  // nodes[0] unused, 1 the root
 static size_t nnodes, cap;
-static int push;
+static int push, plus = 1;  // plus 0 (--readdir): READDIR, then a LOOKUP per entry the walker stats
 static struct fuse_session *session;
 static atomic_ulong reads, readdirs, pushed_files, pushed_bytes;  // printed at exit
 
@@ -159,7 +160,8 @@ static void reply_entry(fuse_req_t req, uint64_t ino) {
 
 static void op_init(void *ud, struct fuse_conn_info *conn) {
     (void)ud;
-    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (!plus) conn->want &= ~FUSE_CAP_READDIRPLUS;
+    else if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
     conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
     if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
@@ -282,6 +284,25 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     if (push && !pos && off >= 2 && d->nkids) push_job(ino);  // the listing's end
 }
 
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)fi;
+    struct node *d = node(ino);
+    if (!d || !S_ISDIR(d->st.st_mode)) return (void)fuse_reply_err(req, ENOTDIR);
+    atomic_fetch_add(&readdirs, 1);
+    char *buf = malloc(size ? size : 1);
+    if (!buf) return (void)fuse_reply_err(req, ENOMEM);
+    size_t pos = 0;
+    for (uint64_t k = off < 0 ? 0 : (uint64_t)off; k < d->nkids + 2; k++) {
+        uint64_t child = k == 0 ? ino : k == 1 ? (d->parent ? d->parent : 1) : d->kids[k - 2];
+        const char *name = k == 0 ? "." : k == 1 ? ".." : nodes[child].name;
+        size_t got = fuse_add_direntry(req, buf + pos, size - pos, name, &nodes[child].st, (off_t)(k + 1));
+        if (got > size - pos) break;
+        pos += got;
+    }
+    fuse_reply_buf(req, buf, pos);
+    free(buf);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
     (void)fi;
     struct node *x = node(ino);
@@ -303,12 +324,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 
 int main(int argc, char **argv) {
     int synthetic = argc == 4 && !strcmp(argv[1], "--synthetic");
-    if (argc < 3 || (argc == 4 && !synthetic && strcmp(argv[3], "--push")) || argc > 4) {
-        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT [--push]\n       %s --synthetic N MOUNTPOINT\n",
+    if (argc < 3 || (argc == 4 && !synthetic && strcmp(argv[3], "--push") && strcmp(argv[3], "--readdir")) ||
+        argc > 4) {
+        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT [--push | --readdir]\n       %s --synthetic N MOUNTPOINT\n",
                 argv[0], argv[0]);
         return 2;
     }
-    push = argc == 4 && !synthetic;
+    push = argc == 4 && !synthetic && !strcmp(argv[3], "--push");
+    plus = !(argc == 4 && !synthetic && !strcmp(argv[3], "--readdir"));
     nnodes = 1;  // inode 0 is no inode
     cap = 1024;
     nodes = xrealloc(NULL, cap * sizeof *nodes);
@@ -325,6 +348,7 @@ int main(int argc, char **argv) {
     ops.open = op_open_enosys;
     ops.opendir = op_open_enosys;
     ops.readdirplus = op_readdirplus;
+    ops.readdir = op_readdir;
     ops.read = op_read;
     char *fargv[] = {argv[0], "-o", "ro,default_permissions,fsname=fuse-floor,subtype=fuse-floor", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
