@@ -208,14 +208,14 @@ static size_t qhead, qtail, qcap;
 static pthread_mutex_t qmu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t qcv = PTHREAD_COND_INITIALIZER;
 
-static void push_file(uint64_t ino, uint64_t *budget) {
+static void push_file(int dirfd, uint64_t ino, uint64_t *budget) {
     struct node *x = &nodes[ino];
     uint64_t pages = ((uint64_t)x->st.st_size + 4095) / 4096 * 4096;
     if (!S_ISREG(x->st.st_mode) || !x->st.st_size || x->st.st_size > PUSH_MAX || pages > *budget ||
         atomic_exchange(&x->taken, 1))
         return;
     *budget -= pages;
-    int fd = open(x->path, O_RDONLY | O_CLOEXEC);
+    int fd = openat(dirfd, x->name, O_RDONLY | O_CLOEXEC);  // (one path component, not the path)
     if (fd < 0) return;
     // (a read of the file came in: the reader overtook us, and its reads bring the rest)
     for (off_t off = 0; off < x->st.st_size && !atomic_load(&x->read);) {
@@ -241,7 +241,10 @@ static void *pusher(void *arg) {
         pthread_mutex_unlock(&qmu);
         if (!dir) return NULL;
         uint64_t budget = PUSH_LISTING;
-        for (size_t k = 0; k < nodes[dir].nkids; k++) push_file(nodes[dir].kids[k], &budget);
+        int dirfd = open(nodes[dir].path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dirfd < 0) continue;
+        for (size_t k = 0; k < nodes[dir].nkids; k++) push_file(dirfd, nodes[dir].kids[k], &budget);
+        close(dirfd);
     }
 }
 
