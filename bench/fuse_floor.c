@@ -259,51 +259,49 @@ static void push_job(uint64_t dir) {
     pthread_mutex_unlock(&qmu);
 }
 
-static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-    (void)fi;
+// Directory ino's listing from off, as READDIRPLUS (attrs: each child's attributes and an
+// entry the kernel keeps) or READDIR gives it; the bytes replied, or -1 (no such directory).
+static long reply_listing(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int attrs) {
     struct node *d = node(ino);
-    if (!d || !S_ISDIR(d->st.st_mode)) return (void)fuse_reply_err(req, ENOTDIR);
+    if (!d || !S_ISDIR(d->st.st_mode)) return fuse_reply_err(req, ENOTDIR), -1;
     atomic_fetch_add(&readdirs, 1);
     char *buf = malloc(size ? size : 1);
-    if (!buf) return (void)fuse_reply_err(req, ENOMEM);
+    if (!buf) return fuse_reply_err(req, ENOMEM), -1;
     size_t pos = 0;
     // Entry k (0 ".", 1 "..", 2 + i child i) carries k + 1 as its offset.
     for (uint64_t k = off < 0 ? 0 : (uint64_t)off; k < d->nkids + 2; k++) {
-        struct fuse_entry_param e;
-        memset(&e, 0, sizeof e);
         uint64_t child = k == 0 ? ino : k == 1 ? (d->parent ? d->parent : 1) : d->kids[k - 2];
         const char *name = k == 0 ? "." : k == 1 ? ".." : nodes[child].name;
-        e.attr = nodes[child].st;
-        if (k >= 2) {
-            e.ino = child;
-            e.attr_timeout = e.entry_timeout = TIMEOUT;
+        size_t got;
+        if (attrs) {
+            struct fuse_entry_param e;
+            memset(&e, 0, sizeof e);
+            e.attr = nodes[child].st;
+            if (k >= 2) {
+                e.ino = child;
+                e.attr_timeout = e.entry_timeout = TIMEOUT;
+            }
+            got = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, (off_t)(k + 1));
+        } else {
+            got = fuse_add_direntry(req, buf + pos, size - pos, name, &nodes[child].st, (off_t)(k + 1));
         }
-        size_t got = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e, (off_t)(k + 1));
         if (got > size - pos) break;
         pos += got;
     }
     fuse_reply_buf(req, buf, pos);
     free(buf);
-    if (push && !pos && off >= 2 && d->nkids) push_job(ino);  // the listing's end
+    return (long)pos;
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)fi;
+    long pos = reply_listing(req, ino, size, off, 1);
+    if (push && pos == 0 && off >= 2 && nodes[ino].nkids) push_job(ino);  // the listing's end
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
     (void)fi;
-    struct node *d = node(ino);
-    if (!d || !S_ISDIR(d->st.st_mode)) return (void)fuse_reply_err(req, ENOTDIR);
-    atomic_fetch_add(&readdirs, 1);
-    char *buf = malloc(size ? size : 1);
-    if (!buf) return (void)fuse_reply_err(req, ENOMEM);
-    size_t pos = 0;
-    for (uint64_t k = off < 0 ? 0 : (uint64_t)off; k < d->nkids + 2; k++) {
-        uint64_t child = k == 0 ? ino : k == 1 ? (d->parent ? d->parent : 1) : d->kids[k - 2];
-        const char *name = k == 0 ? "." : k == 1 ? ".." : nodes[child].name;
-        size_t got = fuse_add_direntry(req, buf + pos, size - pos, name, &nodes[child].st, (off_t)(k + 1));
-        if (got > size - pos) break;
-        pos += got;
-    }
-    fuse_reply_buf(req, buf, pos);
-    free(buf);
+    reply_listing(req, ino, size, off, 0);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
