@@ -90,6 +90,16 @@ constexpr size_t AHEAD_SPANS = 4;
 // one inflates, and a worker goes on to it instead of idling until the run looks sequential.
 constexpr size_t START_READ = 1 << 20;
 constexpr size_t START_AHEAD = 2;
+// Such a read followed by STREAM_READS more of at least START_READ bytes, each starting where
+// the last ended (or up to one read past it: FUSE threads take the kernel's read-ahead
+// requests out of order), is a program streaming the file (read(2) and the kernel's read-ahead):
+// it is taken as sequential at once, not a span's worth of bytes later, so the spans ahead are
+// queued while the workers are still on the first ones, instead of after (which left a core
+// idle: the kernel sends a stream's next read only once the last is answered, and the first
+// ones wait for the first span). A loader's page faults do not look like this: their
+// read-around windows are centred on the faults and trimmed to the pages not cached yet, so
+// they rarely are whole 1 MiB reads starting where the last one ended.
+constexpr size_t STREAM_READS = 1;
 constexpr std::chrono::milliseconds FILL_WAIT{200};  // a read waits in C this long for a span's fill
 constexpr int FILL_NEVER = -2;  // ops.fill: this span is only ever served by ops.read
 
@@ -144,6 +154,10 @@ struct SpanTable {
     uint64_t seq_bytes = 0;  // what the run's reads asked for
     bool seq_moved = false, seq_files = false;
     uint64_t seq_ino = 0;
+    // A stream from a file's start (Frontend::advise): the file, how far its reads have
+    // reached with no gap, and how many reads continued it there.
+    uint64_t stream_ino = 0, stream_front = 0;
+    size_t stream_reads = 0;
     size_t spans() const { return starts.size() - 1; }
     // How many span starts (and the end) are at or before pos: the span holding pos is one
     // less; 0 if pos lies before the first span, spans() + 1 if it is at or past the end.
@@ -903,7 +917,7 @@ private:
     // touches is whole there (or filled that far), as mapped views of those files, one per
     // span (the reply is written from them: no copy into a buffer of ours first); false
     // otherwise. Nothing replied either way.
-    bool cached_read(SpanTable &t, uint64_t pos, size_t len, Views &out, size_t &last) {
+    bool cached_read(SpanTable &t, uint64_t pos, size_t len, Views &out, size_t &last, bool wait) {
         if (!t.trusted.load(std::memory_order_acquire)) return false;
         uint64_t end = pos + len;
         if (end > t.starts.back()) return false;
@@ -919,7 +933,7 @@ private:
             }
             uint64_t take = std::min(end, hi) - pos;
             bool whole = t.cached[i].load(std::memory_order_acquire);
-            int fd = whole ? open_span(t, i) : open_filling(t, i, pos - lo + take);
+            int fd = whole ? open_span(t, i) : open_filling(t, i, pos - lo + take, wait);
             if (fd < 0) {
                 if (whole && errno == ENOENT) t.forget(i);  // evicted (by another mount sharing the cache)
                 return false;
@@ -1021,28 +1035,34 @@ private:
         if (!(ino_flags_[ino].load(std::memory_order_relaxed) & I_READ))  // the pusher leaves it to us
             ino_flags_[ino].fetch_or(I_READ, std::memory_order_relaxed);
         SpanTable *t = spans_[static_cast<size_t>(x->layer)].get();
-        uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len;
+        uint64_t pos = x->offset + static_cast<uint64_t>(off), end = pos + len, file_end = x->offset + x->size;
         bool direct = t && !(x->flags & FLAG_SPARSE);  // its bytes are the stream's, in spans
         if (direct) {
             Views v;
             size_t last = 0;
-            if (cached_read(*t, pos, len, v, last)) {
+            if (cached_read(*t, pos, len, v, last, false)) {  // there now: reply first
                 hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
                 v.reply(req);
                 v.clear();
-                advise(*t, ino, t->span_of(pos), last, len, x->offset + x->size, off == 0);
+                advise(*t, ino, pos, last, len, file_end, off == 0);
                 return;
             }
         }
         bool lazy = direct && end <= t->starts.back();
-        // before the read: the spans after it are fetched and inflated beside it
-        if (lazy) advise(*t, ino, t->span_of(pos), t->span_of(end - 1), len, x->offset + x->size, off == 0);
+        // before this read waits for its spans: the spans after it are fetched and inflated
+        // beside them (and a stream's next reads come only once this one is answered)
+        if (lazy) advise(*t, ino, pos, t->span_of(end - 1), len, file_end, off == 0);
         if (lazy && t->trusted.load(std::memory_order_acquire)) {  // inflated there, replied from here
-            int r = fill_spans(*t, pos, end);
-            if (r > 0) return (void)fuse_reply_err(req, r);
             Views v;
             size_t last = 0;
-            if (r == 0 && cached_read(*t, pos, len, v, last)) return v.reply(req);
+            if (cached_read(*t, pos, len, v, last, true)) {  // a fill under way got there
+                hits_[x->layer].fetch_add(1, std::memory_order_relaxed);
+                return v.reply(req);
+            }
+            v.clear();
+            int r = fill_spans(*t, pos, end);
+            if (r > 0) return (void)fuse_reply_err(req, r);
+            if (r == 0 && cached_read(*t, pos, len, v, last, true)) return v.reply(req);
         }
         python_read(req, "read", len, true, static_cast<uint64_t>(ino), static_cast<int64_t>(off), len);
         if (lazy)  // Python may have found the span cached, or cached it
@@ -1284,12 +1304,13 @@ private:
     // (waiting up to FILL_WAIT for the fill to get that far: no round trip through Python per
     // read while a span is inflated); else -1 (not filling, not that far in time, or renamed
     // into the cache or removed since: Python then serves the read).
-    static int open_filling(SpanTable &t, size_t i, uint64_t need) {
+    static int open_filling(SpanTable &t, size_t i, uint64_t need, bool wait) {
         std::string path;
         {
             std::unique_lock<std::mutex> g(t.mu);
             // (the predicate is tested before any wait: no fill, or one far enough, at once)
-            if (!t.fill_cv.wait_for(g, FILL_WAIT, [&] { return t.filled[i] >= need || t.tmp_paths[i].empty(); }) ||
+            if (!t.fill_cv.wait_for(g, wait ? FILL_WAIT : std::chrono::milliseconds(0),
+                                    [&] { return t.filled[i] >= need || t.tmp_paths[i].empty(); }) ||
                 t.tmp_paths[i].empty())
                 return -1;
             path = t.tmp_paths[i];
@@ -1317,10 +1338,23 @@ private:
     // into it; for a reader that looks sequential (SEQ_READS reads in a row near each other,
     // moving forward, a span's worth of bytes), the next AHEAD_SPANS: up to the file's end while the run reads one file,
     // past it once it reads several (a tree walk in stream order).
-    void advise(SpanTable &t, uint64_t ino, size_t first, size_t last, size_t len, uint64_t file_end, bool at_start) {
+    void advise(SpanTable &t, uint64_t ino, uint64_t pos, size_t last, size_t len, uint64_t file_end, bool at_start) {
         bool seq, walk;
+        size_t first = t.span_of(pos);
         {
             std::lock_guard<std::mutex> g(t.seq_mu);
+            bool streaming = false;
+            if (len >= START_READ && at_start) {
+                t.stream_ino = ino;
+                t.stream_front = pos + len;
+                t.stream_reads = 0;
+            } else if (len >= START_READ && ino == t.stream_ino && pos <= t.stream_front + len &&
+                       pos + len > t.stream_front) {
+                t.stream_front = pos + len;
+                streaming = ++t.stream_reads >= STREAM_READS;
+            } else if (len >= START_READ && ino == t.stream_ino && pos + len <= t.stream_front) {
+                streaming = t.stream_reads >= STREAM_READS;  // one the kernel sent after a later one
+            }
             if (t.seq_span != SIZE_MAX && first + 1 >= t.seq_span && first <= t.seq_span + 1) {
                 t.seq_reads++;
                 t.seq_bytes += len;
@@ -1336,13 +1370,14 @@ private:
                 t.seq_moved = t.seq_files = false;
                 t.seq_ino = ino;
             }
-            seq = t.seq_moved && t.seq_reads >= SEQ_READS &&
-                  t.seq_bytes >= t.starts[first + 1] - t.starts[first];
+            seq = streaming || (t.seq_moved && t.seq_reads >= SEQ_READS &&
+                                t.seq_bytes >= t.starts[first + 1] - t.starts[first]);
             walk = t.seq_files;
         }
         size_t ahead = seq ? AHEAD_SPANS : at_start && len >= START_READ ? START_AHEAD : 1;
         size_t n = t.spans(), stop = std::min(n, last + 1 + ahead);
-        if (!walk || !seq)  // within the file
+        bool in_file = !walk || !seq;
+        if (in_file)
             while (stop > last + 1 && t.starts[stop - 1] >= file_end) stop--;
         std::vector<size_t> want;
         for (size_t k = last + 1; k < stop; k++) {
@@ -1361,7 +1396,9 @@ private:
             bool taken = false;
             try {
                 py_read_ahead_.fetch_add(1, std::memory_order_relaxed);
-                taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k));
+                // the span holding the file's end is wanted up to there (the rest: spare work)
+                uint64_t need = in_file && file_end < t.starts[k + 1] ? file_end - t.starts[k] : 0;
+                taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k, need));
             } catch (nb::python_error &e) {
                 e.discard_as_unraisable("soci_native._fuse read_ahead");
             } catch (std::exception &) {

@@ -515,7 +515,7 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         def init(self) -> None:
             pass
 
-        def read_ahead(self, layer: int, i: int) -> bool:
+        def read_ahead(self, layer: int, i: int, need: int) -> bool:
             asked.append(i)
             return i == 2  # the first one ahead is taken, the budget turns the others away
 
@@ -559,6 +559,100 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         subprocess.run(["fusermount3", "-u", str(mp)], check=False)
         t.join(10)
         mi.force_unmount(mp)
+
+
+def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: Path) -> None:
+    """The real frontend over a 6.5-span file, no span cached, reads of 1 MiB from the start:
+    the second read, where the first ended, makes it a stream, and the spans ahead of it are
+    asked for at once (four ahead, not after a span's worth of reads); the span holding the
+    file's end is asked for only up to there."""
+    span = 1 << 20
+    size = 6 * span + span // 2
+    tree = c_tree([[Entry("f", "reg", 0, size, mode=0o644)]])
+    asked: list[tuple[int, int]] = []
+
+    class Ops:
+        def init(self) -> None:
+            pass
+
+        def read_ahead(self, layer: int, i: int, need: int) -> bool:
+            asked.append((i, need))
+            return True
+
+        def fill(self, layer: int, i: int, need: int) -> int:
+            return -1  # served by read
+
+        def read(self, ino: int, offset: int, length: int) -> bytes:
+            return bytes(length)
+
+    front = _fuse.Frontend(*tree.table, 1, 8 * span, Ops())
+    front.set_spans(0, array("q", [k * span for k in range(9)]).tobytes())
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
+                         daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if mi.is_mounted(mp):
+                break
+            threading.Event().wait(0.05)
+        from soci_native.mount.fs import tune_read_ahead
+        assert tune_read_ahead(str(mp))  # 1 MiB requests, as a mount has them
+        fd = os.open(mp / "f", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees exactly these reads
+            assert os.pread(fd, span, 0) == bytes(span)
+            assert asked == [(1, 0), (2, 0)]  # a big read at the start: the next two
+            assert os.pread(fd, span, span) == bytes(span)
+            assert asked == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]  # a stream: four ahead
+            assert os.pread(fd, span, 2 * span) == bytes(span)
+            assert asked[5:] == [(6, span // 2)]  # the file ends half way into span 6
+        finally:
+            os.close(fd)
+        fd = os.open(mp / "f", os.O_RDONLY)
+        try:  # reads that do not go on from the last one's end are no stream
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            del asked[:]
+            front.span_evicted(0, 0, "")  # (no span is cached: the hints stay as they were)
+            assert os.pread(fd, span // 2, span // 4) == bytes(span // 2)
+            assert os.pread(fd, span, 3 * span) == bytes(span)
+            assert asked == []  # spans 1..6 were all asked for once already
+        finally:
+            os.close(fd)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+        t.join(10)
+        mi.force_unmount(mp)
+
+
+def test_span_workers_hold_spare_work_while_a_more_urgent_job_runs() -> None:
+    """A SPARE job (the rest of a span past the file being read) waits while another thread
+    runs a more urgent job, and runs once none does; urgent jobs queued meanwhile still run."""
+    from soci_native.mount.spans import SPARE, _Workers
+
+    w = _Workers(2, "test-workers")
+    gate, ran = threading.Event(), []
+    started = threading.Event()
+
+    def busy() -> None:
+        started.set()
+        gate.wait(30)
+
+    w.submit((1, 0), busy)
+    assert started.wait(10)
+    w.submit((SPARE, 5), lambda: ran.append("spare"))
+    w.submit((1, 1), lambda: ran.append("ahead"))
+    for _ in range(100):
+        if ran:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.2)
+    assert ran == ["ahead"]  # the spare one is held while busy() runs
+    gate.set()
+    w.shutdown(cancel=False)
+    assert ran == ["ahead", "spare"]
 
 
 def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:
