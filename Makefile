@@ -9,6 +9,9 @@
 #   make bench    install, then bench/bench_index.py
 #   make fuzz     build the libFuzzer targets csrc/fuzz_*.c (clang, ASan+UBSan) and run each for
 #                 FUZZ_SECONDS; crashes land in build/fuzz/crashes/ (see fuzz/run.sh)
+#   make cross-aarch64  cross-build the C core and both extension modules for aarch64 (Debian's
+#                 gcc-aarch64-linux-gnu + arm64 libraries) and check them under qemu-aarch64
+#                 against the host build, byte for byte (see cross/aarch64.sh)
 #   make protos   regenerate soci_native/snapshotter/proto/*_pb2.py(i) from the .proto files
 #                 there (grpcio-tools; the generated modules are committed)
 #   make clean    remove build products (keeps .venv; `make distclean` removes it too)
@@ -26,7 +29,7 @@ PYTEST_ARGS  ?=
 BENCH_ARGS   ?=
 FUZZ_SECONDS ?= 30
 
-.PHONY: all venv build install run test lint bench fuzz protos clean distclean
+.PHONY: all venv build install run test lint bench fuzz cross-aarch64 protos clean distclean
 
 all: install
 
@@ -85,6 +88,11 @@ bench: install
 # `make install` builds under build/<tag>/_deps/ (fuzz/run.sh runs `make install` if it is missing).
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+# Needs the packages listed in cross/aarch64.sh (.ci/run installs them); nice, as it is a
+# side check that should not crowd out other work.
+cross-aarch64: venv
+	CROSS_PYTHON=$(abspath $(VPY)) nice -n 10 bash cross/aarch64.sh
 
 PROTO_DIR := soci_native/snapshotter/proto
 protos: venv

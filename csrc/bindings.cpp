@@ -89,9 +89,9 @@ PyObject *pax_dict(const uint8_t *pool, const sn_entry &e) {
     const uint8_t *p = pool + e.pax.off;
     for (uint32_t i = 0; i < e.npax; i++) {
         uint32_t kn = sn_get_le32(p);
-        sn_str k{static_cast<uint64_t>(p + 4 - pool), kn};
+        sn_str k{static_cast<uint32_t>(p + 4 - pool), kn};
         uint32_t vn = sn_get_le32(p + 4 + kn);
-        sn_str v{static_cast<uint64_t>(p + 8 + kn - pool), vn};
+        sn_str v{static_cast<uint32_t>(p + 8 + kn - pool), vn};
         p += 8 + static_cast<size_t>(kn) + vn;
         PyObject *ko = decode(pool, k), *vo = ko ? decode(pool, v) : nullptr;
         int rc = vo ? PyDict_SetItem(d, ko, vo) : -1;

@@ -68,8 +68,8 @@ static int vector(const sn_ztoc *z, size_t at, size_t elem, size_t *first, uint3
 }
 
 static int string_at(const sn_ztoc *z, size_t at, sn_bytes *s, sn_err *err) {
-    size_t first;
-    uint32_t n;
+    size_t first = 0; /* set on success; gcc cannot see that through err->code */
+    uint32_t n = 0;
     if (vector(z, at, 1, &first, &n, err)) return err->code;
     s->p = z->buf + first;
     s->n = n;
@@ -90,7 +90,7 @@ static int string_field(const sn_ztoc *z, size_t table, int slot, sn_bytes *s, s
 /* Element i of a vector of tables/strings: each is a uoffset relative to its own slot. */
 static int element(const sn_ztoc *z, size_t first, uint32_t i, size_t *out, sn_err *err) {
     size_t slot = first + 4 * (size_t)i;
-    uint32_t rel;
+    uint32_t rel = 0;
     if (get_u32(z, slot, &rel, err)) return err->code;
     if ((uint64_t)slot + rel + 4 > z->len) return bad(err, "element out of range", slot);
     *out = slot + rel;
@@ -116,7 +116,7 @@ int sn_ztoc_parse(const uint8_t *buf, size_t len, sn_ztoc *z, sn_err *err) {
     z->len = len;
     z->budget = (uint64_t)SN_ZTOC_DECODE_FACTOR * len + SN_ZTOC_DECODE_SLACK;
     uint32_t root;
-    int64_t v;
+    int64_t v = 0;
     size_t toc, info, at;
     if (get_u32(z, 0, &root, err)) return err->code;
     if (string_field(z, root, 0, &z->version, err) || string_field(z, root, 1, &z->build_tool, err) ||
@@ -154,7 +154,7 @@ int sn_ztoc_digest(sn_ztoc *z, uint32_t i, sn_bytes *out, sn_err *err) {
 
 int sn_ztoc_file_at(sn_ztoc *z, uint32_t i, sn_ztoc_file *f, sn_err *err) {
     size_t t, at;
-    int64_t uid, gid;
+    int64_t uid = 0, gid = 0;
     memset(f, 0, sizeof *f);
     if (i >= z->nfiles) return sn_fail(err, SN_EARG, "file %u out of range", i);
     if (element(z, z->files_at, i, &t, err)) return err->code;
