@@ -6,7 +6,8 @@
 #   2. builds cross/probe.c (index a gzip layer, its zTOC, every span read back through its
 #      checkpoint, digests) for the host and for aarch64, runs both on the same layer
 #      (cross/make_layer.py), the aarch64 one under qemu-aarch64, and requires the same output
-#      and the same zTOC bytes (and the blob digest Python's hashlib computes).
+#      and the same zTOC bytes (and the blob digest Python's hashlib computes);
+#   3. replays every fuzz target (fuzz/replay_main.c, UBSan) over its seeds under qemu-aarch64.
 # That runs zlib-ng's arm (NEON/CRC32) paths and, on aarch64, the SHA-256 fallback to OpenSSL
 # (csrc/sha256_dual.c's SHA-extension path is x86 only).
 # Work goes to build/cross/ (gitignored). Any missing part is an error, never a skip.
@@ -38,6 +39,7 @@ for f in /usr/lib/aarch64-linux-gnu/libcrypto.so /usr/include/aarch64-linux-gnu/
     [ -e "$f" ] || die "missing $f. $hint"
 done
 mkdir -p "$OUT"
+ulimit -c 0   # qemu-user would write a core file for a target that aborts
 
 configure() { # dir, extra cmake args...
     local dir="$1"; shift
@@ -93,4 +95,46 @@ if ! cmp -s "$OUT/probe.host.txt" "$OUT/probe.aarch64.txt"; then
     die "aarch64 and host probes disagree ($OUT/probe.{host,aarch64}.txt)"
 fi
 cmp "$OUT/ztoc.host" "$OUT/ztoc.aarch64" >&2 || die "aarch64 and host zTOCs differ"
-echo "cross-aarch64: OK: aarch64 under qemu matches the host on $spans spans, $(wc -c < "$OUT/ztoc.host")-byte zTOC" >&2
+echo "cross-aarch64: aarch64 under qemu matches the host on $spans spans, $(wc -c < "$OUT/ztoc.host")-byte zTOC" >&2
+
+# --- 3. the fuzz targets' invariants on aarch64 -----------------------------------------
+# Every csrc/fuzz_<t>.c with fuzz/replay_main.c instead of libFuzzer, the core with UBSan
+# (aborting on the first report), replayed under qemu over fuzz/make_seeds.py's seeds and,
+# when `make fuzz` ran before, its corpus (a target without seeds takes the tar seeds).
+zdir="$OUT/aarch64/_deps/zlib-ng-build"
+[ -f "$zdir/libz-ng.a" ] && [ -f "$zdir/zlib-ng.h" ] || die "no aarch64 zlib-ng build in $zdir"
+CC=aarch64-linux-gnu-gcc
+FCFLAGS=(-O1 -g -std=c11 -DZLIBNG_NATIVE_API -I "$ROOT/csrc" -I "$zdir" -Wall -Wextra -Werror
+         -fsanitize=undefined -fno-sanitize-recover=undefined)
+mkdir -p "$OUT/fuzz/obj" "$OUT/fuzz/bin"
+objs=()
+for src in "$ROOT"/csrc/*.c; do
+    case "$(basename "$src")" in fuzz_*) continue ;; esac
+    obj="$OUT/fuzz/obj/$(basename "${src%.c}").o"
+    "$CC" "${FCFLAGS[@]}" -c "$src" -o "$obj" || die "compiling $src for aarch64 (UBSan) failed"
+    objs+=("$obj")
+done
+seeds="$OUT/fuzz/seeds"
+rm -rf "$seeds"
+"$PY" "$ROOT/fuzz/make_seeds.py" "$seeds" > /dev/null || die "fuzz/make_seeds.py failed"
+total=0
+for src in "$ROOT"/csrc/fuzz_*.c; do
+    t="$(basename "${src%.c}")"; t="${t#fuzz_}"
+    bin="$OUT/fuzz/bin/replay_$t"
+    # UBSan's runtime static: the arm64 multiarch libc has no libubsan beside it
+    "$CC" "${FCFLAGS[@]}" -static-libubsan "$src" "$ROOT/fuzz/replay_main.c" "${objs[@]}" "$zdir/libz-ng.a" \
+        -lcrypto -lpthread -o "$bin" || die "building the aarch64 replay of fuzz_$t failed"
+    inputs=()
+    for d in "$seeds/$t" "$ROOT/build/fuzz/corpus/$t"; do
+        [ -d "$d" ] && while IFS= read -r -d '' f; do inputs+=("$f"); done < <(find "$d" -type f -print0 | sort -z)
+    done
+    [ ${#inputs[@]} -gt 0 ] || while IFS= read -r -d '' f; do inputs+=("$f"); done < <(find "$seeds/tar" -type f -print0 | sort -z)
+    [ ${#inputs[@]} -gt 0 ] || die "no inputs to replay fuzz_$t on"
+    log="$OUT/fuzz/replay_$t.log"
+    # xargs: a big corpus over several runs, each within the argument limit
+    printf '%s\0' "${inputs[@]}" | UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        timeout 300 xargs -0 qemu-aarch64 "$bin" > "$log" 2>&1 ||
+        { tail -n 20 "$log" >&2; die "fuzz_$t failed on aarch64 (log: $log)"; }
+    total=$((total + ${#inputs[@]}))
+done
+echo "cross-aarch64: OK: fuzz targets' invariants held on aarch64 over $total inputs" >&2

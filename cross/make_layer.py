@@ -25,7 +25,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def layer() -> bytes:
     rnd = random.Random(20261201)
-    words = [bytes(rnd.choices(b"abcdefghijklmnopqrstuvwxyz", k=rnd.randint(2, 9))) for _ in range(400)]
+    letters = b"abcdefghijklmnopqrstuvwxyz"
+    words = [bytes(rnd.choices(letters, k=rnd.randint(2, 9))) for _ in range(400)]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         _add(tar, "text/words.txt", b" ".join(rnd.choice(words) for _ in range(300_000)))
