@@ -133,15 +133,19 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 
 
 def _installed() -> dict[str, dict[str, str]]:
-    """dpkg's installed packages: name -> version, priority, dependencies, provides."""
-    fmt = "${Package}\t${Version}\t${Priority}\t${Pre-Depends}, ${Depends}\t${Provides}\t" \
-          "${db:Status-Abbrev}\n"
+    """dpkg's installed packages of this machine's architecture (or ``all``): name -> version,
+    priority, dependencies, provides, and ``pkg``, the name dpkg -L takes (arch-qualified: with
+    a foreign architecture added, e.g. arm64 for ``make cross-aarch64``, a bare ``libc6`` is
+    ambiguous)."""
+    native = ce.run("dpkg", "--print-architecture").stdout.strip()
+    fmt = "${Package}\t${Architecture}\t${Version}\t${Priority}\t${Pre-Depends}, ${Depends}\t" \
+          "${Provides}\t${db:Status-Abbrev}\n"
     out: dict[str, dict[str, str]] = {}
     for line in ce.run("dpkg-query", "-W", "-f", fmt).stdout.splitlines():
-        name, version, prio, deps, provides, status = line.split("\t")
-        if status.startswith("ii"):
+        name, arch, version, prio, deps, provides, status = line.split("\t")
+        if status.startswith("ii") and arch in (native, "all"):
             out[name] = {"version": version, "priority": prio, "deps": deps,
-                         "provides": provides}
+                         "provides": provides, "pkg": f"{name}:{arch}"}
     return out
 
 
@@ -276,7 +280,7 @@ def build_image() -> tuple[Path, str, list[tuple[str, list[str]]]]:
             for link, target in MERGED_USR.items():  # bookworm's merged /usr
                 (r / target).mkdir(parents=True, exist_ok=True)
                 os.symlink(target, r / link)
-        _copy_packages(names, r)
+        _copy_packages([pkgs[n]["pkg"] for n in names], r)
         _alternatives(r)
         ce.run("ldconfig", "-r", str(r))  # the ld.so.cache libc-bin's trigger writes
         ce.run("umoci", "repack", "--image", f"{lay}:t", str(bundle), timeout=900)
