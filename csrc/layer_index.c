@@ -48,6 +48,7 @@ struct sn_indexer {
     int finished;
     int hash_inline; /* hash on the inflating thread (no core to spare for a hasher) */
     sn_cores *spare; /* an inline hasher takes a thread once this pool has a core for it */
+    int took_core;   /* its hasher thread took one: given back once the thread is joined */
 };
 
 /* Cores another job gave up (it found no layer left to index): an indexer hashing inline
@@ -100,7 +101,8 @@ void sn_indexer_free(sn_indexer *ix) {
     if (ix->zinit) zng_inflateEnd(&ix->zs);
     free(ix->out);
     sn_buf_free(&ix->blob);
-    sh_free(ix->hash);
+    sh_free(ix->hash); /* joins the hasher thread */
+    if (ix->took_core) sn_cores_give(ix->spare, 1); /* finished or failed: the core is free again */
     tar_parser_free(ix->tar);
     free(ix);
 }
@@ -320,7 +322,9 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
 static void maybe_hash_thread(sn_indexer *ix, uint64_t left) {
     if (!ix->spare || !ix->hash || ix->mode != SN_MODE_GZIP || sh_threaded(ix->hash) || left < UPGRADE_MIN)
         return;
-    if (cores_take(ix->spare) && !sh_go_threaded(ix->hash)) sn_cores_give(ix->spare, 1); /* no thread */
+    if (!cores_take(ix->spare)) return;
+    if (sh_go_threaded(ix->hash)) ix->took_core = 1;
+    else sn_cores_give(ix->spare, 1); /* no thread */
 }
 
 /* A local file is read through mmap: the inflater and the hasher read the page cache itself,

@@ -38,7 +38,8 @@ void sn_indexer_hash_inline(sn_indexer *ix, int on);
 /* A pool of spare cores, shared by the indexers of one build (thread-safe). A job that runs
  * out of layers gives its core (sn_cores_give); an indexer hashing inline that was given the
  * pool (sn_indexer_spare_cores, before feeding a file) takes one between chunks and starts
- * its hasher thread, so the rest of its layer hashes off the inflating core. */
+ * its hasher thread, so the rest of its layer hashes off the inflating core; sn_indexer_free
+ * gives that core back once the thread is joined (the pool must outlive its indexers). */
 typedef struct sn_cores sn_cores;
 sn_cores *sn_cores_new(void); /* NULL when out of memory */
 void sn_cores_free(sn_cores *c);

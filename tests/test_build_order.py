@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from soci_native import _core, build
+from soci_native import FormatError, _core, build
 from soci_native.build import BuildOptions, build_layers, hash_on_thread
 from soci_native.images import Descriptor, ResolvedImage, open_image, resolve
 from soci_native.store import Store
@@ -97,13 +97,25 @@ def test_inline_hashing_moves_to_a_thread_once_a_core_is_given(tmp_path: Path) -
     assert not kept["hashed_on_thread"] and spare.free == 0
     spare.give(2)
     moved = _index(path, hash_thread=False, spare=spare)
-    assert moved["hashed_on_thread"] and spare.free == 1  # one core taken, one left
+    assert moved["hashed_on_thread"] and spare.free == 2  # taken, and given back at the end
     for r in (threaded, kept, moved):
         assert {k: v for k, v in r.items() if k != "hashed_on_thread"} == \
             {k: v for k, v in inline.items() if k != "hashed_on_thread"}
     small = tmp_path / "s.tar.gz"
     small.write_bytes(_random_layer(2 << 20))  # less left than a thread is worth
     assert not _index(small, hash_thread=False, spare=spare)["hashed_on_thread"]
+    assert spare.free == 2
+
+
+def test_a_failing_layer_gives_back_the_core_its_hasher_took(tmp_path: Path) -> None:
+    """A layer that took a core and then fails (cut short: its last member never ends) gives
+    the core back: another layer of the build may use it."""
+    path = tmp_path / "l.tar.gz"
+    path.write_bytes(_random_layer(12 << 20)[:-100])
+    spare = _core.SpareCores()
+    spare.give(1)
+    with pytest.raises(FormatError):
+        _index(path, hash_thread=False, spare=spare)
     assert spare.free == 1
 
 
