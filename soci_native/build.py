@@ -226,21 +226,27 @@ def build_layers(src: ImageSource, store: Store, layers: Sequence[Descriptor],
                 report(layer, n)
     workers = max(1, min(opts.jobs, len(layers)))
     pool = ThreadPoolExecutor(workers)
-    threaded = hash_on_thread(workers)
+    cores = usable_cores()
+    threaded = hash_on_thread(workers, cores)
     # A job that finds no layer left gives its core to the layers still running: those
     # hashing inline move their hashing to a thread (the last layer's tail runs on both).
+    # Only a core no other job inflates on is given: with more jobs than cores (--jobs
+    # counts every CPU, the affinity may allow fewer) the first ones to finish free none.
+    # A hasher gives its core back itself when its layer ends.
     spare = _core.SpareCores()
-    queued = len(layers)
+    queued, running = len(layers), 0
 
     def run(i: int) -> LayerResult:
-        nonlocal queued
+        nonlocal queued, running
         with lock:
             queued -= 1
+            running += 1
         try:
             return build_layer(src, store, layers[i], opts, safe, threaded, spare)
         finally:
             with lock:
-                if queued == 0:
+                running -= 1
+                if queued == 0 and running < cores:
                     spare.give()
     try:
         # Largest first: a big layer started last would run alone at the end while the other

@@ -144,3 +144,26 @@ def test_a_job_out_of_layers_gives_its_core_to_a_running_layer(
     assert all(r.status == "built" for r in results)
     big = max(seen)
     assert seen == {big: True, min(seen): False}
+
+
+def test_no_core_is_given_while_more_jobs_run_than_cores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more jobs than cores (--jobs counts every CPU, the affinity allows fewer), a job
+    that finds no layer left frees no core while the others still fill every one: a core is
+    given only once fewer jobs run than there are cores, so each core is given once."""
+    image, lay, _ = _image(tmp_path, [_layer(f"f{i}", 5_000 + i) for i in range(3)])
+    together = threading.Barrier(3, timeout=60)  # all three jobs run at once
+    pools: list[_core.SpareCores] = []
+    real = _core.index_file
+
+    def index_file(path: str, *args: object) -> dict:
+        pools.append(args[-1])  # type: ignore[arg-type]
+        together.wait()
+        return real(path, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(_core, "index_file", index_file)
+    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    results = build_layers(open_image(f"oci:{lay}:t"), Store(tmp_path / "store"), image.layers,
+                           BuildOptions(jobs=3, min_layer_size=0))
+    assert all(r.status == "built" for r in results)
+    assert len({id(p) for p in pools}) == 1
+    assert pools[0].free == 2  # the two cores, once each (none taken: the layers are small)
