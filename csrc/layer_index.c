@@ -419,10 +419,12 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, fi
 }
 
 /* What cannot be mapped (a pipe, a device): read() into FILE_BUFS buffers in turn, each
- * refilled once the hasher has passed its end. */
-static int feed_read(sn_indexer *ix, int fd, const char *path, sn_err *err) {
+ * refilled once the hasher has passed its end. `size`: a regular file's size, so a core is
+ * taken only while enough is left (UINT64_MAX when not known). */
+static int feed_read(sn_indexer *ix, int fd, const char *path, uint64_t size, sn_err *err) {
     uint8_t *bufs[FILE_BUFS] = {NULL};
     uint64_t ends[FILE_BUFS] = {0};
+    uint64_t fed = 0;
     int rc = SN_OK;
     for (int k = 0; k < FILE_BUFS; k++)
         if (!(bufs[k] = malloc(FILE_CHUNK))) rc = sn_fail(err, SN_ENOMEM, "out of memory");
@@ -435,7 +437,8 @@ static int feed_read(sn_indexer *ix, int fd, const char *path, sn_err *err) {
             rc = sn_fail(err, SN_EIO, "read error on %s", path);
         }
         if (rc || got == 0) break;
-        maybe_hash_thread(ix, UINT64_MAX);
+        maybe_hash_thread(ix, size == UINT64_MAX ? size : size > fed ? size - fed : 0); /* grown: 0 */
+        fed += (uint64_t)got;
         rc = feed_nosync(ix, bufs[k], (size_t)got, err);
         ends[k] = ix->totin;
     }
@@ -482,16 +485,15 @@ static int feed_file(sn_indexer *ix, const char *path, file_cut *cut, sn_err *er
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
     struct stat st;
-    int rc = -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= SIZE_MAX &&
-        only_we_write(fd, &st)) {
+    int rc = -1, regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (regular && st.st_size > 0 && (uint64_t)st.st_size <= SIZE_MAX && only_we_write(fd, &st)) {
         sn_err merr = {0};
         rc = feed_mapped(ix, fd, path, (size_t)st.st_size, cut, &merr);
         if (rc > 0) *err = merr;
         if (rc >= 0) atomic_fetch_add(&files_mapped, 1);
     }
     if (rc < 0) { /* nothing was fed if it could not map */
-        rc = feed_read(ix, fd, path, err);
+        rc = feed_read(ix, fd, path, regular ? (uint64_t)st.st_size : UINT64_MAX, err);
         atomic_fetch_add(&files_read, 1);
     }
     close(fd);

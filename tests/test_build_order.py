@@ -26,15 +26,18 @@ def _put(lay: Path, data: bytes) -> dict:
     return {"digest": f"sha256:{d}", "size": len(data)}
 
 
-def _layer(name: str, size: int) -> bytes:
+def _tar_of(data: bytes, name: str = "f") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         ti = tarfile.TarInfo(name)
-        data = os.urandom(size)
         ti.size = len(data)
         tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _layer(name: str, size: int) -> bytes:
     c = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return c.compress(buf.getvalue()) + c.flush()
+    return c.compress(_tar_of(os.urandom(size), name)) + c.flush()
 
 
 def _image(tmp_path: Path, blobs: list[bytes]) -> tuple[ResolvedImage, Path, list[dict]]:
@@ -167,3 +170,75 @@ def test_no_core_is_given_while_more_jobs_run_than_cores(
     assert all(r.status == "built" for r in results)
     assert len({id(p) for p in pools}) == 1
     assert pools[0].free == 2  # the two cores, once each (none taken: the layers are small)
+
+
+def test_a_read_file_takes_a_core_only_while_enough_is_left(tmp_path: Path) -> None:
+    """A file read() (not mapped: its group may write it) moves its hashing as a mapped one
+    does, and like one it takes no core with less left than a thread is worth."""
+    path = tmp_path / "l.tar.gz"
+    path.write_bytes(_random_layer(12 << 20))
+    os.chmod(path, 0o664)
+    inline = _index(path, hash_thread=False)
+    spare = _core.SpareCores()
+    spare.give(1)
+    read0 = _core.file_read_counts()[1]
+    moved = _index(path, hash_thread=False, spare=spare)
+    assert _core.file_read_counts()[1] == read0 + 1
+    assert moved["hashed_on_thread"] and spare.free == 1
+    assert {k: v for k, v in moved.items() if k != "hashed_on_thread"} == \
+        {k: v for k, v in inline.items() if k != "hashed_on_thread"}
+    small = tmp_path / "s.tar.gz"
+    small.write_bytes(_random_layer(3 << 20))  # over a chunk, under what a thread is worth
+    os.chmod(small, 0o664)
+    assert not _index(small, hash_thread=False, spare=spare)["hashed_on_thread"]
+    assert spare.free == 1
+
+
+def _read_pos(path: Path) -> int | None:
+    """How far this process has read ``path`` through an open descriptor (None: not open)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    return int(f.readline().split()[1])  # "pos:\t<offset>"
+        except (FileNotFoundError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _give_once_read_to(path: Path, pos: int, spare: _core.SpareCores, done: threading.Event,
+                       after: list[int | None]) -> None:
+    """Gives ``spare`` a core once ``path`` is read to ``pos`` (not if ``done`` first); where
+    the read was just after goes to ``after``."""
+    while not done.is_set():
+        now = _read_pos(path)
+        if now is not None and now >= pos:
+            spare.give()
+            after.append(_read_pos(path))
+            return
+
+
+def test_a_core_given_near_a_read_files_end_is_not_taken(tmp_path: Path) -> None:
+    """A core given while a read() file is being indexed, with less of it left than a thread
+    is worth, stays in the pool: the file's size says what is left."""
+    path = tmp_path / "l.tar.gz"
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)  # text-like: inflating it takes a while
+    path.write_bytes(c.compress(_tar_of(os.urandom(24 << 20).hex().encode())) + c.flush())
+    os.chmod(path, 0o664)
+    size = path.stat().st_size
+    for _ in range(10):  # until the give lands in the window (the machine may be busy)
+        spare = _core.SpareCores()
+        done = threading.Event()
+        after: list[int | None] = []  # where the read was once the core was given
+        t = threading.Thread(target=_give_once_read_to,
+                             args=(path, size - (5 << 20), spare, done, after))
+        t.start()
+        try:
+            r = _index(path, hash_thread=False, spare=spare)
+        finally:
+            done.set()
+            t.join()
+        if after and after[0] is not None and after[0] < size:  # reads followed the give
+            assert not r["hashed_on_thread"] and spare.free == 1
+            return
+    pytest.fail("no core could be given before the file's end")
