@@ -1376,8 +1376,7 @@ private:
         }
         size_t ahead = seq ? AHEAD_SPANS : at_start && len >= START_READ ? START_AHEAD : 1;
         size_t n = t.spans(), stop = std::min(n, last + 1 + ahead);
-        bool in_file = !walk || !seq;
-        if (in_file)
+        if (!walk || !seq)  // within the file
             while (stop > last + 1 && t.starts[stop - 1] >= file_end) stop--;
         std::vector<size_t> want;
         for (size_t k = last + 1; k < stop; k++) {
@@ -1396,9 +1395,7 @@ private:
             bool taken = false;
             try {
                 py_read_ahead_.fetch_add(1, std::memory_order_relaxed);
-                // the span holding the file's end is wanted up to there (the rest: spare work)
-                uint64_t need = in_file && file_end < t.starts[k + 1] ? file_end - t.starts[k] : 0;
-                taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k, need));
+                taken = nb::cast<bool>(ops_.attr("read_ahead")(t.layer, k));
             } catch (nb::python_error &e) {
                 e.discard_as_unraisable("soci_native._fuse read_ahead");
             } catch (std::exception &) {

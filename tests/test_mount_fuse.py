@@ -515,7 +515,7 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         def init(self) -> None:
             pass
 
-        def read_ahead(self, layer: int, i: int, need: int) -> bool:
+        def read_ahead(self, layer: int, i: int) -> bool:
             asked.append(i)
             return i == 2  # the first one ahead is taken, the budget turns the others away
 
@@ -561,22 +561,204 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         mi.force_unmount(mp)
 
 
-def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: Path) -> None:
-    """The real frontend over a 6.5-span file, no span cached, reads of 1 MiB from the start:
-    the second read, where the first ended, makes it a stream, and the spans ahead of it are
-    asked for at once (four ahead, not after a span's worth of reads); the span holding the
-    file's end is asked for only up to there."""
-    span = 1 << 20
-    size = 6 * span + span // 2
-    tree = c_tree([[Entry("f", "reg", 0, size, mode=0o644)]])
-    asked: list[tuple[int, int]] = []
+def _tail_layer(tmp_path: Path, files: int) -> tuple[Any, Path, list[Any]]:
+    """A gzip layer of ``files`` incompressible files of 1.6 spans (2 MiB, more than a fill's
+    first step) each, so the tail of each crosses into a span the next file starts in; its
+    zTOC and tar members."""
+    import gzip
+    import io
+    import tarfile
+
+    from soci_native import ztoc
+
+    rnd = random.Random(11)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for k in range(files):
+            ti = tarfile.TarInfo(f"f{k:03d}")
+            ti.size = 3_300_000
+            ti.mode = 0o644
+            tf.addfile(ti, io.BytesIO(rnd.randbytes(ti.size)))
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tf:
+        members = tf.getmembers()
+    blob = tmp_path / "layer.gz"
+    blob.write_bytes(gzip.compress(buf.getvalue(), 1, mtime=0))
+    return ztoc.from_bytes(ztoc.build(str(blob), span_size=2 << 20)[1]), blob, members
+
+
+class _Gated:
+    """Holds the fetch of everything from ``at`` on (a fill a worker runs, urgent, that does
+    not end) until ``gate`` is set; ``entered`` once one waits."""
+
+    def __init__(self, blob: Path, at: int) -> None:
+        from soci_native.mount.spans import FileBlobReader
+
+        self.inner, self.at = FileBlobReader(blob), at
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def read_range(self, start: int, end: int) -> bytes:
+        if start >= self.at:
+            self.entered.set()
+            self.gate.wait(60)
+        return self.inner.read_range(start, end)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_walk_reading_ahead_into_span_tails_keeps_few_fills_open(tmp_path: Path) -> None:
+    """A walk over many files whose tails cross into new spans, each such span read ahead
+    while a worker is held in an urgent fill that does not end: every span read ahead is
+    filled whole and committed (not left open, half filled, behind the held job), so the fills
+    open at once, and the descriptors, stay a few, however many files there are."""
+    from soci_native.mount.spans import LayerStats, SpanCache, ZtocLayer
+
+    z, blob, members = _tail_layer(tmp_path, 14)
+    st = LayerStats("sha256:" + "ce" * 32, blob.stat().st_size, "lazy")
+    reader = _Gated(blob, 1 << 62)
+    layer = ZtocLayer(st.digest, z, reader, SpanCache(tmp_path / "c", 1 << 30), st)
+    n = len(layer.spans)
+    assert n > 20
+    starts = [s.ustart for s in layer.spans]
+    reader.at = layer.spans[n - 1].cstart
+    done = threading.Semaphore(0)
+    layer.on_ahead_done = done.release
+    try:
+        assert layer.read_ahead(n - 1)
+        assert reader.entered.wait(30)  # one worker is held in that fill
+        fds, most_fills, most_fds = _open_fds(), 0, 0
+        for m in members:  # the span each file's tail is in, as the walk reaches it
+            i = max(k for k in range(n) if starts[k] <= m.offset_data + m.size - 1)
+            if not starts[i] > m.offset_data or i == n - 1:
+                continue
+            assert layer.read_ahead(i)
+            assert done.acquire(timeout=30)
+            most_fills = max(most_fills, len(layer._fills))
+            most_fds = max(most_fds, _open_fds() - fds)
+        assert most_fills <= 2 and most_fds <= 2, (most_fills, most_fds)
+        assert sum(os.path.exists(layer._path(i)) for i in range(n)) >= 12
+        reader.gate.set()
+        layer.drain()
+        assert st.errors == 0 and os.path.exists(layer._path(n - 1))
+    finally:
+        reader.gate.set()
+        layer.close()
+
+
+def test_a_read_past_what_a_fill_ahead_reached_is_served_at_once(tmp_path: Path) -> None:
+    """The real frontend over a real layer: spans a walk read ahead up to where a file ends,
+    while a worker is held in an urgent fill that does not end; a read of the next file,
+    which starts after that in the same span, is served at once (no fill left behind that
+    nobody advances, for C to wait on) and the span is committed. Before, each such read
+    waited the 200 ms C waits for a fill (5 reads: a second)."""
+    import gzip
+    import itertools
+    import time
+    from functools import partial
+
+    from soci_native.mount.spans import LayerStats, SpanCache, ZtocLayer
+
+    z, blob, members = _tail_layer(tmp_path, 16)
+    st = LayerStats("sha256:" + "cf" * 32, blob.stat().st_size, "lazy")
+    reader = _Gated(blob, 1 << 62)
+    layer = ZtocLayer(st.digest, z, reader, SpanCache(tmp_path / "c", 1 << 30), st)
+    n = len(layer.spans)
+    reader.at = layer.spans[n - 1].cstart
+    starts = [s.ustart for s in layer.spans] + [layer.spans[-1].uend]
+
+    def span_of(pos: int) -> int:
+        return max(k for k in range(n) if starts[k] <= pos)
+
+    pairs = []  # (a file, the span its tail crosses into, the next file, starting there)
+    for a, b in itertools.pairwise(members):
+        k = span_of(a.offset_data + a.size - 1)
+        # (past the first step a fill ahead takes, the part a reader must wait for)
+        if starts[k] > a.offset_data and b.offset_data - starts[k] > (1 << 20) + 4096 \
+                and span_of(b.offset_data + 4095) == k and k + 1 < n - 1:
+            pairs.append((a, k, b))
+    pairs = pairs[:5]
+    assert len(pairs) == 5
+    tree = c_tree([[Entry(m.name, "reg", m.offset_data, m.size, mode=0o644) for m in members]])
 
     class Ops:
         def init(self) -> None:
             pass
 
-        def read_ahead(self, layer: int, i: int, need: int) -> bool:
-            asked.append((i, need))
+        def read_ahead(self, layer_: int, i: int) -> bool:
+            return True  # the test reads ahead itself, as the walk would
+
+        def fill(self, layer_: int, i: int, need: int) -> int:
+            return 0 if layer.fill_to(i, need) else -1
+
+        def read(self, ino: int, offset: int, length: int) -> int:
+            return 5  # EIO: every read here is served from the span files
+
+    front = _fuse.Frontend(*tree.table, 1, starts[-1], Ops())
+    front.set_spans(0, array("q", starts).tobytes())
+    layer.on_cached = partial(front.span_cached, 0)
+    layer.on_filling = partial(front.span_filling, 0)
+    done = threading.Semaphore(0)
+    layer.on_ahead_done = done.release
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
+                         daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if mi.is_mounted(mp):
+                break
+            threading.Event().wait(0.05)
+        assert layer.read_ahead(n - 1)
+        assert reader.entered.wait(30)  # one worker is held in that fill
+        for _a, k, _b in pairs:
+            assert layer.read_ahead(k)
+            assert done.acquire(timeout=30)
+        stream = gzip.decompress(blob.read_bytes())
+        took = 0.0
+        for _a, k, b in pairs:
+            fd = os.open(mp / b.name, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees exactly this read
+                t0 = time.monotonic()
+                got = os.pread(fd, 4096, 0)
+                took += time.monotonic() - t0
+            finally:
+                os.close(fd)
+            assert got == stream[b.offset_data:b.offset_data + 4096]
+            assert os.path.exists(layer._path(k))  # committed, with the worker still held
+        assert took < 0.5, took  # a generous guard: before, at least 5 x 200 ms
+        reader.gate.set()
+        layer.drain()
+        assert st.errors == 0
+    finally:
+        reader.gate.set()
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+        t.join(10)
+        mi.force_unmount(mp)
+        layer.close()
+
+
+def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: Path) -> None:
+    """The real frontend over a 6.5-span file, no span cached, reads of 1 MiB from the start:
+    the second read, where the first ended, makes it a stream, and the spans ahead of it are
+    asked for at once (four ahead, not after a span's worth of reads)."""
+    span = 1 << 20
+    size = 6 * span + span // 2
+    tree = c_tree([[Entry("f", "reg", 0, size, mode=0o644)]])
+    asked: list[int] = []
+
+    class Ops:
+        def init(self) -> None:
+            pass
+
+        def read_ahead(self, layer: int, i: int) -> bool:
+            asked.append(i)
             return True
 
         def fill(self, layer: int, i: int, need: int) -> int:
@@ -603,11 +785,11 @@ def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: P
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees exactly these reads
             assert os.pread(fd, span, 0) == bytes(span)
-            assert asked == [(1, 0), (2, 0)]  # a big read at the start: the next two
+            assert asked == [1, 2]  # a big read at the start: the next two
             assert os.pread(fd, span, span) == bytes(span)
-            assert asked == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]  # a stream: four ahead
+            assert asked == [1, 2, 3, 4, 5]  # a stream: four ahead
             assert os.pread(fd, span, 2 * span) == bytes(span)
-            assert asked[5:] == [(6, span // 2)]  # the file ends half way into span 6
+            assert asked[5:] == [6]  # the span the file ends in
         finally:
             os.close(fd)
         fd = os.open(mp / "f", os.O_RDONLY)
@@ -625,34 +807,6 @@ def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: P
         subprocess.run(["fusermount3", "-u", str(mp)], check=False)
         t.join(10)
         mi.force_unmount(mp)
-
-
-def test_span_workers_hold_spare_work_while_a_more_urgent_job_runs() -> None:
-    """A SPARE job (the rest of a span past the file being read) waits while another thread
-    runs a more urgent job, and runs once none does; urgent jobs queued meanwhile still run."""
-    from soci_native.mount.spans import SPARE, _Workers
-
-    w = _Workers(2, "test-workers")
-    gate, ran = threading.Event(), []
-    started = threading.Event()
-
-    def busy() -> None:
-        started.set()
-        gate.wait(30)
-
-    w.submit((1, 0), busy)
-    assert started.wait(10)
-    w.submit((SPARE, 5), lambda: ran.append("spare"))
-    w.submit((1, 1), lambda: ran.append("ahead"))
-    for _ in range(100):
-        if ran:
-            break
-        threading.Event().wait(0.02)
-    threading.Event().wait(0.2)
-    assert ran == ["ahead"]  # the spare one is held while busy() runs
-    gate.set()
-    w.shutdown(cancel=False)
-    assert ran == ["ahead", "spare"]
 
 
 def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:

@@ -187,13 +187,12 @@ class SociFS:
             log.exception("filling span %d of layer %d failed", span, layer)
             return errno.EIO
 
-    def read_ahead(self, layer: int, span: int, need: int) -> bool:
+    def read_ahead(self, layer: int, span: int) -> bool:
         """The frontend saw a read that will want span ``span`` soon (the file read goes on
         into it, or a sequential reader is heading there), and it is not cached: fill it in
-        the background (its first ``need`` bytes first: the file ends there). False: not
-        now (the read-ahead budget is full), ask again later."""
+        the background. False: not now (the read-ahead budget is full), ask again later."""
         lazy = self.m.layers[layer]
-        return lazy.read_ahead(span, need) if isinstance(lazy, ZtocLayer) else True
+        return lazy.read_ahead(span) if isinstance(lazy, ZtocLayer) else True
 
     def stats_size(self) -> int:
         return len(self._stats_bytes())

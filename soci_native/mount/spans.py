@@ -458,7 +458,7 @@ class _Fill:
     ``busy``: only its owner closes it then)."""
 
     __slots__ = ("i", "comp", "inf", "fd", "tmp", "size", "done", "recent", "recent_start",
-                 "state", "error", "scheduled", "busy", "spare", "lock", "cond")
+                 "state", "error", "scheduled", "busy", "lock", "cond")
 
     def __init__(self, i: int, comp: bytes, inf: _core.SpanInflater | None, size: int) -> None:
         self.i, self.comp, self.inf, self.size = i, comp, inf, size
@@ -470,9 +470,6 @@ class _Fill:
         self.error: SpanError | None = None
         self.scheduled = False
         self.busy = False
-        # > 0: only a read ahead up to a file's end, this far into the span, has asked for it
-        # so far: the rest is spare work, done once no fill a reader waits on runs (SPARE)
-        self.spare = 0
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
 
@@ -484,16 +481,13 @@ READ_AHEAD = 1 << 20  # a reader of a filling span inflates at least this far pa
 RECENT = 4 << 20  # an uncacheable span's bytes kept behind its inflater
 UNCACHED_FILLS = 2  # uncacheable spans per layer whose inflater is kept between reads
 MAX_COMPRESSED_SPAN = 256 << 20  # held in memory while the span is read
-SPARE = 2  # _Workers priority class of work no reader is known to want yet
 
 
 class _Workers:
     """A few threads running queued jobs, the most urgent first: finishing a span a reader
-    is on goes before filling the spans ahead of it, and those go in stream order. A job of
-    priority class :data:`SPARE` (the rest of a span past the end of the file being read)
-    waits while another thread runs a more urgent one: on two cores it would take CPU from
-    the inflate the reader is waiting on. Threads start as jobs come; :meth:`shutdown` stops
-    them (dropping what is still queued, or running it first)."""
+    is on goes before filling the spans ahead of it, and those go in stream order. Threads
+    start as jobs come; :meth:`shutdown` stops them (dropping what is still queued, or
+    running it first)."""
 
     def __init__(self, n: int, name: str) -> None:
         self._n, self._name = n, name
@@ -502,7 +496,6 @@ class _Workers:
         self._cv = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._idle = 0
-        self._urgent = 0  # jobs running that are not SPARE
         self._stop = False
 
     def submit(self, prio: tuple[int, int], job: Callable[[], None]) -> None:
@@ -520,25 +513,17 @@ class _Workers:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and (not self._heap or (
-                        self._heap[0][0][0] >= SPARE and self._urgent)):
+                while not self._heap and not self._stop:
                     self._idle += 1
                     self._cv.wait()
                     self._idle -= 1
                 if not self._heap:
                     return
-                prio, _, job = heapq.heappop(self._heap)
-                urgent = prio[0] < SPARE
-                self._urgent += urgent
+                job = heapq.heappop(self._heap)[2]
             try:
                 job()
             except Exception:  # noqa: BLE001 - a job's failure is its reader's EIO, not ours
                 log.exception("background span job failed")
-            finally:
-                if urgent:
-                    with self._cv:
-                        self._urgent -= 1
-                        self._cv.notify_all()
 
     def shutdown(self, cancel: bool) -> None:
         """Stops taking jobs and waits for the threads: after the queued jobs, or (cancel)
@@ -724,14 +709,12 @@ class ZtocLayer:
             i += 1
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def read_ahead(self, i: int, need: int = 0) -> bool:
+    def read_ahead(self, i: int) -> bool:
         """Starts filling span ``i`` into the cache in the background (a reader of a file is
         about to need it), unless it is cached, being filled or too big to cache: its fetch
         and inflate then overlap serving the span before it. Asked for by the FUSE frontend:
         for the span after a read in the same file, and a few spans ahead of a sequential
-        reader. ``need`` (0: all of it): the reader's file ends that far into the span; the
-        rest is inflated as spare work (:data:`SPARE`), once no fill a reader waits on runs.
-        What is queued or filling ahead stays within a quarter of the cache's bound:
+        reader. What is queued or filling ahead stays within a quarter of the cache's bound:
         False if span ``i`` did not fit in that now (asking again later may), else True."""
         if not 0 <= i < len(self.spans) or self._closing or self._untrusted is not None:
             return True
@@ -749,15 +732,13 @@ class ZtocLayer:
             self._ahead.add(i)
             self._ahead_bytes += size
             self.stats.add(spans_read_ahead=1)
-            need = need if 0 < need < size else size
-            self._workers().submit((1, i), partial(self._fill_ahead, i, need))
+            self._workers().submit((1, i), partial(self._fill_ahead, i))
         return True
 
-    def _fill_ahead(self, i: int, need: int) -> None:
+    def _fill_ahead(self, i: int) -> None:
         try:
             if not self._closing and i not in self._fills and not os.path.exists(self._path(i)):
-                self._check_trusted()
-                self._ahead_to(i, need)
+                self.resolve(i)
         except Exception as e:  # noqa: BLE001 - a reader that needs the span gets the error
             log.debug("reading span %d of %s ahead failed: %s", i, self.digest, e)
         finally:
@@ -767,22 +748,6 @@ class ZtocLayer:
             hook = self.on_ahead_done
             if hook is not None:
                 hook()
-
-    def _ahead_to(self, i: int, need: int) -> None:
-        """Span ``i``'s first ``need`` bytes final in its temp file (or the span found in the
-        cache); the rest of it follows, urgently if that is all of it, else as spare work."""
-        path = self._path(i)
-        for _ in range(3):  # a fill may be committed (and evicted) under us
-            fill = self._fill_or_cached(i, path, 0, 0)
-            if not isinstance(fill, _Fill):
-                return
-            with fill.lock:
-                if fill.fd < 0 and fill.state == "filling":
-                    return  # kept for reads, not cached
-                if need < fill.size and fill.done == 0 and not fill.busy and not fill.scheduled:
-                    fill.spare = need  # nobody else has asked for any of it yet
-            if self._serve(fill, 0, need, read=False, spare=True) is not None:
-                return
 
     def fills_in_place(self, i: int) -> bool:
         """Whether :meth:`fill_to` can ever take span ``i`` (a gzip layer's span no bigger
@@ -892,18 +857,11 @@ class ZtocLayer:
         log.error("%s", msg)
         return SpanError(msg, logged=True)
 
-    def _serve(self, fill: _Fill, rel: int, length: int, read: bool = True,
-               spare: bool = False) -> bytes | None:
+    def _serve(self, fill: _Fill, rel: int, length: int, read: bool = True) -> bytes | None:
         """The bytes from the fill (waiting for, or else advancing, its inflate as far as
         needed), or None once it has been committed to the cache (read them there). Not
-        ``read``: b"" once they are in the temp file (the frontend reads them there). Not
-        ``spare`` (a reader's), reaching into the spare part: the rest becomes urgent."""
+        ``read``: b"" once they are in the temp file (the frontend reads them there)."""
         need = rel + length
-        if fill.spare and not spare and need > fill.spare:
-            with fill.lock:
-                queued, fill.spare = bool(fill.spare) and fill.scheduled, 0
-            if queued:  # its completion waits as SPARE: queue it again, urgent
-                self._fill_later(fill)
         while True:
             with fill.lock:
                 while True:
@@ -1051,8 +1009,7 @@ class ZtocLayer:
 
     def _fill_later(self, fill: _Fill) -> None:
         with self._filler_lock:
-            self._workers().submit((SPARE if fill.spare else 0, fill.i),
-                                   partial(self._complete, fill))
+            self._workers().submit((0, fill.i), partial(self._complete, fill))
 
     def _workers(self) -> _Workers:
         """(Under the filler lock.)"""
