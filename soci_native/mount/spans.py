@@ -175,6 +175,9 @@ class LayerStats:
     bytes_inflated: int = 0  # everything inflated, skipped bytes and repeats included
     span_bytes_inflated: int = 0  # distinct span bytes inflated (each counted once)
     spans_read_ahead: int = 0  # span fills queued ahead of a reader
+    # ... of which over (their bytes made final, or found needless; the budget freed and the
+    # frontend told): equal to spans_read_ahead once nothing is queued or filling ahead
+    spans_read_ahead_done: int = 0
     ztoc: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -201,6 +204,7 @@ class LayerStats:
                 "bytes_inflated": self.bytes_inflated,
                 "span_bytes_inflated": self.span_bytes_inflated,
                 "spans_read_ahead": self.spans_read_ahead,
+                "spans_read_ahead_done": self.spans_read_ahead_done,
                 # 1.0 when no span was inflated twice (issue: one inflate per span per mount)
                 "inflate_ratio": round(self.bytes_inflated / self.span_bytes_inflated, 4)
                 if self.span_bytes_inflated else None,
@@ -748,6 +752,7 @@ class ZtocLayer:
             hook = self.on_ahead_done
             if hook is not None:
                 hook()
+            self.stats.add(spans_read_ahead_done=1)  # (after the hook: the frontend knows)
 
     def fills_in_place(self, i: int) -> bool:
         """Whether :meth:`fill_to` can ever take span ``i`` (a gzip layer's span no bigger
