@@ -520,6 +520,20 @@ def test_spans_read_ahead_stay_within_a_quarter_of_the_cache(tmp_path: Path) -> 
         layer.close()
 
 
+def _reads_answered(front: _fuse.Frontend) -> int:
+    """FUSE reads of files whose handlers have returned (counted after the reply and
+    whatever the handler does after it)."""
+    return int(front.requests().get("read", (0, 0))[0])
+
+
+def _wait_reads_answered(front: _fuse.Frontend, n: int) -> None:
+    for _ in range(1200):  # a guard: a minute
+        if _reads_answered(front) >= n:
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"{_reads_answered(front)} of {n} reads answered after a minute")
+
+
 def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_ends(
         tmp_path: Path) -> None:
     """The real frontend over a one-file table, with spans 0 and 1 whole in a cache directory
@@ -564,7 +578,11 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
 
         def two_spans() -> None:  # in 32 KiB reads: sequential, into span 1
             _drop_pages(f)
+            before = _reads_answered(front)
             assert _read_in_steps(f, stop=2 * span) == b"\1" * span + b"\2" * span
+            # a read of cached spans is answered first, then the spans ahead are asked for:
+            # their asks are over once the four reads' handlers are
+            _wait_reads_answered(front, before + 4)
 
         two_spans()
         assert asked == [2, 3, 4, 5]  # four ahead of a sequential reader
