@@ -2,6 +2,7 @@
 #include "sha256_dual.h"
 
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,7 +124,10 @@ static int detect(void) {
 #endif
 
 int sn_sha256_native(void) {
-    static int v = -1;
+    /* atomic: parallel indexing jobs (Python threads) call this at once; every racer computes
+     * the same value, so a relaxed load/store is all it takes */
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
     if (v < 0) {
         const char *env = getenv("SOCI_NATIVE_SHA");
 #ifdef SN_SHA_X86
@@ -132,6 +136,7 @@ int sn_sha256_native(void) {
         (void)env;
         v = 0;
 #endif
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
     return v;
 }
