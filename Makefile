@@ -12,6 +12,9 @@
 #   make cross-aarch64  cross-build the C core and both extension modules for aarch64 (Debian's
 #                 gcc-aarch64-linux-gnu + arm64 libraries) and check them under qemu-aarch64
 #                 against the host build, byte for byte (see cross/aarch64.sh)
+#   make tsan     ThreadSanitizer over the C core's threads (tsan/run.sh): a C driver indexing
+#                 generated gzip layers (threaded/inline hashing, mapped reads, SIGBUS guard),
+#                 then the TSan-built modules under a subset of pytest (TSAN_PYTEST=0: driver only)
 #   make protos   regenerate soci_native/snapshotter/proto/*_pb2.py(i) from the .proto files
 #                 there (grpcio-tools; the generated modules are committed)
 #   make clean    remove build products (keeps .venv; `make distclean` removes it too)
@@ -29,7 +32,7 @@ PYTEST_ARGS  ?=
 BENCH_ARGS   ?=
 FUZZ_SECONDS ?= 30
 
-.PHONY: all venv build install run test lint bench fuzz cross-aarch64 protos clean distclean
+.PHONY: all venv build install run test lint bench fuzz cross-aarch64 tsan protos clean distclean
 
 all: install
 
@@ -93,6 +96,11 @@ fuzz:
 # side check that should not crowd out other work.
 cross-aarch64: venv
 	CROSS_PYTHON=$(abspath $(VPY)) nice -n 10 bash cross/aarch64.sh
+
+# Needs clang + libclang-rt-14-dev (driver) and gcc's libtsan (modules), and `make install`'s
+# .venv and zlib-ng build. Fails on any ThreadSanitizer report or failing test.
+tsan: install
+	bash tsan/run.sh
 
 PROTO_DIR := soci_native/snapshotter/proto
 protos: venv
