@@ -297,6 +297,8 @@ public:
         stats_ino_ = nodes_.size() + 1;
         ino_flags_ = std::make_unique<std::atomic<uint8_t>[]>(nodes_.size());
         for (size_t i = 0; i < nodes_.size(); i++) ino_flags_[i] = 0;
+        lookups_ = std::make_unique<std::atomic<uint64_t>[]>(nodes_.size());
+        for (size_t i = 0; i < nodes_.size(); i++) lookups_[i] = 0;
     }
 
     uint64_t stats_dir_ino() const { return stats_dir_; }
@@ -713,7 +715,35 @@ private:
             return;
         }
         e.ino = ino;  // 0: a negative entry, cached for entry_timeout
-        fuse_reply_entry(req, &e);
+        looked_up(ino, 1);  // before the reply: its FORGET may come at once
+        if (fuse_reply_entry(req, &e) != 0) forgot(ino, 1);  // interrupted: the kernel took none
+    }
+
+    // The kernel's lookup count of each inode of ours: one per entry it took from a LOOKUP or
+    // READDIRPLUS reply, less those its FORGETs give back (it forgets an inode it evicts, e.g.
+    // on memory pressure or drop_caches). The pusher skips an inode at 0: the kernel has no
+    // inode to store pages into, and the store would fail (printed by libfuse, on the splice
+    // path, as "fuse: splice from pipe: No such file or directory").
+    void looked_up(uint64_t ino, uint64_t n) {
+        if (ino && ino < nodes_.size()) lookups_[ino].fetch_add(n, std::memory_order_relaxed);
+    }
+    void forgot(uint64_t ino, uint64_t n) {
+        if (!ino || ino >= nodes_.size()) return;
+        uint64_t have = lookups_[ino].load(std::memory_order_relaxed);  // never below 0
+        while (!lookups_[ino].compare_exchange_weak(have, have - std::min(have, n), std::memory_order_relaxed)) {
+        }
+    }
+    bool known(uint64_t ino) const { return lookups_[ino].load(std::memory_order_relaxed) != 0; }
+
+    static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+        self(req)->forgot(ino, nlookup);
+        fuse_reply_none(req);
+    }
+
+    static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+        Frontend *fs = self(req);
+        for (size_t k = 0; k < count; k++) fs->forgot(forgets[k].ino, forgets[k].nlookup);
+        fuse_reply_none(req);
     }
 
     // The child named ``name`` of directory ``d`` (0 if none).
@@ -790,6 +820,8 @@ private:
         if (buf.size() < size) buf.resize(size);
         size_t pos = 0;
         std::string name;
+        thread_local std::vector<uint64_t> entered;  // the inodes this reply hands the kernel
+        entered.clear();
         // Entry k (0 ".", 1 "..", 2+i child i) carries k + 1 as its offset: the next request
         // resumes there.
         for (uint64_t k = off < 0 ? 0 : static_cast<uint64_t>(off); k < count + 2; k++) {
@@ -827,8 +859,13 @@ private:
             }
             if (got > size - pos) break;
             pos += got;
+            if (plus && e.ino) {
+                looked_up(e.ino, 1);  // before the reply, as in entry()
+                entered.push_back(e.ino);
+            }
         }
-        fuse_reply_buf(req, buf.data(), pos);
+        if (fuse_reply_buf(req, buf.data(), pos) != 0)
+            for (uint64_t child : entered) forgot(child, 1);
         // An empty reply past "." and ".." (the end of the listing) answers a request the kernel
         // made once it had made the inodes of the entries our earlier replies carried (it
         // parses a reply before it asks again): their pages can go in now.
@@ -1236,6 +1273,10 @@ private:
         uint64_t cost = pages_of(x.size);
         if (!S_ISREG(x.mode) || !x.size || x.size > push_max_file_ || cost > budget || (x.flags & FLAG_SPARSE)) return Push::NO;
         if (ino_flags_[ino].load(std::memory_order_relaxed) & (I_PUSHED | I_READ)) return Push::NO;  // cheap: first
+        if (!known(ino)) {  // never looked up (a span's other files), or forgotten since
+            push_unknown_.fetch_add(1, std::memory_order_relaxed);
+            return Push::NO;
+        }
         SpanTable *t = spans_[static_cast<size_t>(x.layer)].get();
         if (!t || !t->trusted.load(std::memory_order_acquire) || !all_cached(*t, x.offset, x.size)) return Push::NO;
         if (pushed_pages_.load(std::memory_order_relaxed) + cost > push_max_mount_) return Push::NO;
@@ -1262,9 +1303,11 @@ private:
             {
                 std::shared_lock<std::shared_mutex> g(se_mu_);
                 if (!se_ || push_stop_) return Push::STOP;
-                // ENOENT: the kernel has no inode for it (never looked up, or forgotten since)
-                if (fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0)) != 0)
+                // ENOENT: the kernel forgot the inode after known() (its FORGET not read yet)
+                if (fuse_lowlevel_notify_store(se_, ino, static_cast<off_t>(off), &bv, fuse_buf_copy_flags(0)) != 0) {
+                    push_failed_.fetch_add(1, std::memory_order_relaxed);
                     return Push::NO;
+                }
             }
             uint64_t pages = pages_of(n);
             budget -= std::min(budget, pages);
@@ -1434,6 +1477,8 @@ private:
         fuse_lowlevel_ops o;
         std::memset(&o, 0, sizeof o);
         o.init = op_init;
+        o.forget = op_forget;
+        o.forget_multi = op_forget_multi;
         o.lookup = Counted<R_LOOKUP, op_lookup>::call;
         o.getattr = Counted<R_GETATTR, op_getattr>::call;
         o.readlink = Counted<R_READLINK, op_readlink>::call;
@@ -1472,6 +1517,7 @@ private:
     std::condition_variable push_cv_;
     std::deque<PushJob> push_q_;
     std::unique_ptr<std::atomic<uint8_t>[]> ino_flags_;  // I_PUSHED, I_READ per inode
+    std::unique_ptr<std::atomic<uint64_t>[]> lookups_;  // the kernel's lookup count per inode
     std::atomic<bool> push_stop_{false};
     std::atomic<uint64_t> pushed_pages_{0};  // the pages' bytes pushed_bytes_ took: the mount cap
     bool push_done_ = false;
@@ -1480,6 +1526,8 @@ private:
 
 public:
     std::atomic<uint64_t> pushed_files_{0}, pushed_bytes_{0};  // read by the pushed_* properties
+    // Files the pusher skipped as the kernel had no inode for them, and stores it refused.
+    std::atomic<uint64_t> push_unknown_{0}, push_failed_{0};
     // The pusher's jobs (listings and spans) taken into its queue, and those it has finished.
     std::atomic<uint64_t> push_jobs_queued_{0}, push_jobs_done_{0};
     std::atomic<uint64_t> py_fill_{0}, py_read_ahead_{0};  // calls of ops.fill and ops.read_ahead
@@ -1521,6 +1569,12 @@ NB_MODULE(_fuse, m) {
              nb::arg("max_mount"))
         .def_prop_ro("pushed_files", [](const Frontend &f) { return f.pushed_files_.load(); })
         .def_prop_ro("pushed_bytes", [](const Frontend &f) { return f.pushed_bytes_.load(); })
+        .def_prop_ro("push_skipped", [](const Frontend &f) {
+            nb::dict d;
+            d["unknown"] = f.push_unknown_.load(std::memory_order_relaxed);
+            d["failed"] = f.push_failed_.load(std::memory_order_relaxed);
+            return d;
+        })
         .def_prop_ro("push_jobs", [](const Frontend &f) {
             uint64_t done = f.push_jobs_done_.load(std::memory_order_acquire);  // before queued: done <= queued
             return nb::make_tuple(f.push_jobs_queued_.load(std::memory_order_relaxed), done);

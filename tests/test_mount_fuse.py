@@ -977,6 +977,55 @@ def test_a_read_span_s_other_files_are_pushed_into_the_page_cache(
     assert s["totals"]["errors"] == 0 and s["totals"]["spans_fetched"] == 0
 
 
+SPLICE_ENOENT = "splice from pipe: No such file or directory"  # libfuse's perror of a failed store
+
+
+def _drop_kernel_inodes() -> None:
+    """Has the kernel evict the unused dentries and inodes (drop_caches 2, root only): it
+    FORGETs the mount's inodes no one holds."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping the kernel's inodes needs root")
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+
+
+def test_pushes_skip_files_the_kernel_has_no_inode_for(
+        mount: Mount, img: mi.Image, store: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The other files of a span read here are pushed only if the kernel has an inode for
+    them (the frontend counts LOOKUP and READDIRPLUS entries less FORGETs): a file never
+    looked up, or forgotten since (drop_caches), is skipped and counted, not stored into
+    (which failed, and libfuse printed a line per store to the mount's log). Their bytes are
+    still the image's."""
+    cache = tmp_path / "warm"
+    tree = PUSH_TREE
+    files = _warm_cache(mount, img, store, cache, tree)
+    big = [rel for rel in files if (img.ref / tree / rel).stat().st_size >= 2 * 4096]
+    assert len(big) >= 2  # stores of two pages or more splice from the span file
+    mp = mount("--cache-dir", str(cache))
+    log = Path(mi.stats(mp)["log_file"])
+    # only this file is looked up: the other files of its spans are unknown to the kernel
+    assert (mp / tree / big[0]).read_bytes() == (img.ref / tree / big[0]).read_bytes()
+    s = _settled_pushes(mp)
+    assert s["push_skipped"]["unknown"] >= 1 and s["push_skipped"]["failed"] == 0
+    assert SPLICE_ENOENT not in log.read_text()
+
+    # known, then forgotten: a later span push skips them too
+    mp = mount("--cache-dir", str(cache))
+    log = Path(mi.stats(mp)["log_file"])
+    for rel in files:
+        os.stat(mp / tree / rel)
+    _drop_kernel_inodes()
+    threading.Event().wait(0.5)  # the FORGETs read (they go before other requests)
+    assert (mp / tree / big[0]).read_bytes() == (img.ref / tree / big[0]).read_bytes()
+    s = _settled_pushes(mp)
+    assert s["push_skipped"]["unknown"] >= 1 and s["push_skipped"]["failed"] == 0
+    assert SPLICE_ENOENT not in log.read_text()
+    for rel in files:
+        assert (mp / tree / rel).read_bytes() == (img.ref / tree / rel).read_bytes(), rel
+    s = mi.stats(mp)
+    assert s["totals"]["errors"] == 0 and s["totals"]["spans_fetched"] == 0
+
+
 @pytest.mark.parametrize("tree,min_size", [(PUSH_TREE, 0), ("data", 4096)])
 def test_a_listed_directory_s_files_are_pushed_into_the_page_cache_right(
         mount: Mount, img: mi.Image, store: Path, tmp_path: Path,  # noqa: F811

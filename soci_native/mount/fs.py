@@ -37,6 +37,9 @@ Once a directory's listing is done, its files, and when C first serves a read fr
 the other files wholly inside that span, are put into the kernel's page cache
 (``fuse_lowlevel_notify_store``, on a thread of its own; counted as ``pushed_files`` and
 ``pushed_bytes``): a walk over a warm span cache then reads them with no FUSE round trip.
+Only files the kernel has an inode for are pushed (the frontend keeps the kernel's lookup
+count per inode from its LOOKUP and READDIRPLUS replies and the FORGETs); the others are
+counted in ``push_skipped`` (``unknown``; ``failed``: stores the kernel refused anyway).
 Only files whose spans are all whole and verified in the cache are pushed, up to
 ``push_max`` bytes each (``--page-cache-push``), twice that per listing and the cache size
 per mount (caps counted in the pages the files take); nothing more is fetched. ``requests``
@@ -122,6 +125,9 @@ class SociFS:
         mounted.extra["pushed_files"] = 0  # put into the page cache before anyone read them
         mounted.extra["pushed_bytes"] = 0
         mounted.extra["push_jobs"] = {"queued": 0, "done": 0}  # the pusher's listings and spans
+        # files the pusher left out as the kernel had no inode for them (never looked up, or
+        # forgotten: evicted), and stores the kernel refused all the same
+        mounted.extra["push_skipped"] = {"unknown": 0, "failed": 0}
         mounted.extra["python_calls"] = {"fill": 0, "read_ahead": 0}  # calls from C (GIL trips)
         mounted.extra["requests"] = {}  # FUSE requests served, per kind: count, time answering
 
@@ -244,6 +250,7 @@ class SociFS:
             self.m.extra["pushed_bytes"] = self.front.pushed_bytes
             queued, done = self.front.push_jobs
             self.m.extra["push_jobs"] = {"queued": queued, "done": done}
+            self.m.extra["push_skipped"] = self.front.push_skipped
             self.m.extra["python_calls"] = self.front.python_calls
             self.m.extra["requests"] = {
                 kind: {"count": n, "us": ns // 1000}
