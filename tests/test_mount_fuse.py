@@ -5,11 +5,13 @@ was evicted, and many concurrent readers get the bytes `umoci unpack` has."""
 # ruff: noqa: F811 (the fixtures imported from test_mount are parameters here)
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import threading
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,27 @@ from soci_native.mount.tree import Entry
 FIELDS, DIR_FIELDS = _fuse.FIELDS, _fuse.DIR_FIELDS
 KIND, PERM, NLINK, SIZE, LAYER, OFFSET = 1, 2, 3, 6, 9, 10  # row columns after the inode
 PARENT, START, COUNT = 1, 2, 3  # dir row columns after the inode
+
+
+@contextlib.contextmanager
+def _served(front: _fuse.Frontend, mp: Path) -> Iterator[Path]:
+    """`front` served at `mp` on a thread (up to 4 FUSE worker threads) until the block ends;
+    fails at once if it is not mounted within 5 s, and always unmounts."""
+    mp.mkdir()
+    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
+                         daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if mi.is_mounted(mp):
+                break
+            threading.Event().wait(0.05)
+        assert mi.is_mounted(mp), f"the frontend did not mount {mp} in 5 s"
+        yield mp
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+        t.join(10)
+        mi.force_unmount(mp)
 
 
 # ------------------------------------------------------------------------- the inode table
@@ -564,16 +587,7 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         p = tmp_path / f"span{i}"
         p.write_bytes(bytes([i + 1]) * span)
         front.span_cached(0, i, str(p))
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
-                         daemon=True)
-    t.start()
-    try:
-        for _ in range(100):
-            if mi.is_mounted(mp):
-                break
-            threading.Event().wait(0.05)
+    with _served(front, tmp_path / "mnt") as mp:
         f = mp / "f"
 
         def two_spans() -> None:  # in 32 KiB reads: sequential, into span 1
@@ -592,10 +606,6 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
         front.ahead_done(0)  # a fill ahead ended: the budget may have room
         two_spans()
         assert asked == [2, 3, 4, 5, 3, 4, 5]
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
-        t.join(10)
-        mi.force_unmount(mp)
 
 
 def _tail_layer(tmp_path: Path, files: int) -> tuple[Any, Path, list[Any]]:
@@ -741,43 +751,32 @@ def test_a_read_past_what_a_fill_ahead_reached_is_served_at_once(tmp_path: Path)
     layer.on_filling = partial(front.span_filling, 0)
     done = threading.Semaphore(0)
     layer.on_ahead_done = done.release
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
-                         daemon=True)
-    t.start()
     try:
-        for _ in range(100):
-            if mi.is_mounted(mp):
-                break
-            threading.Event().wait(0.05)
-        assert layer.read_ahead(n - 1)
-        assert reader.entered.wait(30)  # one worker is held in that fill
-        for _a, k, _b in pairs:
-            assert layer.read_ahead(k)
-            assert done.acquire(timeout=30)
-        stream = gzip.decompress(blob.read_bytes())
-        took = 0.0
-        for _a, k, b in pairs:
-            fd = os.open(mp / b.name, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees exactly this read
-                t0 = time.monotonic()
-                got = os.pread(fd, 4096, 0)
-                took += time.monotonic() - t0
-            finally:
-                os.close(fd)
-            assert got == stream[b.offset_data:b.offset_data + 4096]
-            assert os.path.exists(layer._path(k))  # committed, with the worker still held
-        assert took < 0.5, took  # a generous guard: before, at least 5 x 200 ms
-        reader.gate.set()
-        layer.drain()
-        assert st.errors == 0
+        with _served(front, tmp_path / "mnt") as mp:
+            assert layer.read_ahead(n - 1)
+            assert reader.entered.wait(30)  # one worker is held in that fill
+            for _a, k, _b in pairs:
+                assert layer.read_ahead(k)
+                assert done.acquire(timeout=30)
+            stream = gzip.decompress(blob.read_bytes())
+            took = 0.0
+            for _a, k, b in pairs:
+                fd = os.open(mp / b.name, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # FUSE sees exactly this read
+                    t0 = time.monotonic()
+                    got = os.pread(fd, 4096, 0)
+                    took += time.monotonic() - t0
+                finally:
+                    os.close(fd)
+                assert got == stream[b.offset_data:b.offset_data + 4096]
+                assert os.path.exists(layer._path(k))  # committed, with the worker still held
+            assert took < 0.5, took  # a generous guard: before, at least 5 x 200 ms
+            reader.gate.set()
+            layer.drain()
+            assert st.errors == 0
     finally:
-        reader.gate.set()
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
-        t.join(10)
-        mi.force_unmount(mp)
+        reader.gate.set()  # (after the unmount: no request waits on it)
         layer.close()
 
 
@@ -806,16 +805,7 @@ def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: P
 
     front = _fuse.Frontend(*tree.table, 1, 8 * span, Ops())
     front.set_spans(0, array("q", [k * span for k in range(9)]).tobytes())
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    t = threading.Thread(target=front.serve, args=(str(mp), "ro,fsname=t", False, False, 2, 4),
-                         daemon=True)
-    t.start()
-    try:
-        for _ in range(100):
-            if mi.is_mounted(mp):
-                break
-            threading.Event().wait(0.05)
+    with _served(front, tmp_path / "mnt") as mp:
         from soci_native.mount.fs import tune_read_ahead
         assert tune_read_ahead(str(mp))  # 1 MiB requests, as a mount has them
         fd = os.open(mp / "f", os.O_RDONLY)
@@ -840,10 +830,6 @@ def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: P
             assert asked == []  # spans 1..6 were all asked for once already
         finally:
             os.close(fd)
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
-        t.join(10)
-        mi.force_unmount(mp)
 
 
 def test_span_workers_run_a_waited_on_span_before_the_ones_ahead() -> None:
