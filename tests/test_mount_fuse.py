@@ -11,7 +11,7 @@ import random
 import subprocess
 import threading
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,28 @@ def _served(front: _fuse.Frontend, mp: Path) -> Iterator[Path]:
         subprocess.run(["fusermount3", "-u", str(mp)], check=False)
         t.join(10)
         mi.force_unmount(mp)
+
+
+class _AskedOps:
+    """An ops object for the frontend alone: records each span it is asked to read ahead and
+    takes those `take` accepts; fills nothing (-1: every read goes to `read`), reads zeros."""
+
+    def __init__(self, take: Callable[[int], bool]) -> None:
+        self.asked: list[int] = []
+        self._take = take
+
+    def init(self) -> None:
+        pass
+
+    def read_ahead(self, layer: int, i: int) -> bool:
+        self.asked.append(i)
+        return self._take(i)
+
+    def fill(self, layer: int, i: int, need: int) -> int:
+        return -1
+
+    def read(self, ino: int, offset: int, length: int) -> bytes:
+        return bytes(length)
 
 
 # ------------------------------------------------------------------------- the inode table
@@ -565,23 +587,10 @@ def test_a_read_ahead_the_budget_refused_is_asked_again_only_after_a_fill_ahead_
     trip through the GIL), however many come, until ahead_done says a fill ahead ended."""
     span = 1 << 16
     tree = c_tree([[Entry("f", "reg", 0, 8 * span, mode=0o644)]])
-    asked: list[int] = []
-
-    class Ops:
-        def init(self) -> None:
-            pass
-
-        def read_ahead(self, layer: int, i: int) -> bool:
-            asked.append(i)
-            return i == 2  # the first one ahead is taken, the budget turns the others away
-
-        def fill(self, layer: int, i: int, need: int) -> int:
-            return -1
-
-        def read(self, ino: int, offset: int, length: int) -> bytes:
-            return bytes(length)
-
-    front = _fuse.Frontend(*tree.table, 1, 8 * span, Ops())
+    # the first span ahead is taken, the budget turns the others away
+    ops = _AskedOps(lambda i: i == 2)
+    asked = ops.asked
+    front = _fuse.Frontend(*tree.table, 1, 8 * span, ops)
     front.set_spans(0, array("q", [k * span for k in range(9)]).tobytes())
     for i in (0, 1):
         p = tmp_path / f"span{i}"
@@ -787,23 +796,9 @@ def test_a_stream_from_a_file_start_is_read_ahead_at_its_second_read(tmp_path: P
     span = 1 << 20
     size = 6 * span + span // 2
     tree = c_tree([[Entry("f", "reg", 0, size, mode=0o644)]])
-    asked: list[int] = []
-
-    class Ops:
-        def init(self) -> None:
-            pass
-
-        def read_ahead(self, layer: int, i: int) -> bool:
-            asked.append(i)
-            return True
-
-        def fill(self, layer: int, i: int, need: int) -> int:
-            return -1  # served by read
-
-        def read(self, ino: int, offset: int, length: int) -> bytes:
-            return bytes(length)
-
-    front = _fuse.Frontend(*tree.table, 1, 8 * span, Ops())
+    ops = _AskedOps(lambda i: True)
+    asked = ops.asked
+    front = _fuse.Frontend(*tree.table, 1, 8 * span, ops)
     front.set_spans(0, array("q", [k * span for k in range(9)]).tobytes())
     with _served(front, tmp_path / "mnt") as mp:
         from soci_native.mount.fs import tune_read_ahead
