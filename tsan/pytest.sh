@@ -58,7 +58,15 @@ rc=0
     TSAN_OPTIONS="suppressions=$ROOT/tsan/python.supp:exitcode=66:halt_on_error=0:report_signal_unsafe=0:log_path=$OUT/logs/race:history_size=4" \
     "$OUT/venv/bin/python" -m pytest -q -p no:cacheprovider -x "${TESTS_A[@]}") > "$log" 2>&1 || rc=$?
 tail -n 5 "$log" >&2
-reports=$(cat "$OUT"/logs/race.* 2>/dev/null | grep -c 'WARNING: ThreadSanitizer' || true)
+# The tests' oracles that are Go programs (umoci, skopeo, the registry, containerd's tools)
+# inherit the preload too; their cgo calls, ordered by the Go runtime that TSan cannot see,
+# report races that are not ours (seen: umoci's getgrgid_r against a free on another Go
+# thread). A report counts unless its summary names one of those programs.
+GO_TOOLS='\((/[^ ()]*/)?(umoci|skopeo|docker-registry|containerd|ctr|ctr-remote|runc)\+0x'
+summaries=$(cat "$OUT"/logs/race.* 2>/dev/null | grep 'SUMMARY: ThreadSanitizer' || true)
+theirs=$(printf "%s" "$summaries" | grep -c -E "$GO_TOOLS" || true)
+reports=$(printf "%s" "$summaries" | grep -v -c -E "$GO_TOOLS" || true)
+[ "$theirs" -eq 0 ] || echo "tsan: $theirs report(s) from the Go tools the tests run, not counted" >&2
 if [ "$reports" -gt 0 ]; then
     cat "$OUT"/logs/race.* | head -n 120 >&2
     die "$reports ThreadSanitizer report(s) (build/tsan/logs/race.*)"
