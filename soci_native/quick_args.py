@@ -7,12 +7,11 @@ an option) is :class:`~soci_native.catalog.Unsure`: the caller leaves it to clic
 
 from __future__ import annotations
 
-import os
 import sys
 
 from soci_native import quick_io
 from soci_native.catalog import Unsure
-from soci_native.rootopt import dir_ok, env_root, xdg_dir
+from soci_native.rootopt import data_root, dir_ok, env_root
 
 TYPE_CHECKING = False  # not typing's: see pathwalk.py
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ class Args:
             raise Unsure("--root")
         if given:
             return given[-1]
-        return os.path.join(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")), PROG)
+        return data_root()
 
 
 def fast_path(main: Callable[[list[str]], bool]) -> Callable[[list[str]], bool]:

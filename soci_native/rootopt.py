@@ -38,3 +38,9 @@ def xdg_dir(var: str, fallback: str) -> str:
     when $HOME is, "~" itself when there is none)."""
     base = os.environ.get(var, "")
     return base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), fallback)
+
+
+def data_root() -> str:
+    """The store's default place: $XDG_DATA_HOME/soci-native, else
+    ~/.local/share/soci-native ("~" left in when there is no home, for the caller to refuse)."""
+    return os.path.join(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")), "soci-native")

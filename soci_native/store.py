@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
-from soci_native.rootopt import env_root, xdg_dir
+from soci_native.rootopt import data_root, env_root
 
 if TYPE_CHECKING:
     import mmap
@@ -112,8 +112,7 @@ def default_root() -> Path:
     env = env_root()
     if env:
         return Path(env).expanduser()
-    data = Path(xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share")))
-    return data.expanduser() / "soci-native"  # no home to be found: RuntimeError, as Path.home()
+    return Path(data_root()).expanduser()  # no home to be found: RuntimeError, as Path.home()
 
 
 def utc_now() -> str:
