@@ -128,9 +128,7 @@ span_hasher *sh_new(int threaded, sn_err *err) {
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->work, NULL);
     pthread_cond_init(&h->done, NULL);
-    /* no thread (e.g. a limit on threads): hash inline, same results */
-    h->threaded = threaded && pthread_create(&h->thread, NULL, run, h) == 0;
-    h->started = h->threaded;
+    if (threaded) sh_go_threaded(h); /* no thread (a limit on threads): inline, same results */
     return h;
 }
 
