@@ -317,9 +317,11 @@ int sn_indexer_finish(sn_indexer *ix, sn_err *err) {
 
 /* Between chunks: an inline gzip hasher whose indexer was given a pool moves to a thread of
  * its own once the pool has a core (another job ran out of layers, so a core idles while
- * this layer's rest would hash on the inflating one). `left`: input still to come, or
- * UINT64_MAX when not known. Everything fed so far is hashed (inline), so it starts clean. */
-static void maybe_hash_thread(sn_indexer *ix, uint64_t left) {
+ * this layer's rest would hash on the inflating one). `size`: the input's size (UINT64_MAX
+ * when not known), `fed`: how much of it was fed (a file grown past its size: none left).
+ * Everything fed so far is hashed (inline), so it starts clean. */
+static void maybe_hash_thread(sn_indexer *ix, uint64_t size, uint64_t fed) {
+    uint64_t left = size > fed ? size - fed : 0;
     if (!ix->spare || !ix->hash || ix->mode != SN_MODE_GZIP || sh_threaded(ix->hash) || left < UPGRADE_MIN)
         return;
     if (!cores_take(ix->spare)) return;
@@ -403,7 +405,7 @@ static int feed_mapped(sn_indexer *ix, int fd, const char *path, size_t size, fi
                 rc = sn_indexer_sync_to(ix, ends[k], err);
                 sn_release_range(m + off - FILE_BUFS * FILE_CHUNK, m + off - (FILE_BUFS - 1) * FILE_CHUNK);
             }
-            if (!rc) maybe_hash_thread(ix, size - off);
+            if (!rc) maybe_hash_thread(ix, size, off);
             if (!rc) rc = feed_nosync(ix, m + off, n, err);
             ends[k] = ix->totin;
             rc = cut_after_chunk(ix, cut, off, n, size, rc, err);
@@ -437,7 +439,7 @@ static int feed_read(sn_indexer *ix, int fd, const char *path, uint64_t size, sn
             rc = sn_fail(err, SN_EIO, "read error on %s", path);
         }
         if (rc || got == 0) break;
-        maybe_hash_thread(ix, size == UINT64_MAX ? size : size > fed ? size - fed : 0); /* grown: 0 */
+        maybe_hash_thread(ix, size, fed);
         fed += (uint64_t)got;
         rc = feed_nosync(ix, bufs[k], (size_t)got, err);
         ends[k] = ix->totin;
