@@ -150,7 +150,7 @@ class Setup:
         p = subprocess.run([*self.cli, "umount", str(self.mp)], env=self.env,
                            capture_output=True)
         if p.returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
+            mnt_image.force_unmount(self.mp)
 
     @contextlib.contextmanager
     def soci(self, fresh_cache: bool, *opts: str) -> Iterator[Path]:
@@ -308,7 +308,7 @@ class FloorFS:
         """Yields how many inodes the kernel holds with the N more listed."""
         with self._run(["--synthetic", str(n), str(self.syn)], self.syn):
             files_under(self.syn)
-            yield int(Path("/proc/sys/fs/inode-nr").read_text().split()[0])
+            yield cached_inodes()
 
     @contextlib.contextmanager
     def _run(self, args: list[str], mp: Path) -> Iterator[Path]:
@@ -334,15 +334,20 @@ class FloorFS:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+                mnt_image.force_unmount(mp)
 
+
+
+def cached_inodes() -> int:
+    """How many inodes the kernel holds (the first field of /proc/sys/fs/inode-nr)."""
+    return int(Path("/proc/sys/fs/inode-nr").read_text().split()[0])
 
 def inode_hash_load() -> str:
     """The kernel's cached inodes over its inode hash buckets (from the boot log; '' when it
     cannot be read): each inode a fresh mount makes walks a chain of that length twice
     (iget5_locked's lookup, then its insert) and so does each new dentry's d_lookup."""
     try:
-        cached = int(Path("/proc/sys/fs/inode-nr").read_text().split()[0])
+        cached = cached_inodes()
         log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, ValueError, subprocess.SubprocessError):
         return ""
@@ -400,7 +405,7 @@ def run_warm_tree(layout: Path, repeat: int, tmp: str | None, inode_load: int = 
                         readdir_list.append(list_tree(root / tree))
                 if name == "floor" and inode_load:
                     loaded["inodes_before"].append(
-                        int(Path("/proc/sys/fs/inode-nr").read_text().split()[0]))
+                        cached_inodes())
                     with floor.synthetic(inode_load) as held, mounts[1]() as root:
                         loaded["list"].append(list_tree(root / tree))
                         loaded["inodes"].append(held)
