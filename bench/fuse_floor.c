@@ -58,7 +58,8 @@ static void *xrealloc(void *p, size_t n) {
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static uint64_t load(const char *path, const char *name, uint64_t parent) {
+// A new node of its own: the table grows by doubling (nodes may move).
+static uint64_t add_node(const char *name, uint64_t parent, mode_t mode) {
     if (nnodes == cap) {
         cap = cap ? cap * 2 : 1024;
         nodes = xrealloc(nodes, cap * sizeof *nodes);
@@ -67,8 +68,17 @@ static uint64_t load(const char *path, const char *name, uint64_t parent) {
     struct node *x = &nodes[ino];
     memset(x, 0, sizeof *x);
     x->name = strdup(name);
-    x->path = strdup(path);
     x->parent = parent;
+    x->st.st_ino = ino;
+    x->st.st_mode = mode;
+    x->st.st_nlink = 1;
+    return ino;
+}
+
+static uint64_t load(const char *path, const char *name, uint64_t parent) {
+    uint64_t ino = add_node(name, parent, 0);
+    struct node *x = &nodes[ino];
+    x->path = strdup(path);
     if (lstat(path, &x->st) != 0) {
         perror(path);
         exit(1);
@@ -111,22 +121,6 @@ static uint64_t load(const char *path, const char *name, uint64_t parent) {
 
 // --synthetic: N empty files in directories of 1000 under the root, no source: a mount whose
 // listing gives the kernel N more cached inodes (and dentries) for as long as it stays.
-static uint64_t add_node(const char *name, uint64_t parent, mode_t mode) {
-    if (nnodes == cap) {
-        cap *= 2;
-        nodes = xrealloc(nodes, cap * sizeof *nodes);
-    }
-    uint64_t ino = nnodes++;
-    struct node *x = &nodes[ino];
-    memset(x, 0, sizeof *x);
-    x->name = strdup(name);
-    x->parent = parent;
-    x->st.st_ino = ino;
-    x->st.st_mode = mode;
-    x->st.st_nlink = 1;
-    return ino;
-}
-
 static void synthesize(size_t n) {
     uint64_t root = add_node("", 0, S_IFDIR | 0755);
     size_t ndirs = (n + 999) / 1000;
