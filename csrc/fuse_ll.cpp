@@ -159,14 +159,14 @@ struct SpanTable {
     uint64_t stream_ino = 0, stream_front = 0;
     size_t stream_reads = 0;
     size_t spans() const { return starts.size() - 1; }
-    // How many span starts (and the end) are at or before pos: the span holding pos is one
-    // less; 0 if pos lies before the first span, spans() + 1 if it is at or past the end.
     // Span i's file is gone from the cache: reads of it go to Python again, and it may be
     // asked to be filled ahead again.
     void forget(size_t i) {
         cached[i].store(0, std::memory_order_release);
         hinted[i].store(0, std::memory_order_release);
     }
+    // How many span starts (and the end) are at or before pos: the span holding pos is one
+    // less; 0 if pos lies before the first span, spans() + 1 if it is at or past the end.
     size_t bound(uint64_t pos) const {
         return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), pos) - starts.begin());
     }
