@@ -46,32 +46,9 @@ printf '#include <stdint.h>\n#include <stddef.h>\nint LLVMFuzzerTestOneInput(con
      Debian/Ubuntu: apt-get install clang libclang-rt-14-dev (the libclang-rt-<clang major>-dev package)"
 
 # --- zlib-ng (native API) from the main CMake build --------------------------------------
-find_zlibng() {
-    ZLIB_A=""
-    local a
-    # newest build tree first (build/<wheel tag>/_deps/zlib-ng-build/libz-ng.a)
-    for a in $(ls -t "$ROOT"/build/*/_deps/zlib-ng-build/libz-ng.a 2>/dev/null); do
-        if [ -f "$(dirname "$a")/zlib-ng.h" ]; then ZLIB_A="$a"; return 0; fi
-    done
-    return 1
-}
-if ! find_zlibng; then
-    if [ "${FUZZ_NO_INSTALL:-0}" != 1 ]; then
-        echo "fuzz: no zlib-ng build under build/*/_deps/zlib-ng-build; running 'make install' to get one" >&2
-        make -C "$ROOT" install PIP_INSTALL_FLAGS= >&2 || die "'make install' failed"
-    fi
-fi
-if find_zlibng; then
-    ZLIB_CFLAGS=(-I "$(dirname "$ZLIB_A")")
-    ZLIB_LIBS=("$ZLIB_A")
-elif pkg-config --exists zlib-ng 2>/dev/null; then
-    # the main build used a system zlib-ng (its CMake package); use it the same way
-    read -r -a ZLIB_CFLAGS <<< "$(pkg-config --cflags zlib-ng)"
-    read -r -a ZLIB_LIBS <<< "$(pkg-config --libs zlib-ng)"
-else
-    die "no zlib-ng to link: expected build/<tag>/_deps/zlib-ng-build/libz-ng.a and zlib-ng.h from the
-     main CMake build ('make install' or 'pip install .'), or a system zlib-ng with pkg-config."
-fi
+# shellcheck source=fuzz/zlibng.sh
+. "$ROOT/fuzz/zlibng.sh"
+zlibng_flags fuzz "${FUZZ_NO_INSTALL:-0}"
 
 # --- build -------------------------------------------------------------------------------
 CFLAGS=(-g -O1 -std=c11 -fno-omit-frame-pointer -DZLIBNG_NATIVE_API -I "$ROOT/csrc" "${ZLIB_CFLAGS[@]}"

@@ -21,21 +21,16 @@ die() { echo "tsan: $*" >&2; exit 2; }
 command -v "$CC" >/dev/null 2>&1 || die "'$CC' not found. Debian/Ubuntu: apt-get install clang libclang-rt-14-dev"
 mkdir -p "$OUT/obj" "$OUT/logs"
 
-# --- zlib-ng from the main CMake build (as fuzz/run.sh finds it) -------------------------
-ZLIB_A=""
-for a in $(ls -t "$ROOT"/build/*/_deps/zlib-ng-build/libz-ng.a 2>/dev/null); do
-    if [ -f "$(dirname "$a")/zlib-ng.h" ]; then ZLIB_A="$a"; break; fi
-done
-if [ -z "$ZLIB_A" ]; then
-    make -C "$ROOT" install PIP_INSTALL_FLAGS= >&2 || die "'make install' failed"
-    ZLIB_A="$(ls -t "$ROOT"/build/*/_deps/zlib-ng-build/libz-ng.a | head -n 1)"
-fi
+# --- zlib-ng from the main CMake build (or the system's), as fuzz/run.sh takes it -------
+# shellcheck source=fuzz/zlibng.sh
+. "$ROOT/fuzz/zlibng.sh"
+zlibng_flags tsan 0
 
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1:history_size=4}"
 
 # --- 1. the C driver ---------------------------------------------------------------------
 CFLAGS=(-g -O1 -std=c11 -fno-omit-frame-pointer -fsanitize=thread -DZLIBNG_NATIVE_API
-        -I "$ROOT/csrc" -I "$(dirname "$ZLIB_A")" -Wall -Wextra)
+        -I "$ROOT/csrc" "${ZLIB_CFLAGS[@]}" -Wall -Wextra)
 objs=()
 for src in "$ROOT"/csrc/*.c; do # the core, and fuzz_index.c for its oracles
     case "$(basename "$src")" in fuzz_index.c) ;; fuzz_*) continue ;; esac
@@ -43,7 +38,7 @@ for src in "$ROOT"/csrc/*.c; do # the core, and fuzz_index.c for its oracles
     "$CC" "${CFLAGS[@]}" -c "$src" -o "$obj" || die "compiling $src failed"
     objs+=("$obj")
 done
-"$CC" "${CFLAGS[@]}" "$ROOT/tsan/tsan_index.c" "${objs[@]}" "$ZLIB_A" -lcrypto -lpthread \
+"$CC" "${CFLAGS[@]}" "$ROOT/tsan/tsan_index.c" "${objs[@]}" "${ZLIB_LIBS[@]}" -lcrypto -lpthread \
     -o "$OUT/tsan_index" || die "building tsan_index failed"
 echo "tsan: running tsan_index (${TSAN_ROUNDS:-3} rounds; log: build/tsan/logs/tsan_index.log)" >&2
 rc=0
